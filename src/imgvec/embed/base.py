@@ -1,0 +1,24 @@
+"""The one interface the pipeline sees for a model, whatever runtime sits behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from imgvec.embed.preprocess import Preprocessor
+from imgvec.identity import IndexIdentity
+
+
+class Embedder(Protocol):
+    identity: IndexIdentity
+    preprocessor: Preprocessor
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 from ``preprocessor`` → (N, dimension) float32, rows L2-normalised."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts → (N, dimension) float32, rows L2-normalised, in the same space as images."""
+        ...

@@ -1,0 +1,202 @@
+"""open_clip models: the one place that knows about torch, devices, weights and their caches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from imgvec.embed.modelspec import ModelSpec, WeightsKind
+from imgvec.embed.preprocess import Preprocessor
+from imgvec.errors import ModelLoadError, ModelSpecError
+from imgvec.identity import IndexIdentity
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Tokenizer = Callable[[list[str]], "torch.Tensor"]
+
+RANDOM_SEED = 0
+_load_lock = threading.Lock()
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "imgvec"
+
+
+def register_model_configs(config_dir: str | os.PathLike[str] | None) -> None:
+    """Make extra open_clip architectures (JSON configs) loadable by name, e.g. a tiny one for tests."""
+    if not config_dir:
+        return
+    import open_clip
+
+    path = Path(config_dir)
+    if not path.is_dir():
+        raise ModelSpecError(f"model config directory {path} does not exist")
+    open_clip.add_model_config(path)
+
+
+class ClipEmbedder:
+    """A CLIP model loaded through open_clip, producing L2-normalised float32 vectors."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.spec = spec
+        self.device = device
+        self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        with _load_lock:
+            self._model, self._tokenizer = self._load()
+        self._model.eval().to(device)
+        cfg = _preprocess_cfg(self._model)
+        self.preprocessor = Preprocessor.from_open_clip_cfg(cfg)
+        self.identity = IndexIdentity(
+            model=spec.text,
+            architecture=spec.architecture,
+            pretrained=self._weights_identity(),
+            dimension=self._output_dimension(),
+            normalized=True,
+            preprocess=self.preprocessor.as_dict(),
+        )
+        if spec.is_random:
+            warnings.warn(
+                f"{spec.text}: random weights; search results will not be meaningful. "
+                "Use for offline runs and benchmarks only.",
+                RandomWeightsWarning,
+                stacklevel=2,
+            )
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+            features = self._model.encode_image(batch, normalize=True)
+        return features.float().cpu().numpy()
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tokens = self._tokenizer(list(texts)).to(self.device)
+            features = self._model.encode_text(tokens, normalize=True)
+        return features.float().cpu().numpy()
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def _load(self) -> tuple[torch.nn.Module, Tokenizer]:
+        import open_clip
+
+        spec = self.spec
+        if spec.weights in (WeightsKind.HF_HUB, WeightsKind.LOCAL_DIR):
+            return self._guarded(lambda: open_clip.create_model(spec.architecture)), self._tokenizer_for()
+        if spec.architecture not in open_clip.list_models():
+            raise ModelSpecError(
+                f"unknown architecture {spec.architecture!r} in --model {spec.text!r}; "
+                f"known ones include ViT-B-32, ViT-B-16, ViT-L-14 (open_clip.list_models())"
+            )
+        if spec.weights is WeightsKind.RANDOM:
+            checkpoint = self._random_checkpoint()
+            model = self._guarded(lambda: open_clip.create_model(spec.architecture, pretrained=str(checkpoint)))
+        elif spec.weights is WeightsKind.CHECKPOINT:
+            model = self._guarded(lambda: open_clip.create_model(spec.architecture, pretrained=spec.pretrained))
+        else:
+            tag_cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+            if not tag_cfg:
+                tags = open_clip.list_pretrained_tags_by_model(spec.architecture)
+                raise ModelSpecError(
+                    f"{spec.architecture} has no pretrained tag {spec.pretrained!r}; known tags: {', '.join(tags)}"
+                )
+            # The OpenAI weights were trained with QuickGELU; loading them into the plain-GELU architecture
+            # only warns in open_clip and yields subtly wrong vectors.
+            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+            model = self._guarded(
+                lambda: open_clip.create_model(
+                    spec.architecture, pretrained=spec.pretrained, force_quick_gelu=quick_gelu
+                )
+            )
+        return model, self._tokenizer_for()
+
+    def _tokenizer_for(self) -> Tokenizer:
+        import open_clip
+
+        return self._guarded(lambda: open_clip.get_tokenizer(self.spec.architecture))
+
+    def _guarded(self, build: Callable[[], T]) -> T:
+        try:
+            return build()
+        except (ModelSpecError, ModelLoadError):
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load model {self.spec.text!r}: {exc}. "
+                "Weights for tags and hf-hub: models come from the Hugging Face hub on first use and are "
+                "cached; offline, pre-fetch them (see README 'Model weights') or use "
+                f"{self.spec.architecture.split(':')[-1]}/random for a weights-free run."
+            ) from exc
+
+    def _random_checkpoint(self) -> Path:
+        """Seeded random weights, written once so every process (and every torch version) agrees."""
+        import open_clip
+        import torch
+
+        path = self._cache_dir / "random" / f"{self.spec.architecture}-seed{RANDOM_SEED}.pt"
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(RANDOM_SEED)
+        model = open_clip.create_model(self.spec.architecture, pretrained=None)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: concurrent first runs both end with one complete file
+        return path
+
+    def _weights_identity(self) -> str:
+        if self.spec.weights is WeightsKind.CHECKPOINT:
+            return f"checkpoint:sha256:{_sha256(Path(self.spec.pretrained))[:16]}"
+        return self.spec.pretrained
+
+    def _output_dimension(self) -> int:
+        import torch
+
+        size = self.preprocessor.size
+        height, width = (size, size) if isinstance(size, int) else size
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, height, width, device=self.device)
+            return int(self._model.encode_image(probe).shape[-1])
+
+
+class RandomWeightsWarning(UserWarning):
+    """Emitted whenever a model with random weights is loaded, so it is never mistaken for a real one."""
+
+
+def _preprocess_cfg(model: torch.nn.Module) -> dict:
+    from open_clip.model import get_model_preprocess_cfg
+
+    return dict(get_model_preprocess_cfg(model))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,101 @@
+"""Bytes → an RGB picture, or an ImageDecodeError whose message is the reason a person can act on.
+
+Photo collections hold everything: phone HEICs, CMYK scans, 16-bit TIFFs, animated GIFs, files cut short by a
+failed copy, and files whose extension lies. Each becomes either a clean RGB image or one clear reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imgvec.errors import ImageDecodeError
+
+try:  # HEIC/HEIF from phones; the opener registers with Pillow once per process.
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
+    pass
+
+# A truncated file is an error we record, not a grey half-picture we would silently embed.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+DEFAULT_MAX_PIXELS = 200_000_000
+"""Larger than any camera photo (a 150 MP medium-format frame fits); a bomb of 30000x30000 does not."""
+
+_WHITE = (255, 255, 255)
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode one image file's bytes to an upright RGB image (first frame if animated)."""
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow's own bomb guard warns below twice its limit; our explicit check below replaces it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageDecodeError(f"not a recognised image format (starts with {data[:8]!r})") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageDecodeError(f"unreadable image header: {exc}") from None
+
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
+                f"{max_pixels / 1e6:.0f} MP; raise --max-pixels to index it"
+            )
+        try:
+            image.seek(0)
+            image.load()
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageDecodeError(f"truncated or corrupt image data ({image.format}): {exc}") from None
+
+    image = _upright(image)
+    return to_rgb(image)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; a photo shot in portrait must not be embedded lying on its side."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost us a valid picture
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB, transparency composited on white.
+
+    Pillow's ``convert("RGB")`` drops alpha (transparent pixels turn whatever colour they hide, often black)
+    and clips 16-bit values to white; both would change what the model sees.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 1.0
+        grey = np.clip(values / scale, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+        grey = np.clip(values * scale, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,93 @@
+"""RGB picture → the model's input tensor, equal to open_clip's reference preprocessing.
+
+Written with PIL and numpy rather than torchvision so that decode workers need no torch import (faster to
+start, less memory per worker). ``tests/test_preprocess.py`` holds it equal to open_clip's own transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+    _reference: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_open_clip_cfg(cls, cfg: dict[str, Any]) -> Preprocessor:
+        size = cfg.get("size", 224)
+        if isinstance(size, (tuple, list)):
+            size = size[0] if size[0] == size[1] else tuple(size)
+        return cls(
+            size=size,
+            mean=tuple(cfg.get("mean", OPENAI_MEAN)),
+            std=tuple(cfg.get("std", OPENAI_STD)),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+            fill_color=cfg.get("fill_color", 0),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+        }
+
+    @property
+    def fast_path(self) -> bool:
+        return self.resize_mode == "shortest" and isinstance(self.size, int) and self.interpolation in _RESAMPLE
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """(3, size, size) float32."""
+        if not self.fast_path:
+            return self._reference_transform(image)
+        width, height = image.size
+        # torchvision.Resize(int): the short side becomes `size`, the long side is truncated, not rounded.
+        if width <= height:
+            new_w, new_h = self.size, int(self.size * height / width)
+        else:
+            new_w, new_h = int(self.size * width / height), self.size
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), _RESAMPLE[self.interpolation])
+        # torchvision.CenterCrop rounds the offset half-to-even, exactly like Python's round().
+        top = round((new_h - self.size) / 2.0)
+        left = round((new_w - self.size) / 2.0)
+        image = image.crop((left, top, left + self.size, top + self.size))
+        pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def _reference_transform(self, image: Image.Image) -> np.ndarray:
+        """Modes we do not re-implement (longest, squash, non-square) go through open_clip itself."""
+        if self._reference is None:
+            from open_clip.transform import image_transform
+
+            transform = image_transform(
+                self.size,
+                is_train=False,
+                mean=self.mean,
+                std=self.std,
+                resize_mode=self.resize_mode,
+                interpolation=self.interpolation,
+                fill_color=self.fill_color,
+            )
+            object.__setattr__(self, "_reference", transform)
+        return self._reference(image).numpy()

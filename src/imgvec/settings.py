@@ -1,0 +1,36 @@
+"""One typed settings object, built once by the CLI (flags > environment > defaults) and passed down.
+
+Nothing below the CLI reads the environment for these, so tests and the service can build a Settings directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgvec.embed.clip import ClipEmbedder
+
+DEFAULT_STORE = str(Path.home() / ".imgvec")
+DEFAULT_INDEX = "images"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    store: str = DEFAULT_STORE
+    index: str = DEFAULT_INDEX
+    model: str | None = None
+    """None: the model the index was built with, or ViT-B-32/openai for a new index."""
+    threads: int | None = None
+    device: str = "cpu"
+    cache_dir: str | Path | None = None
+    model_config_dir: str | None = None
+
+    def load_embedder(self, model: str) -> ClipEmbedder:
+        from imgvec.embed.clip import ClipEmbedder, register_model_configs
+        from imgvec.embed.modelspec import parse_model_spec
+
+        register_model_configs(self.model_config_dir)
+        spec = parse_model_spec(model)
+        return ClipEmbedder(spec, device=self.device, threads=self.threads, cache_dir=self.cache_dir)

@@ -1,0 +1,49 @@
+"""The source protocol: list what is there, read one item. The pipeline knows nothing more of a source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif"})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    """One image file as listed, before it is read. ``uri`` is what identifies it across runs."""
+
+    uri: str
+    file_path: str
+    file_name: str
+    file_extension: str
+    """Lower case, without the dot: ``jpg``."""
+    file_size: int
+    mtime: float
+    bucket: str | None = None
+    file_key: str | None = None
+    s3_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListingError:
+    """A path the listing could not enter or stat; recorded as a failure, the listing goes on."""
+
+    path: str
+    reason: str
+
+
+OnListingError = Callable[[ListingError], None]
+
+
+class Source(Protocol):
+    def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
+        """Every image item, lazily: never the whole listing in memory."""
+        ...
+
+    def read(self, item: SourceItem) -> bytes: ...
+
+
+def extension_of(name: str) -> str:
+    _, dot, ext = name.rpartition(".")
+    return ext.lower() if dot else ""

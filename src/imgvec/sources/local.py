@@ -1,0 +1,76 @@
+"""A folder on local disk or a mounted NAS share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from imgvec.errors import SourceError
+from imgvec.sources.base import IMAGE_EXTENSIONS, ListingError, OnListingError, SourceItem, extension_of
+
+
+class LocalFolder:
+    def __init__(self, root: str | os.PathLike[str], extensions: frozenset[str] = IMAGE_EXTENSIONS) -> None:
+        path = Path(root).expanduser()
+        if not path.exists():
+            raise SourceError(f"folder {path} does not exist")
+        if not path.is_dir():
+            raise SourceError(f"{path} is not a folder")
+        self.root = path.resolve()
+        self.extensions = extensions
+
+    def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
+        """Depth-first, sorted per folder (stable order for resumes), following symlinked folders once.
+
+        A symlinked folder is followed because NAS layouts use them; each real folder (device, inode) is
+        entered at most once, so a link pointing back up the tree cannot loop.
+        """
+        visited: set[tuple[int, int]] = set()
+        stack = [self.root]
+        while stack:
+            folder = stack.pop()
+            try:
+                info = folder.stat()
+            except OSError as exc:
+                on_error(ListingError(str(folder), f"cannot stat folder: {exc.strerror or exc}"))
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in visited:
+                continue
+            visited.add(key)
+            try:
+                with os.scandir(folder) as entries:
+                    children = sorted(entries, key=lambda e: e.name)
+            except OSError as exc:
+                on_error(ListingError(str(folder), f"cannot list folder: {exc.strerror or exc}"))
+                continue
+            subfolders = []
+            for entry in children:
+                try:
+                    if entry.is_dir(follow_symlinks=True):
+                        subfolders.append(Path(entry.path))
+                        continue
+                except OSError:
+                    pass
+                extension = extension_of(entry.name)
+                if extension not in self.extensions:
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=True)
+                except OSError as exc:
+                    on_error(ListingError(entry.path, f"cannot stat file: {exc.strerror or exc}"))
+                    continue
+                yield SourceItem(
+                    uri=entry.path,
+                    file_path=entry.path,
+                    file_name=entry.name,
+                    file_extension=extension,
+                    file_size=stat.st_size,
+                    mtime=stat.st_mtime,
+                )
+            stack.extend(reversed(subfolders))
+
+    def read(self, item: SourceItem) -> bytes:
+        with open(item.file_path, "rb") as handle:
+            return handle.read()

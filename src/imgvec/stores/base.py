@@ -1,0 +1,89 @@
+"""The store protocol: everything the pipeline, the CLI and the service may ask of an index.
+
+Kept this small on purpose (lancedb's table API is the model) so that a second backend, OpenSearch, is a
+few hundred lines rather than a rewrite, and the pipeline never learns which one it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from imgvec.documents import ImageDocument, StoredState
+from imgvec.identity import IndexIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Applied inside the k-NN search (pre-filter), so k results come back when k exist."""
+
+    extensions: tuple[str, ...] = ()
+    path_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    id: str
+    score: float
+    """Cosine similarity in [-1, 1]; 1.0 is the same picture."""
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    index: str
+    documents: int
+    with_vector: int
+    dimension: int | None
+    model: str | None
+
+    @property
+    def without_vector(self) -> int:
+        return self.documents - self.with_vector
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "documents": self.documents,
+            "with_vector": self.with_vector,
+            "without_vector": self.without_vector,
+            "dimension": self.dimension,
+            "model": self.model,
+        }
+
+
+class Store(Protocol):
+    """One index in one backend."""
+
+    index: str
+
+    def exists(self) -> bool: ...
+
+    def identity(self) -> IndexIdentity | None:
+        """What the index's vectors mean, or None for an index imgvec did not create."""
+        ...
+
+    def ensure_index(self, identity: IndexIdentity) -> None:
+        """Create the index for ``identity``, or check that the existing one matches it."""
+        ...
+
+    def upsert(self, documents: Sequence[ImageDocument]) -> None:
+        """Insert or replace by document id, atomically per call."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, StoredState]:
+        """What the store holds for these ids (missing ids are absent), to skip unchanged files."""
+        ...
+
+    def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]: ...
+
+    def stats(self) -> IndexStats: ...
+
+    def optimize(self) -> None:
+        """Housekeeping after a bulk write: compact, and build or refresh the ANN index."""
+        ...

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny CLIP architecture with random weights, made by the tests, and photo folders.
+
+The tiny model is a real open_clip CLIP (ViT image tower, transformer text tower, 224 px, OpenAI
+normalisation, 512-dim output), just narrow and shallow so a test embeds in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from imgvec.settings import Settings
+
+TINY_MODEL = "imgvec-tiny/random"
+TINY_CONFIG = {
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def model_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model-configs")
+    (folder / "imgvec-tiny.json").write_text(json.dumps(TINY_CONFIG))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("imgvec-cache")
+
+
+@pytest.fixture(scope="session")
+def settings(model_config_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        store=str(tmp_path_factory.mktemp("store")),
+        model=TINY_MODEL,
+        threads=2,
+        cache_dir=cache_dir,
+        model_config_dir=str(model_config_dir),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(settings: Settings):
+    with pytest.warns(UserWarning, match="random weights"):
+        return settings.load_embedder(TINY_MODEL)
+
+
+@pytest.fixture
+def cli_env(model_config_dir: Path, cache_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the real `imgvec` command in a subprocess, offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGVEC_")}
+    env.update(
+        IMGVEC_STORE=str(tmp_path / "store"),
+        IMGVEC_CACHE_DIR=str(cache_dir),
+        IMGVEC_MODEL_CONFIG_DIR=str(model_config_dir),
+        IMGVEC_THREADS="2",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env

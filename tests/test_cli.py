@@ -1,0 +1,102 @@
+"""The real `imgvec` command in subprocesses, as scripts and users run it (tiny model, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import encode, photo, run_cli
+
+MODEL = ["--model", "imgvec-tiny/random"]
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    (root / "trip").mkdir(parents=True)
+    for i in range(6):
+        (root / "trip" / f"img{i}.jpg").write_bytes(encode(photo(100 + i)))
+    (root / "logo.png").write_bytes(encode(photo(200), "PNG"))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    return root
+
+
+def test_ingest_status_search_round_trip(photos: Path, cli_env: dict[str, str]) -> None:
+    result = run_cli([*MODEL, "ingest", str(photos), "--json"], cli_env)
+    assert result.returncode == 3, result.stderr  # finished, with one failed file
+    report = json.loads(result.stdout)
+    assert (report["embedded"], report["failed"]) == (7, 1)
+    assert report["failures"][0]["file_path"].endswith("broken.jpg")
+    assert report["failures"][0]["stage"] == "decode"
+    assert "random weights" in result.stderr  # announced, never silent
+
+    status = run_cli(["status", "--json"], cli_env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {
+        "index": "images",
+        "documents": 7,
+        "with_vector": 7,
+        "without_vector": 0,
+        "dimension": 512,
+        "model": "imgvec-tiny/random",
+    }
+
+    # no --model: search uses the model recorded in the index
+    query = photos / "trip" / "img3.jpg"
+    found = run_cli(["search", "--image", str(query), "-k", "3", "--json"], cli_env)
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert len(hits) == 3
+    assert hits[0]["file_path"] == str(query) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert {"file_name", "file_extension", "file_size", "bucket", "file_key", "s3_url", "indexed_at"} <= set(hits[0])
+
+    text = run_cli(["search", "a red car", "-k", "10", "--ext", "png", "--json"], cli_env)
+    assert text.returncode == 0, text.stderr
+    assert [h["file_path"] for h in json.loads(text.stdout)] == [str(photos / "logo.png")]
+
+    table = run_cli(["search", "a red car", "-k", "2"], cli_env)
+    assert table.returncode == 0 and "score" in table.stdout and "img" in table.stdout
+
+    again = run_cli(["ingest", str(photos), "--json"], cli_env)
+    assert json.loads(again.stdout)["unchanged"] == 7 and json.loads(again.stdout)["embedded"] == 0
+
+
+def test_other_model_is_refused_naming_both(photos: Path, cli_env: dict[str, str]) -> None:
+    assert run_cli([*MODEL, "ingest", str(photos / "trip")], cli_env).returncode == 0
+    other = run_cli(["--model", "ViT-B-32/random", "ingest", str(photos / "trip")], cli_env)
+    assert other.returncode == 1
+    assert "imgvec-tiny/random" in other.stderr and "ViT-B-32/random" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_setup_errors_are_one_clear_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    missing = run_cli([*MODEL, "ingest", str(tmp_path / "nowhere")], cli_env)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+    no_index = run_cli(["search", "cats"], cli_env)
+    assert no_index.returncode == 1 and "imgvec ingest" in no_index.stderr
+
+    offline = run_cli(["--model", "ViT-B-32/openai", "ingest", str(tmp_path)], cli_env)
+    assert offline.returncode == 1
+    assert "cannot load model 'ViT-B-32/openai'" in offline.stderr and "Traceback" not in offline.stderr
+
+    bad_spec = run_cli(["--model", "ViT-B-32", "ingest", str(tmp_path)], cli_env)
+    assert bad_spec.returncode == 1 and "no weights" in bad_spec.stderr
+
+
+def test_bad_flags_exit_2(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    assert run_cli(["search", "-k", "0", "cats"], cli_env).returncode == 2
+    assert run_cli(["ingest", str(tmp_path), "--batch-size", "nope"], cli_env).returncode == 2
+    both = run_cli(["search", "cats", "--image", "x.jpg"], cli_env)
+    assert both.returncode == 2 and "either" in both.stderr
+
+
+def test_bad_query_image_is_a_clear_error(tmp_path: Path, photos: Path, cli_env: dict[str, str]) -> None:
+    assert run_cli([*MODEL, "ingest", str(photos / "trip")], cli_env).returncode == 0
+    bad = run_cli(["search", "--image", str(photos / "broken.jpg")], cli_env)
+    assert bad.returncode == 1 and "broken.jpg" in bad.stderr and "truncated" in bad.stderr
+    gone = run_cli(["search", "--image", str(tmp_path / "gone.jpg")], cli_env)
+    assert gone.returncode == 1 and "cannot read query image" in gone.stderr
