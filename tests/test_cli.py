@@ -100,3 +100,39 @@ def test_bad_query_image_is_a_clear_error(tmp_path: Path, photos: Path, cli_env:
     assert bad.returncode == 1 and "broken.jpg" in bad.stderr and "truncated" in bad.stderr
     gone = run_cli(["search", "--image", str(tmp_path / "gone.jpg")], cli_env)
     assert gone.returncode == 1 and "cannot read query image" in gone.stderr
+
+
+def test_interrupted_ingest_continues_where_it_stopped(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from imgvec.stores.embedded import EmbeddedStore
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(120):
+        (root / f"p{i:03d}.jpg").write_bytes(encode(photo(1000 + i, (96, 64))))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "imgvec.cli", *MODEL, "ingest", str(root), "--batch-size", "2"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = EmbeddedStore(cli_env["IMGVEC_STORE"], "images")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (store.exists() and store.stats().documents >= 4):
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "run the same command again" in stderr and "Traceback" not in stderr
+    done = EmbeddedStore(cli_env["IMGVEC_STORE"], "images").stats().documents
+    assert 4 <= done < 120
+
+    again = run_cli(["ingest", str(root), "--json"], cli_env)
+    report = json.loads(again.stdout)
+    assert report["unchanged"] == done and report["embedded"] == 120 - done
+    assert EmbeddedStore(cli_env["IMGVEC_STORE"], "images").stats().documents == 120

@@ -161,3 +161,22 @@ def test_vectors_match_embedding_the_file_directly(folder: Path, store: Embedded
     direct = tiny_embedder.embed_images(tiny_embedder.preprocessor(decode_image(path.read_bytes()))[None])[0]
     stored = store._open().search().where(f"file_path = '{path}'").limit(1).to_arrow()["vector"][0].as_py()
     np.testing.assert_allclose(np.asarray(stored), direct, atol=1e-5)
+
+
+def test_small_lookup_windows_and_batches_give_the_same_result(
+    folder: Path, store: EmbeddedStore, tiny_embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgvec.pipeline import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "LOOKUP_WINDOW", 2)
+    progress: list[int] = []
+    report = ingest(
+        LocalFolder(folder),
+        store,
+        tiny_embedder,
+        IngestOptions(batch_size=1),
+        on_progress=lambda r: progress.append(r.seen),
+    )
+    assert report.embedded == len(GOOD) and len(report.failures) == len(BAD)
+    assert progress == sorted(progress) and progress[-1] == len(GOOD) + len(BAD)
+    assert store.stats().documents == len(GOOD)

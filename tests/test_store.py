@@ -68,6 +68,14 @@ def test_upsert_lookup_counts_and_delete(store: EmbeddedStore) -> None:
     assert docs[0].id not in store.lookup([docs[0].id])
 
 
+def test_a_reader_sees_commits_made_after_it_opened(store: EmbeddedStore, tmp_path: Path) -> None:
+    reader = EmbeddedStore(tmp_path / "store", "images")
+    assert reader.stats().documents == 0
+    store.upsert([doc("/p/new.jpg", unit(np.random.default_rng(9), 1)[0])])
+    assert reader.stats().documents == 1
+    assert reader.search(unit(np.random.default_rng(9), 1)[0], 1)[0].document["file_path"] == "/p/new.jpg"
+
+
 def test_search_returns_cosine_similarity_best_first(store: EmbeddedStore) -> None:
     rng = np.random.default_rng(1)
     vectors = unit(rng, 50)
@@ -138,14 +146,19 @@ def test_missing_index_and_bad_locations_are_clear(tmp_path: Path) -> None:
         open_store(str(tmp_path / "a-file" / "store"), "images")
 
 
-def test_ann_index_is_built_and_used(store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("flat_max", "kind"), [(10_000, "IvfFlat"), (1_000, "IvfPq")])
+def test_ann_index_is_built_and_used(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, flat_max: int, kind: str
+) -> None:
+    monkeypatch.setattr(embedded_module, "FLAT_INDEX_MAX_ROWS", flat_max)
     monkeypatch.setattr(embedded_module, "VECTOR_INDEX_MIN_ROWS", 2_000)
     monkeypatch.setattr(embedded_module, "ID_INDEX_MIN_ROWS", 2_000)
     rng = np.random.default_rng(5)
     vectors = unit(rng, 3_000)
     store.upsert([doc(f"/p/{i}.jpg", v) for i, v in enumerate(vectors)])
     store.optimize()
-    assert store._has_vector_index()
+    index = store._vector_index()
+    assert index is not None and index.index_type == kind
     assert {tuple(ix.columns) for ix in store._open().list_indices()} >= {("id",), ("vector",)}
     for i in (0, 1234, 2999):
         hits = store.search(vectors[i], 3)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imgvec.embed.base import Embedder
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.embed.modelspec import DEFAULT_MODEL
 from imgvec.errors import ImageDecodeError, ImgvecError
 from imgvec.settings import DEFAULT_INDEX, DEFAULT_STORE, Settings
@@ -26,6 +27,8 @@ EXIT_USAGE = 2
 """Bad flags (Typer's own code)."""
 EXIT_PARTIAL = 3
 """The run finished, but some files failed; they are listed with their reasons."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: committed batches are kept; the same command continues."""
 
 app = typer.Typer(
     help="Turn a large image collection into a searchable CLIP vector index.",
@@ -106,7 +109,7 @@ def ingest(
     max_files: Annotated[int | None, typer.Option(min=1, help="Stop after this many files.")] = None,
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")
-    ] = 200_000_000,
+    ] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Index every image under FOLDER; unchanged files are skipped."""
@@ -135,6 +138,11 @@ def ingest(
             err.print()
     except ImgvecError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail(
+            "interrupted; every batch committed so far is kept: run the same command again to continue",
+            EXIT_INTERRUPTED,
+        ) from None
 
     summary = {
         "seen": report.seen,

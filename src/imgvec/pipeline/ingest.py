@@ -55,6 +55,7 @@ class IngestOptions:
 
 
 ProgressCallback = Callable[[IngestReport], None]
+LOOKUP_WINDOW = 1024
 
 
 @dataclass(slots=True)
@@ -84,17 +85,22 @@ def ingest(
         items = islice(items, options.max_files)
 
     with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="imgvec-decode") as pool:
-        for chunk in _batched(items, options.batch_size):
-            report.seen += len(chunk)
-            todo = _changed(chunk, store, report)
-            prepared = []
-            for result in pool.map(lambda item: _prepare(source, embedder, item, options.max_pixels), todo):
-                if isinstance(result, Failure):
-                    report.failures.append(result)
-                else:
-                    prepared.append(result)
-            if prepared:
-                _embed_and_write(prepared, store, embedder, report)
+        # Look up a wide window per store query (one query per LOOKUP_WINDOW files, not per batch), then
+        # decode and embed the changed files in model-sized batches.
+        for window in _batched(items, max(LOOKUP_WINDOW, options.batch_size)):
+            report.seen += len(window)
+            for batch in _batched(_changed(window, store, report), options.batch_size):
+                prepared = []
+                for result in pool.map(lambda item: _prepare(source, embedder, item, options.max_pixels), batch):
+                    if isinstance(result, Failure):
+                        report.failures.append(result)
+                    else:
+                        prepared.append(result)
+                if prepared:
+                    _embed_and_write(prepared, store, embedder, report)
+                report.seconds = time.monotonic() - started
+                if on_progress:
+                    on_progress(report)
             report.seconds = time.monotonic() - started
             if on_progress:
                 on_progress(report)

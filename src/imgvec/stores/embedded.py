@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,13 +24,17 @@ from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
 
 if TYPE_CHECKING:
     import lancedb.table
+    from lancedb.index import IndexConfig
 
 IDENTITY_KEY = b"imgvec.identity"
 VECTOR_INDEX_MIN_ROWS = 100_000
 """Below this an exact scan answers in tens of milliseconds and is never wrong; above it, build IVF."""
+FLAT_INDEX_MAX_ROWS = 2_000_000
+"""IVF_FLAT (exact distances inside the probed partitions) up to here; IVF-PQ with exact re-rank above."""
 ID_INDEX_MIN_ROWS = 10_000
-NPROBES = 40
-REFINE_FACTOR = 10
+PROBE_SHARE = 0.04
+"""Share of the √n IVF partitions each query probes; recall@10 >= 0.99 in benchmarks/store.py."""
+PQ_REFINE_FACTOR = 50
 LOOKUP_CHUNK = 2_000
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -70,7 +74,9 @@ class EmbeddedStore:
         self.index = index
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._db = lancedb.connect(self.path)
+            # Without a consistency interval a handle never sees other processes' commits: a long-lived
+            # reader (the HTTP service, a second terminal) would report stale counts forever.
+            self._db = lancedb.connect(self.path, read_consistency_interval=timedelta(0))
         except OSError as exc:
             raise StoreError(f"cannot open the embedded store at {self.path}: {exc}") from exc
         self._table = None
@@ -199,9 +205,13 @@ class EmbeddedStore:
         if identity is not None:
             identity.require_dimension(query_vector.shape[0])
         query = table.search(query_vector, vector_column_name="vector").distance_type("cosine")
-        if self._has_vector_index():
-            # Probe generously and re-rank on the exact vectors: recall@10 ~0.99 at ~10 ms (benchmarks/store.py).
-            query = query.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+        vector_index = self._vector_index()
+        if vector_index is not None:
+            partitions = max(1, int(vector_index.num_indexed_rows**0.5))
+            query = query.nprobes(max(20, round(PROBE_SHARE * partitions)))
+            if vector_index.index_type != "IvfFlat":
+                # PQ distances are approximate: re-rank a wide candidate set on the exact vectors.
+                query = query.refine_factor(PQ_REFINE_FACTOR)
         condition = _filter_sql(where)
         if condition:
             query = query.where(condition, prefilter=True)
@@ -223,11 +233,6 @@ class EmbeddedStore:
             model=identity.model if identity else None,
         )
 
-    def iter_documents(self, columns: Iterable[str] = ("id", "file_path")) -> Iterable[dict]:
-        """Every document's chosen columns, in batches; for reconcile passes and exports."""
-        for batch in self._open().to_lance().to_batches(columns=list(columns)):
-            yield from batch.to_pylist()
-
     # -- housekeeping -------------------------------------------------------------------------------
 
     def optimize(self) -> None:
@@ -242,22 +247,23 @@ class EmbeddedStore:
             build_vector_index(table, with_vector)
         self._table = None
 
-    def _has_vector_index(self) -> bool:
-        return any(tuple(ix.columns) == ("vector",) for ix in self._open().list_indices())
+    def _vector_index(self) -> IndexConfig | None:
+        return next((ix for ix in self._open().list_indices() if tuple(ix.columns) == ("vector",)), None)
 
 
 def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
-    """IVF-PQ sized to the table: ~sqrt(n) partitions, 8 dimensions per PQ sub-vector."""
-    from lancedb.index import IvfPq
+    """IVF with ~sqrt(n) partitions: FLAT (exact within partitions) while the copy of the vectors it keeps is
+    affordable, PQ (64 bytes a vector, re-ranked exactly at query time) beyond that."""
+    from lancedb.index import IvfFlat, IvfPq
 
-    dimension = table.schema.field("vector").type.list_size
     partitions = max(16, int(rows**0.5))
-    sub_vectors = dimension // 8 if dimension % 8 == 0 else 1
-    table.create_index(
-        "vector",
-        config=IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors),
-        replace=True,
-    )
+    if rows <= FLAT_INDEX_MAX_ROWS:
+        config = IvfFlat(distance_type="cosine", num_partitions=partitions)
+    else:
+        dimension = table.schema.field("vector").type.list_size
+        sub_vectors = dimension // 8 if dimension % 8 == 0 else 1
+        config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors)
+    table.create_index("vector", config=config, replace=True)
 
 
 def _filter_sql(where: SearchFilter | None) -> str | None:
