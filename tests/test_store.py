@@ -143,7 +143,11 @@ def test_missing_index_and_bad_locations_are_clear(tmp_path: Path) -> None:
         open_store("ftp://somewhere", "images")
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(StoreError, match="cannot open the embedded store"):
-        open_store(str(tmp_path / "a-file" / "store"), "images")
+        open_store(str(tmp_path / "a-file"), "images")
+    with pytest.raises(StoreError, match="cannot open the embedded store"):
+        open_store(str(tmp_path / "a-file" / "store"), "images").ensure_index(CLIP_512)
+    reader = open_store(str(tmp_path / "not-yet"), "images")
+    assert not reader.exists() and not (tmp_path / "not-yet").exists()  # reading creates nothing
 
 
 @pytest.mark.parametrize(("flat_max", "kind"), [(10_000, "IvfFlat"), (1_000, "IvfPq")])

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from imgvec.embed.base import Embedder
@@ -20,6 +25,13 @@ from imgvec.errors import ImageDecodeError, ImgvecError
 from imgvec.settings import DEFAULT_INDEX, DEFAULT_STORE, Settings
 from imgvec.stores import SearchFilter, SearchHit, Store, open_store
 
+if TYPE_CHECKING:
+    from imgvec.pipeline.ingest import Ingest, IngestOptions
+    from imgvec.pipeline.lock import IndexLock
+    from imgvec.pipeline.state import Progress as RunProgress
+    from imgvec.pipeline.state import RunState
+    from imgvec.sources.base import Source
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 """A set-up problem stopped the run (bad store, model mismatch, unreadable source)."""
@@ -28,7 +40,7 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 """The run finished, but some files failed; they are listed with their reasons."""
 EXIT_INTERRUPTED = 130
-"""Ctrl-C: committed batches are kept; the same command continues."""
+"""Ctrl-C or SIGTERM: committed batches are kept; the same command continues."""
 
 app = typer.Typer(
     help="Turn a large image collection into a searchable CLIP vector index.",
@@ -106,66 +118,272 @@ def ingest(
     ctx: typer.Context,
     folder: Annotated[Path, typer.Argument(help="Folder to index, recursively.")],
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decode worker processes (default: cores - 1; 0 = in-process).")
+    ] = None,
     max_files: Annotated[int | None, typer.Option(min=1, help="Stop after this many files.")] = None,
+    rate_limit: Annotated[float | None, typer.Option(min=0.001, help="At most this many files per second.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be processed and how long; write nothing.")] = False,
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")
     ] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Index every image under FOLDER; unchanged files are skipped."""
-    from imgvec.pipeline.ingest import IngestOptions, IngestReport, ingest
+    """Index every image under FOLDER; unchanged files are skipped, and a stopped run continues where it was."""
+    from imgvec.pipeline.ingest import Ingest, IngestOptions, default_workers
     from imgvec.sources import LocalFolder
 
     settings: Settings = ctx.obj
+    options = IngestOptions(
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        max_pixels=max_pixels,
+        max_files=max_files,
+        rate_limit=rate_limit,
+        retry_failed=retry_failed,
+    )
     try:
         source = LocalFolder(folder)
         store = open_store(settings.store, settings.index)
+        if not dry_run:
+            _refuse_if_busy(settings)  # before loading a model for nothing
         embedder = _embedder_for(settings, store)
-        options = IngestOptions(batch_size=batch_size, max_files=max_files, max_pixels=max_pixels)
-        interactive = sys.stderr.isatty() and not as_json
-
-        def progress(report: IngestReport) -> None:
-            if interactive:
-                err.print(
-                    f"\r{report.seen} seen, {report.embedded} embedded, {report.unchanged} unchanged, "
-                    f"{len(report.failures)} failed",
-                    end="",
-                    highlight=False,
-                )
-
-        report = ingest(source, store, embedder, options, on_progress=progress)
-        if interactive:
-            err.print()
+        if dry_run:
+            _dry_run(settings, source, store, embedder, options, as_json)
+            return
+        state, lock = _run_state(settings)
+        display = _ProgressDisplay(enabled=not as_json)
+        run = Ingest(
+            source,
+            store,
+            embedder,
+            options,
+            state=state,
+            lock=lock,
+            source_label=str(source.root),
+            on_progress=display.update,
+        )
+        with _stop_on_signals(run), display:
+            report = run.run()
     except ImgvecError as exc:
         raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now; committed batches are still kept
         raise _fail(
-            "interrupted; every batch committed so far is kept: run the same command again to continue",
-            EXIT_INTERRUPTED,
+            "aborted; committed batches are kept: run the same command again to continue", EXIT_INTERRUPTED
         ) from None
 
     summary = {
         "seen": report.seen,
         "embedded": report.embedded,
+        "cache_hits": report.cache_hits,
         "unchanged": report.unchanged,
+        "known_failures": report.known_failures,
         "failed": len(report.failures),
+        "interrupted": report.interrupted,
         "seconds": round(report.seconds, 3),
         "failures": [{"file_path": f.file_path, "stage": f.stage, "reason": f.reason} for f in report.failures],
     }
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        rate = report.embedded / report.seconds if report.seconds else 0.0
+        rate = (report.succeeded + len(report.failures)) / report.seconds if report.seconds else 0.0
+        skipped = f"{report.unchanged} unchanged" + (
+            f", {report.known_failures} failed before (--retry-failed)" if report.known_failures else ""
+        )
         out.print(
-            f"{report.embedded} embedded, {report.unchanged} unchanged, {len(report.failures)} failed "
-            f"in {report.seconds:.1f}s ({rate:.1f} images/s) → index {settings.index!r} in {settings.store}",
+            f"{report.embedded} embedded, {report.cache_hits} reused (identical bytes), {skipped}, "
+            f"{len(report.failures)} failed in {report.seconds:.1f}s ({rate:.1f} images/s) "
+            f"→ index {settings.index!r} in {settings.store}",
             highlight=False,
         )
         for failure in report.failures[:20]:
             out.print(f"  [red]{failure.stage}[/] {failure.file_path}: {failure.reason}", highlight=False)
         if len(report.failures) > 20:
-            out.print(f"  … and {len(report.failures) - 20} more (use --json for all)")
+            out.print(f"  … and {len(report.failures) - 20} more: imgvec failures")
+    if report.interrupted:
+        raise _fail(
+            "stopped; every batch committed so far is kept: run the same command again to continue", EXIT_INTERRUPTED
+        )
     raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
+
+
+def _refuse_if_busy(settings: Settings) -> None:
+    from imgvec.pipeline.lock import IndexLock
+
+    lock = IndexLock(settings.state_dir / f"{settings.index}.lock")
+    if lock.is_held():
+        lock.acquire()  # raises IndexBusyError with the holder's pid
+
+
+def _run_state(settings: Settings, *, create: bool = True) -> tuple[RunState, IndexLock]:
+    from imgvec.pipeline.lock import IndexLock
+    from imgvec.pipeline.state import RunState
+
+    state_path = settings.state_dir / f"{settings.index}.sqlite"
+    if not create and not state_path.exists():
+        raise ImgvecError(f"no ingest has run for index {settings.index!r} in {settings.store}")
+    return RunState(state_path), IndexLock(settings.state_dir / f"{settings.index}.lock")
+
+
+def _dry_run(
+    settings: Settings, source: Source, store: Store, embedder: Embedder, options: IngestOptions, as_json: bool
+) -> None:
+    from imgvec.pipeline.plan import plan
+
+    state = (
+        _run_state(settings, create=False)[0] if (settings.state_dir / f"{settings.index}.sqlite").exists() else None
+    )
+    result = plan(source, store, embedder, options, state)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+        return
+    estimate = "unknown" if result.estimated_seconds is None else _duration(result.estimated_seconds)
+    out.print(
+        f"would process {result.would_process} files ({result.would_process_bytes / 1e6:.1f} MB); "
+        f"{result.unchanged} unchanged, {result.known_failures} failed before; "
+        f"estimated {estimate} at {result.images_per_second or 0:.1f} images/s ({result.rate_basis}); "
+        "nothing was written",
+        highlight=False,
+    )
+
+
+@contextmanager
+def _stop_on_signals(run: Ingest) -> Iterator[None]:
+    """Ctrl-C and SIGTERM finish the batch in hand, save state and exit cleanly; a second Ctrl-C aborts."""
+
+    def stop(signum: int, _frame: object) -> None:
+        if run.stopping:
+            raise KeyboardInterrupt
+        err.print(f"\n{signal.Signals(signum).name}: finishing the current batch, then stopping", highlight=False)
+        run.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _ProgressDisplay:
+    """A Rich progress bar in a terminal; a plain line every PLAIN_EVERY seconds otherwise (logs, CI)."""
+
+    PLAIN_EVERY = 10.0
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.interactive = enabled and err.is_terminal
+        self._last_plain = 0.0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> _ProgressDisplay:
+        if self.interactive:
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} img/s"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("indexing", total=None, rate=0.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, progress: RunProgress) -> None:
+        if not self.enabled:
+            return
+        description = f"{progress.succeeded} ok, {progress.failed} failed, {progress.skipped} skipped"
+        if self._bar is not None and self._task is not None:
+            self._bar.update(
+                self._task,
+                completed=progress.processed,
+                total=progress.total,
+                description=description,
+                rate=progress.rate,
+            )
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= self.PLAIN_EVERY or progress.state != "running":
+            self._last_plain = now
+            total = "?" if progress.total is None else progress.total
+            eta = "?" if progress.eta_seconds is None else _duration(progress.eta_seconds)
+            err.print(
+                f"{progress.processed}/{total} processed: {description}; {progress.rate:.1f} images/s, ETA {eta}",
+                highlight=False,
+            )
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@app.command()
+def progress(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Where the latest ingest of the index stands; works from a second terminal while it runs."""
+    settings: Settings = ctx.obj
+    try:
+        state, lock = _run_state(settings, create=False)
+        latest = state.latest(lock)
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    if latest is None:
+        raise _fail(f"no ingest has run for index {settings.index!r}")
+    run_progress, _ = latest
+    if as_json:
+        out.print_json(json.dumps(run_progress.as_dict()))
+        return
+    for key, value in run_progress.as_dict().items():
+        out.print(f"{key:>12}: {value}", highlight=False)
+
+
+@app.command()
+def failures(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Files that failed, with the stage and the reason; `ingest --retry-failed` tries them again."""
+    settings: Settings = ctx.obj
+    try:
+        records = _run_state(settings, create=False)[0].failures()
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        out.print_json(json.dumps([r.as_dict() for r in records]))
+        return
+    if not records:
+        out.print("no failures")
+    for record in records:
+        out.print(f"[red]{record.stage}[/] {record.file_path}: {record.reason}", highlight=False)
+
+
+@app.command()
+def metrics(ctx: typer.Context) -> None:
+    """The latest run's metrics in Prometheus text format (for a textfile collector or a scrape)."""
+    from imgvec.pipeline.metrics import prometheus_text
+
+    settings: Settings = ctx.obj
+    try:
+        state, lock = _run_state(settings, create=False)
+        latest = state.latest(lock)
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    if latest is None:
+        raise _fail(f"no ingest has run for index {settings.index!r}")
+    sys.stdout.write(prometheus_text(latest[1], {"index": settings.index}))
 
 
 @app.command()

@@ -27,6 +27,11 @@ class Settings:
     cache_dir: str | Path | None = None
     model_config_dir: str | None = None
 
+    @property
+    def state_dir(self) -> Path:
+        """Run state and locks live beside the embedded store, so they move and get deleted with it."""
+        return Path(self.store).expanduser() / "_imgvec"
+
     def load_embedder(self, model: str) -> ClipEmbedder:
         from imgvec.embed.clip import ClipEmbedder, register_model_configs
         from imgvec.embed.modelspec import parse_model_spec

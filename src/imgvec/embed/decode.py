@@ -44,7 +44,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(f"unreadable image header: {exc}") from None
+            raise ImageDecodeError(f"truncated or corrupt image header: {exc}") from None
 
         width, height = image.size
         if width <= 0 or height <= 0:

@@ -1,28 +1,53 @@
-"""Index a source into a store: list → skip unchanged → read → decode → embed in batches → upsert.
+"""Index a source into a store, streaming, in parallel, resumable.
 
-Each batch is committed as one atomic upsert, so a run stopped at any moment keeps every batch it finished and
-the next run skips those files (same size and mtime). One bad file becomes a ``Failure`` with its stage and
-reason; it never stops the run.
+    list (lazy) → skip unchanged / known failures (one store query per 1,024 files)
+      → read + hash + decode + preprocess (worker processes, bounded look-ahead)
+      → content cache (identical bytes reuse a stored vector) → embed in batches → upsert (one atomic commit)
+
+The main thread embeds while the workers decode the next files, so the model waits for decode only when decode
+truly cannot keep up. Each batch is one atomic upsert, so a run killed at any moment keeps every batch it
+finished and the next run skips those files: nothing is embedded twice and no document is duplicated (ids are
+derived from the file's location). One bad file becomes a failure record with its stage and reason; only
+set-up problems stop a run.
 """
 
 from __future__ import annotations
 
-import hashlib
+import multiprocessing
 import os
+import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from itertools import islice
 
 import numpy as np
 
 from imgvec.documents import ImageDocument, document_id
 from imgvec.embed.base import Embedder
-from imgvec.embed.decode import DEFAULT_MAX_PIXELS, decode_image
-from imgvec.errors import ImageDecodeError
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS
+from imgvec.errors import IdentityMismatchError
+from imgvec.pipeline.lock import IndexLock
+from imgvec.pipeline.metrics import Metrics
+from imgvec.pipeline.retry import RetryPolicy
+from imgvec.pipeline.state import FailureRecord, Progress, RunState
+from imgvec.pipeline.workers import Prepared, PrepareFailure, WorkerConfig, init_worker, prepare
 from imgvec.sources.base import ListingError, Source, SourceItem
 from imgvec.stores.base import Store
+
+LOOKUP_WINDOW = 1024
+SAVE_EVERY_SECONDS = 1.0
+CACHE_ENTRIES = 10_000
+"""Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
+
+
+def default_workers() -> int:
+    """One decode worker per core beyond the first: the main thread's model inference needs a core too."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,36 +58,331 @@ class Failure:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    batch_size: int = 32
+    workers: int = field(default_factory=default_workers)
+    """Decode worker processes; 0 decodes in threads of this process (tests, tiny runs)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_files: int | None = None
+    rate_limit: float | None = None
+    """At most this many files per second enter the pipeline."""
+    retry_failed: bool = False
+    """Retry files that failed in an earlier run (otherwise they are skipped until they change)."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
 @dataclass(slots=True)
 class IngestReport:
     seen: int = 0
     embedded: int = 0
+    cache_hits: int = 0
     unchanged: int = 0
+    known_failures: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def succeeded(self) -> int:
+        return self.embedded + self.cache_hits
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        """Everything listed is in the index: nothing failed now, and nothing is left over from earlier failures."""
+        return not self.failures and not self.known_failures and not self.interrupted
 
 
-@dataclass(frozen=True, slots=True)
-class IngestOptions:
-    batch_size: int = 32
-    decode_threads: int = max(1, min(8, os.cpu_count() or 1))
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_files: int | None = None
+ProgressCallback = Callable[[Progress], None]
 
 
-ProgressCallback = Callable[[IngestReport], None]
-LOOKUP_WINDOW = 1024
+class Ingest:
+    """One run. ``stop()`` (from a signal handler) ends it cleanly after the batch in hand."""
 
+    def __init__(
+        self,
+        source: Source,
+        store: Store,
+        embedder: Embedder,
+        options: IngestOptions | None = None,
+        *,
+        state: RunState | None = None,
+        lock: IndexLock | None = None,
+        source_label: str = "",
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.embedder = embedder
+        self.options = options or IngestOptions()
+        self.state = state
+        self.lock = lock
+        self.source_label = source_label
+        self.on_progress = on_progress
+        self.report = IngestReport()
+        self.metrics = Metrics()
+        self.progress = Progress(pid=os.getpid(), source=source_label)
+        self._stop = threading.Event()
+        self._total: int | None = None
+        self._started = time.monotonic()
+        self._last_save = 0.0
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._next_admission = time.monotonic()
 
-@dataclass(slots=True)
-class _Prepared:
-    item: SourceItem
-    pixels: np.ndarray
-    content_hash: str
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self) -> IngestReport:
+        self.store.ensure_index(self.embedder.identity)  # a model/dimension mismatch stops us before any work
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            self.progress.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+            if self.state is not None:
+                self.state.start_run(self.source_label, os.getpid())
+            self._start_counting()
+            with self._executor() as executor:
+                self._pipeline(executor)
+            if self.report.succeeded and not self._stop.is_set():
+                self.store.optimize()
+            self.report.interrupted = self._stop.is_set()
+            self.progress.state = "interrupted" if self.report.interrupted else "finished"
+            self._save(force=True)
+        except BaseException:
+            self.progress.state = "failed"
+            self._save(force=True)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        return self.report
+
+    def _pipeline(self, executor: Executor) -> None:
+        in_flight: deque[Future[Prepared | PrepareFailure]] = deque()
+        look_ahead = max(2 * self.options.batch_size, 4 * max(1, self.options.workers))
+        batch: list[Prepared] = []
+        for item in self._changed_items():
+            if self._stop.is_set():
+                break
+            self._admit()
+            in_flight.append(executor.submit(prepare, item))
+            while len(in_flight) >= look_ahead:
+                self._take(in_flight.popleft().result(), batch)
+        # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
+        while in_flight:
+            self._take(in_flight.popleft().result(), batch)
+        if batch:
+            self._write_batch(batch)
+
+    def _take(self, result: Prepared | PrepareFailure, batch: list[Prepared]) -> None:
+        if isinstance(result, PrepareFailure):
+            self._fail([(result.item, result.stage, result.reason)])
+            return
+        self.metrics.stage_seconds["read"] += result.read_seconds
+        self.metrics.stage_seconds["decode"] += result.decode_seconds
+        batch.append(result)
+        if len(batch) >= self.options.batch_size:
+            self._write_batch(batch)
+            batch.clear()
+
+    # -- listing and skipping -----------------------------------------------------------------------
+
+    def _listing(self) -> Iterator[SourceItem]:
+        def on_error(error: ListingError) -> None:
+            item = SourceItem(error.path, error.path, error.path.rsplit("/", 1)[-1], "", 0, 0.0)
+            self._fail([(item, "list", error.reason)])
+
+        items: Iterable[SourceItem] = self.source.scan(on_error)
+        if self.options.max_files is not None:
+            items = islice(items, self.options.max_files)
+        return iter(items)
+
+    def _changed_items(self) -> Iterator[SourceItem]:
+        listing = self._listing()
+        while True:
+            began = time.perf_counter()
+            window = list(islice(listing, LOOKUP_WINDOW))
+            if not window:
+                return
+            self.report.seen += len(window)
+            todo = self._skip_known(window)
+            self.metrics.stage_seconds["list"] += time.perf_counter() - began
+            self._save()
+            yield from todo
+
+    def _skip_known(self, window: Sequence[SourceItem]) -> list[SourceItem]:
+        stored = self.store.lookup([document_id(item.uri) for item in window])
+        failed = {}
+        if self.state is not None and not self.options.retry_failed:
+            failed = self.state.known_failures([item.uri for item in window])
+        todo = []
+        for item in window:
+            state = stored.get(document_id(item.uri))
+            if state and state.has_vector and state.file_size == item.file_size and state.mtime == item.mtime:
+                self.report.unchanged += 1
+            elif failed.get(item.uri) == (item.file_size, item.mtime):
+                self.report.known_failures += 1  # failed before and has not changed since: --retry-failed
+            else:
+                todo.append(item)
+                continue
+            self.metrics.images_skipped += 1
+            self.metrics.images_processed += 1
+        return todo
+
+    def _admit(self) -> None:
+        """The rate limit: space files 1/rate seconds apart, without letting a stall bank a burst."""
+        if not self.options.rate_limit:
+            return
+        now = time.monotonic()
+        if self._next_admission > now:
+            self._stop.wait(self._next_admission - now)
+        self._next_admission = max(now, self._next_admission) + 1.0 / self.options.rate_limit
+
+    # -- embedding and writing ----------------------------------------------------------------------
+
+    def _write_batch(self, batch: list[Prepared]) -> None:
+        vectors, reused = self._vectors_for(batch)
+        keep: list[tuple[ImageDocument, bool]] = []
+        failed: list[tuple[SourceItem, str, str]] = []
+        for entry, vector, was_reused in zip(batch, vectors, reused, strict=True):
+            norm = float(np.linalg.norm(vector))
+            if not np.isfinite(norm) or norm < 1e-6:
+                failed.append((entry.item, "embed", "model produced a zero or NaN vector"))
+            else:
+                keep.append((_document(entry, vector, self.embedder.identity.model), was_reused))
+        documents = [doc for doc, _ in keep]
+        began = time.perf_counter()
+        try:
+            self.options.retry.call(
+                lambda: self.store.upsert(documents), lambda exc: not isinstance(exc, IdentityMismatchError)
+            )
+        except IdentityMismatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
+            failed.extend((_item_of(doc), "write", f"store write failed: {exc}") for doc in documents)
+            keep = []
+        self.metrics.stage_seconds["write"] += time.perf_counter() - began
+        if keep:
+            hits = sum(1 for _, was_reused in keep if was_reused)
+            self.report.cache_hits += hits
+            self.report.embedded += len(keep) - hits
+            self.metrics.batches += 1
+            self.metrics.cache_hits += hits
+            self.metrics.images_embedded += len(keep) - hits
+            self.metrics.images_processed += len(keep)
+            if self.state is not None:
+                self.state.clear_failures([doc.uri for doc, _ in keep])
+        if failed:
+            self._fail(failed)
+        self._save()
+
+    def _vectors_for(self, batch: list[Prepared]) -> tuple[list[np.ndarray], list[bool]]:
+        """Reuse vectors of identical bytes (this run, then the store); embed the rest in one model call.
+
+        Returns the vectors in batch order and, for each, whether it was reused rather than embedded.
+        """
+        hashes = [entry.content_hash for entry in batch]
+        known = {h: self._recent[h] for h in hashes if h in self._recent}
+        missing = [h for h in hashes if h not in known]
+        if missing:
+            known.update(self.store.vectors_by_hash(missing))
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in known:
+                first_of.setdefault(h, i)  # copies inside this batch are embedded once
+        to_embed = sorted(first_of.values())
+        embedded: dict[int, np.ndarray] = {}
+        if to_embed:
+            began = time.perf_counter()
+            output = self.embedder.embed_images(np.stack([batch[i].pixels for i in to_embed]))
+            self.metrics.record_embed(time.perf_counter() - began, len(to_embed))
+            embedded = dict(zip(to_embed, output, strict=True))
+            known.update({hashes[i]: vector for i, vector in embedded.items()})
+        vectors = [known[h] for h in hashes]
+        for h, vector in zip(hashes, vectors, strict=True):
+            self._remember(h, vector)
+        return vectors, [i not in embedded for i in range(len(batch))]
+
+    def _remember(self, content_hash: str, vector: np.ndarray) -> None:
+        self._recent[content_hash] = vector
+        self._recent.move_to_end(content_hash)
+        while len(self._recent) > CACHE_ENTRIES:
+            self._recent.popitem(last=False)
+
+    def _fail(self, failures: list[tuple[SourceItem, str, str]]) -> None:
+        for item, stage, reason in failures:
+            self.report.failures.append(Failure(item.file_path, stage, reason))
+        self.metrics.images_failed += len(failures)
+        self.metrics.images_processed += len(failures)
+        if self.state is not None:
+            self.state.record_failures(
+                FailureRecord(item.file_path, stage, reason, item.uri, item.file_size, item.mtime)
+                for item, stage, reason in failures
+            )
+
+    # -- progress -----------------------------------------------------------------------------------
+
+    def _start_counting(self) -> None:
+        """Count the source in the background (no list kept), so progress can show a total and an ETA."""
+
+        def count() -> None:
+            total = 0
+            for _ in self.source.scan(lambda _error: None):
+                total += 1
+                if self._stop.is_set():
+                    return
+                if self.options.max_files is not None and total >= self.options.max_files:
+                    break
+            self._total = total
+
+        threading.Thread(target=count, name="imgvec-count", daemon=True).start()
+
+    def _save(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_save < SAVE_EVERY_SECONDS:
+            return
+        self._last_save = now
+        elapsed = max(now - self._started, 1e-9)
+        report, progress = self.report, self.progress
+        self.report.seconds = elapsed
+        progress.succeeded = report.succeeded
+        progress.failed = len(report.failures)
+        progress.skipped = report.unchanged + report.known_failures
+        progress.cache_hits = report.cache_hits
+        progress.processed = progress.succeeded + progress.failed + progress.skipped
+        progress.rate = (progress.succeeded + progress.failed) / elapsed
+        progress.total = self._total
+        if self._total is not None:
+            progress.remaining = max(0, self._total - progress.processed)
+            progress.eta_seconds = progress.remaining / progress.rate if progress.rate > 0 else None
+        if progress.state != "running":
+            progress.remaining = 0 if progress.state == "finished" else progress.remaining
+            progress.eta_seconds = 0.0 if progress.state == "finished" else None
+        if self.state is not None:
+            self.state.save(progress, self.metrics.snapshot())
+        if self.on_progress is not None:
+            self.on_progress(progress)
+
+    # -- workers ------------------------------------------------------------------------------------
+
+    def _executor(self) -> Executor:
+        config = WorkerConfig(self.source, self.embedder.preprocessor, self.options.max_pixels, self.options.retry)
+        if self.options.workers == 0:
+            init_worker(config)
+            return ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgvec-decode")
+        # spawn, not fork: this process has torch's thread pools running, which fork does not survive safely
+        return ProcessPoolExecutor(
+            max_workers=self.options.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=partial(init_worker, ignore_interrupts=True),
+            initargs=(config,),
+        )
 
 
 def ingest(
@@ -70,90 +390,30 @@ def ingest(
     store: Store,
     embedder: Embedder,
     options: IngestOptions | None = None,
+    *,
+    state: RunState | None = None,
+    lock: IndexLock | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> IngestReport:
-    options = options or IngestOptions()
-    store.ensure_index(embedder.identity)  # refuses a model/dimension mismatch before any work is done
-    report = IngestReport()
-    started = time.monotonic()
-
-    def on_listing_error(error: ListingError) -> None:
-        report.failures.append(Failure(error.path, "list", error.reason))
-
-    items = source.scan(on_listing_error)
-    if options.max_files is not None:
-        items = islice(items, options.max_files)
-
-    with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="imgvec-decode") as pool:
-        # Look up a wide window per store query (one query per LOOKUP_WINDOW files, not per batch), then
-        # decode and embed the changed files in model-sized batches.
-        for window in _batched(items, max(LOOKUP_WINDOW, options.batch_size)):
-            report.seen += len(window)
-            for batch in _batched(_changed(window, store, report), options.batch_size):
-                prepared = []
-                for result in pool.map(lambda item: _prepare(source, embedder, item, options.max_pixels), batch):
-                    if isinstance(result, Failure):
-                        report.failures.append(result)
-                    else:
-                        prepared.append(result)
-                if prepared:
-                    _embed_and_write(prepared, store, embedder, report)
-                report.seconds = time.monotonic() - started
-                if on_progress:
-                    on_progress(report)
-            report.seconds = time.monotonic() - started
-            if on_progress:
-                on_progress(report)
-    store.optimize()
-    report.seconds = time.monotonic() - started
-    return report
+    """One call for library users and tests: run an Ingest to the end."""
+    return Ingest(source, store, embedder, options, state=state, lock=lock, on_progress=on_progress).run()
 
 
-def _changed(chunk: Sequence[SourceItem], store: Store, report: IngestReport) -> list[SourceItem]:
-    known = store.lookup([document_id(item.uri) for item in chunk])
-    todo = []
-    for item in chunk:
-        state = known.get(document_id(item.uri))
-        if state and state.has_vector and state.file_size == item.file_size and state.mtime == item.mtime:
-            report.unchanged += 1
-        else:
-            todo.append(item)
-    return todo
+def _item_of(doc: ImageDocument) -> SourceItem:
+    return SourceItem(
+        doc.uri,
+        doc.file_path,
+        doc.file_name,
+        doc.file_extension,
+        doc.file_size,
+        doc.mtime,
+        doc.bucket,
+        doc.file_key,
+        doc.s3_url,
+    )
 
 
-def _prepare(source: Source, embedder: Embedder, item: SourceItem, max_pixels: int) -> _Prepared | Failure:
-    try:
-        data = source.read(item)
-    except OSError as exc:
-        return Failure(item.file_path, "read", f"cannot read file: {exc.strerror or exc}")
-    try:
-        image = decode_image(data, max_pixels=max_pixels)
-        pixels = embedder.preprocessor(image)
-    except ImageDecodeError as exc:
-        return Failure(item.file_path, "decode", str(exc))
-    except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
-        return Failure(item.file_path, "decode", f"cannot decode image: {exc}")
-    return _Prepared(item, pixels, hashlib.sha256(data).hexdigest())
-
-
-def _embed_and_write(prepared: list[_Prepared], store: Store, embedder: Embedder, report: IngestReport) -> None:
-    vectors = embedder.embed_images(np.stack([p.pixels for p in prepared]))
-    documents = []
-    for entry, vector in zip(prepared, vectors, strict=True):
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(norm) or norm < 1e-6:
-            report.failures.append(Failure(entry.item.file_path, "embed", "model produced a zero or NaN vector"))
-            continue
-        documents.append(_document(entry, vector, embedder.identity.model))
-    try:
-        store.upsert(documents)
-    except Exception as exc:  # noqa: BLE001 - the batch is lost, each file recorded; the next run retries
-        report.failures.extend(Failure(d.file_path, "write", f"store write failed: {exc}") for d in documents)
-        return
-    report.embedded += len(documents)
-
-
-def _document(entry: _Prepared, vector: np.ndarray, model: str) -> ImageDocument:
+def _document(entry: Prepared, vector: np.ndarray, model: str) -> ImageDocument:
     item = entry.item
     return ImageDocument(
         file_name=item.file_name,
@@ -168,9 +428,3 @@ def _document(entry: _Prepared, vector: np.ndarray, model: str) -> ImageDocument
         model=model,
         vector=vector,
     )
-
-
-def _batched(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk

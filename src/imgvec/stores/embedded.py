@@ -23,6 +23,7 @@ from imgvec.identity import IndexIdentity
 from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
 
 if TYPE_CHECKING:
+    import lancedb
     import lancedb.table
     from lancedb.index import IndexConfig
 
@@ -35,6 +36,9 @@ ID_INDEX_MIN_ROWS = 10_000
 PROBE_SHARE = 0.04
 """Share of the √n IVF partitions each query probes; recall@10 >= 0.99 in benchmarks/store.py."""
 PQ_REFINE_FACTOR = 50
+KEEP_VERSIONS_FOR = timedelta(minutes=10)
+"""Superseded versions are deleted after this. Lance keeps them 7 days by default, doubling the disk of a
+store that is rewritten by compaction; readers here always move to the latest version, so minutes suffice."""
 LOOKUP_CHUNK = 2_000
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -66,25 +70,36 @@ def _sql_str(value: str) -> str:
 
 class EmbeddedStore:
     def __init__(self, path: str | Path, index: str) -> None:
-        import lancedb
-
         if not _INDEX_NAME.match(index):
             raise StoreError(f"invalid index name {index!r}: use letters, digits, '.', '_' and '-'")
         self.path = Path(path).expanduser()
         self.index = index
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            # Without a consistency interval a handle never sees other processes' commits: a long-lived
-            # reader (the HTTP service, a second terminal) would report stale counts forever.
-            self._db = lancedb.connect(self.path, read_consistency_interval=timedelta(0))
-        except OSError as exc:
-            raise StoreError(f"cannot open the embedded store at {self.path}: {exc}") from exc
-        self._table = None
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"cannot open the embedded store at {self.path}: it is a file, not a directory")
+        self._connection: lancedb.DBConnection | None = None
+        self._table: lancedb.table.Table | None = None
+
+    def _db(self, *, create: bool = False) -> lancedb.DBConnection | None:
+        """Connected lazily: lancedb.connect creates the directory, and reading (status, --dry-run) must not."""
+        if self._connection is None:
+            if not create and not self.path.is_dir():
+                return None
+            import lancedb
+
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                # Without a consistency interval a handle never sees other processes' commits: a long-lived
+                # reader (the HTTP service, a second terminal) would report stale counts forever.
+                self._connection = lancedb.connect(self.path, read_consistency_interval=timedelta(0))
+            except OSError as exc:
+                raise StoreError(f"cannot open the embedded store at {self.path}: {exc}") from exc
+        return self._connection
 
     # -- identity -----------------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.index in self._db.list_tables(limit=1_000_000).tables
+        db = self._db()
+        return db is not None and self.index in db.list_tables(limit=1_000_000).tables
 
     def _open(self) -> lancedb.table.Table:
         if self._table is None:
@@ -93,7 +108,7 @@ class EmbeddedStore:
                     f"no index {self.index!r} in the embedded store {self.path}; "
                     f"create it with `imgvec ingest FOLDER` (or pick another with --index)"
                 )
-            self._table = self._db.open_table(self.index)
+            self._table = self._db().open_table(self.index)
         return self._table
 
     def identity(self) -> IndexIdentity | None:
@@ -112,7 +127,7 @@ class EmbeddedStore:
                 )
             current.require_compatible(identity)
             return
-        self._table = self._db.create_table(self.index, schema=_schema(identity))
+        self._table = self._db(create=True).create_table(self.index, schema=_schema(identity))
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -198,6 +213,25 @@ class EmbeddedStore:
                 )
         return found
 
+    def vectors_by_hash(self, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        if not content_hashes or not self.exists():
+            return {}
+        table = self._open()
+        found: dict[str, np.ndarray] = {}
+        for chunk in _chunks(sorted(set(content_hashes)), LOOKUP_CHUNK):
+            rows = (
+                table.search()
+                .where(f"content_hash IN ({', '.join(_sql_str(h) for h in chunk)}) AND vector IS NOT NULL")
+                .select(["content_hash", "vector"])
+                .limit(len(chunk) * 4)
+                .to_arrow()
+            )
+            if rows.num_rows:
+                vectors = rows.column("vector").combine_chunks().flatten().to_numpy().reshape(rows.num_rows, -1)
+                for content_hash, vector in zip(rows.column("content_hash").to_pylist(), vectors, strict=True):
+                    found[content_hash] = vector
+        return found
+
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]:
         table = self._open()
         identity = self.identity()
@@ -237,11 +271,13 @@ class EmbeddedStore:
 
     def optimize(self) -> None:
         table = self._open()
-        table.optimize()  # compacts small commits, folds new rows into existing indexes
+        table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR)  # compacts, folds new rows into indexes
         indexed = {tuple(ix.columns) for ix in table.list_indices()}
         rows = table.count_rows()
-        if ("id",) not in indexed and rows >= ID_INDEX_MIN_ROWS:
-            table.create_scalar_index("id", index_type="BTREE", replace=True)
+        if rows >= ID_INDEX_MIN_ROWS:
+            for column in ("id", "content_hash"):  # skip checks and the content cache look rows up by these
+                if (column,) not in indexed:
+                    table.create_scalar_index(column, index_type="BTREE", replace=True)
         with_vector = table.count_rows("vector IS NOT NULL")
         if ("vector",) not in indexed and with_vector >= VECTOR_INDEX_MIN_ROWS:
             build_vector_index(table, with_vector)

@@ -1,0 +1,184 @@
+"""Run state in SQLite beside the index: the current run's progress and metrics, and every failed file.
+
+Per-item success lives in the store itself (each batch is one atomic upsert, and the next run skips files whose
+size and mtime match). This database holds what the store cannot: which files failed and why, and where the
+run stands, readable from a second terminal while the run goes on (WAL mode: readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgvec.pipeline.lock import IndexLock
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    progress TEXT NOT NULL,
+    metrics TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    uri TEXT PRIMARY KEY,
+    file_path TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    file_size INTEGER,
+    mtime REAL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where a run stands. Field names are the `imgvec progress --json` contract."""
+
+    state: str = "running"
+    """running, finished, interrupted (stopped by a signal or killed), or failed (a set-up error)."""
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    remaining: int | None = None
+    rate: float = 0.0
+    eta_seconds: float | None = None
+    started_at: str = ""
+    total: int | None = None
+    cache_hits: int = 0
+    pid: int | None = None
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    file_path: str
+    stage: str
+    reason: str
+    uri: str = ""
+    file_size: int | None = None
+    mtime: float | None = None
+    attempts: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file_path": self.file_path, "stage": self.stage, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class RunState:
+    path: Path
+    _db: sqlite3.Connection = field(init=False, repr=False)
+    run_id: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @classmethod
+    def for_index(cls, state_dir: Path, index: str) -> RunState:
+        return cls(state_dir / f"{index}.sqlite")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def start_run(self, source: str, pid: int) -> None:
+        now = time.time()
+        cursor = self._db.execute(
+            "INSERT INTO runs (state, pid, source, started_at, updated_at, progress, metrics) "
+            "VALUES ('running', ?, ?, ?, ?, '{}', '{}')",
+            (pid, source, now, now),
+        )
+        self.run_id = cursor.lastrowid
+
+    def save(self, progress: Progress, metrics: dict[str, Any]) -> None:
+        finished = time.time() if progress.state != "running" else None
+        self._db.execute(
+            "UPDATE runs SET state = ?, updated_at = ?, finished_at = ?, progress = ?, metrics = ? WHERE id = ?",
+            (progress.state, time.time(), finished, json.dumps(progress.as_dict()), json.dumps(metrics), self.run_id),
+        )
+
+    def latest(self, lock: IndexLock | None = None) -> tuple[Progress, dict[str, Any]] | None:
+        """The newest run; one recorded as running whose lock is free was killed, and reads as interrupted."""
+        row = self._db.execute("SELECT state, progress, metrics FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        state, progress_json, metrics_json = row
+        progress = Progress(**{k: v for k, v in json.loads(progress_json).items() if k in Progress.__slots__})
+        progress.state = state
+        if state == "running" and lock is not None and not lock.is_held():
+            progress.state = "interrupted"
+        return progress, json.loads(metrics_json)
+
+    # -- failures -----------------------------------------------------------------------------------
+
+    def record_failures(self, failures: Iterable[FailureRecord]) -> None:
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO failures (uri, file_path, stage, reason, file_size, mtime, attempts, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(uri) DO UPDATE SET stage = excluded.stage, "
+                "reason = excluded.reason, file_size = excluded.file_size, mtime = excluded.mtime, "
+                "attempts = failures.attempts + 1, updated_at = excluded.updated_at",
+                [(f.uri or f.file_path, f.file_path, f.stage, f.reason, f.file_size, f.mtime, now) for f in failures],
+            )
+
+    def clear_failures(self, uris: Iterable[str]) -> None:
+        with self._transaction():
+            self._db.executemany("DELETE FROM failures WHERE uri = ?", [(u,) for u in uris])
+
+    def known_failures(self, uris: list[str]) -> dict[str, tuple[int | None, float | None]]:
+        """uri → (size, mtime) recorded when it failed, for the uris given."""
+        found: dict[str, tuple[int | None, float | None]] = {}
+        for start in range(0, len(uris), 500):
+            chunk = uris[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for uri, size, mtime in self._db.execute(
+                f"SELECT uri, file_size, mtime FROM failures WHERE uri IN ({marks})", chunk
+            ):
+                found[uri] = (size, mtime)
+        return found
+
+    def failures(self) -> list[FailureRecord]:
+        return [
+            FailureRecord(file_path=p, stage=s, reason=r, uri=u, file_size=z, mtime=m, attempts=a)
+            for u, p, s, r, z, m, a in self._db.execute(
+                "SELECT uri, file_path, stage, reason, file_size, mtime, attempts FROM failures ORDER BY file_path"
+            )
+        ]
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,81 @@
+"""What one decode worker does for one file: read (with retries) → hash → decode → preprocess.
+
+Runs in worker processes (spawned: they import PIL and numpy, never torch), or in threads when workers=0.
+Everything it needs arrives once through ``init_worker``; each task then sends only the item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgvec.embed.decode import decode_image
+from imgvec.embed.preprocess import Preprocessor
+from imgvec.errors import ImageDecodeError
+from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
+from imgvec.sources.base import Source, SourceItem
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    source: Source
+    preprocessor: Preprocessor
+    max_pixels: int
+    retry: RetryPolicy
+
+
+@dataclass(slots=True)
+class Prepared:
+    item: SourceItem
+    pixels: np.ndarray
+    content_hash: str
+    read_seconds: float
+    decode_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareFailure:
+    item: SourceItem
+    stage: str
+    reason: str
+
+
+_config: WorkerConfig | None = None
+
+
+def init_worker(config: WorkerConfig, *, ignore_interrupts: bool = False) -> None:
+    global _config
+    _config = config
+    if ignore_interrupts:
+        # Ctrl-C reaches the whole process group; the parent decides how to stop, workers must not die mid-task.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def prepare(item: SourceItem) -> Prepared | PrepareFailure:
+    config = _config
+    assert config is not None, "init_worker was not called"
+    began = time.perf_counter()
+    try:
+        data = config.retry.call(lambda: config.source.read(item), is_transient_os_error)
+    except OSError as exc:
+        return PrepareFailure(item, "read", f"cannot read file: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - a source's own error type (S3) is still one file's failure
+        return PrepareFailure(item, "read", f"cannot read: {exc}")
+    read_done = time.perf_counter()
+    try:
+        pixels = config.preprocessor(decode_image(data, max_pixels=config.max_pixels))
+    except ImageDecodeError as exc:
+        return PrepareFailure(item, "decode", str(exc))
+    except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
+        return PrepareFailure(item, "decode", f"cannot decode image: {exc}")
+    return Prepared(
+        item=item,
+        pixels=pixels,
+        content_hash=hashlib.sha256(data).hexdigest(),
+        read_seconds=read_done - began,
+        decode_seconds=time.perf_counter() - read_done,
+    )

@@ -1,0 +1,165 @@
+"""The batch pipeline in-process: content cache, failure records, retry policy, lock, run state, metrics."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgvec.pipeline.ingest import IngestOptions, ingest
+from imgvec.pipeline.lock import IndexBusyError, IndexLock
+from imgvec.pipeline.metrics import prometheus_text
+from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
+from imgvec.pipeline.state import RunState
+from imgvec.sources import LocalFolder
+from imgvec.stores.embedded import EmbeddedStore
+from tests.helpers import encode, photo
+
+THREADS = IngestOptions(workers=0, batch_size=4)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EmbeddedStore:
+    return EmbeddedStore(tmp_path / "store", "images")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> RunState:
+    return RunState(tmp_path / "state" / "images.sqlite")
+
+
+def test_identical_bytes_reuse_the_stored_vector(tmp_path: Path, store: EmbeddedStore, tiny_embedder) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"p{i}.jpg").write_bytes(encode(photo(300 + i)))
+    first = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    assert (first.embedded, first.cache_hits) == (5, 0)
+
+    shutil.copy(folder / "p0.jpg", folder / "copy-of-p0.jpg")  # a copy
+    (folder / "p1.jpg").rename(folder / "renamed-p1.jpg")  # a rename: new path, same bytes
+    (folder / "twin-a.jpg").write_bytes(encode(photo(400)))  # two identical new files in one run
+    shutil.copy(folder / "twin-a.jpg", folder / "twin-b.jpg")
+    second = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    assert second.cache_hits == 3 and second.embedded == 1
+    vectors = {
+        row["file_name"]: np.asarray(row["vector"])
+        for row in store._open().search().select(["file_name", "vector"]).limit(100).to_arrow().to_pylist()
+    }
+    np.testing.assert_array_equal(vectors["copy-of-p0.jpg"], vectors["p0.jpg"])
+    np.testing.assert_array_equal(vectors["twin-a.jpg"], vectors["twin-b.jpg"])
+
+
+def test_failures_are_recorded_skipped_then_retried(
+    tmp_path: Path, store: EmbeddedStore, state: RunState, tiny_embedder
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(encode(photo(1)))
+    bad = folder / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    report = ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state)
+    assert [(f.file_path, f.stage) for f in report.failures] == [(str(bad), "decode")]
+    records = state.failures()
+    assert [(r.file_path, r.stage, r.attempts) for r in records] == [(str(bad), "decode", 1)]
+    assert "not a recognised image format" in records[0].reason
+
+    again = ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state)
+    assert (again.known_failures, again.unchanged, len(again.failures)) == (1, 1, 0)
+
+    forced = ingest(LocalFolder(folder), store, tiny_embedder, IngestOptions(workers=0, retry_failed=True), state=state)
+    assert len(forced.failures) == 1 and state.failures()[0].attempts == 2
+
+    bad.write_bytes(encode(photo(2)))  # fixed: it changed, so it is tried again without any flag
+    os.utime(bad, (1_800_000_000, 1_800_000_000))
+    fixed = ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state)
+    assert fixed.embedded == 1 and not fixed.failures
+    assert state.failures() == []
+
+
+def test_retry_policy_backs_off_on_transient_errors_only() -> None:
+    calls, sleeps = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(errno.EIO, "I/O error")
+        return "ok"
+
+    policy = RetryPolicy(attempts=5, base_seconds=0.5, max_seconds=30)
+    assert policy.call(flaky, is_transient_os_error, sleep=sleeps.append) == "ok"
+    assert len(calls) == 3 and len(sleeps) == 2
+    assert 0 <= sleeps[0] <= 0.5 and 0 <= sleeps[1] <= 1.0  # full jitter under a doubling cap
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError(errno.ENOENT, "gone")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        policy.call(missing, is_transient_os_error, sleep=sleeps.append)
+    assert len(calls) == 1  # a missing file is not retried
+
+    def always() -> None:
+        raise OSError(errno.ETIMEDOUT, "timed out")
+
+    sleeps.clear()
+    with pytest.raises(OSError, match="timed out"):
+        policy.call(always, is_transient_os_error, sleep=sleeps.append)
+    assert len(sleeps) == 4
+    assert all(policy.delay(a) <= min(30, 0.5 * 2**a) for a in range(12))
+
+
+def test_lock_allows_one_holder_and_frees_on_release(tmp_path: Path) -> None:
+    first, second = IndexLock(tmp_path / "i.lock"), IndexLock(tmp_path / "i.lock")
+    assert not second.is_held()
+    with first:
+        assert second.is_held()
+        with pytest.raises(IndexBusyError, match=f"pid {os.getpid()}"):
+            second.acquire()
+    assert not second.is_held()
+    second.acquire()
+    second.release()
+
+
+def test_run_state_records_progress_and_metrics(
+    tmp_path: Path, store: EmbeddedStore, state: RunState, tiny_embedder
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"p{i}.jpg").write_bytes(encode(photo(500 + i)))
+    (folder / "bad.png").write_bytes(b"")
+    lock = IndexLock(tmp_path / "state" / "images.lock")
+    ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state, lock=lock)
+    progress, metrics = state.latest(lock)
+    assert progress.state == "finished"
+    assert (progress.processed, progress.succeeded, progress.failed, progress.skipped) == (7, 6, 1, 0)
+    assert progress.remaining == 0 and progress.eta_seconds == 0.0 and progress.rate > 0
+    assert progress.started_at and progress.total == 7
+    assert metrics["images_embedded"] == 6 and metrics["images_failed"] == 1
+    assert metrics["success_rate"] == pytest.approx(6 / 7) and metrics["error_rate"] == pytest.approx(1 / 7)
+    assert metrics["embedding_seconds_per_image_mean"] > 0
+    assert metrics["embedding_seconds_per_image_p95"] >= metrics["embedding_seconds_per_image_mean"] * 0.5
+    assert set(metrics["stage_seconds"]) == {"list", "read", "decode", "embed", "write"}
+
+    text = prometheus_text(metrics, {"index": "images"})
+    assert 'imgvec_images_embedded_total{index="images"} 6' in text
+    assert 'imgvec_stage_seconds_total{index="images",stage="embed"}' in text
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+
+
+def test_a_run_recorded_running_without_its_lock_reads_as_interrupted(tmp_path: Path, state: RunState) -> None:
+    from imgvec.pipeline.state import Progress
+
+    state.start_run("/photos", pid=999_999)
+    state.save(Progress(state="running", processed=3), {})
+    lock = IndexLock(tmp_path / "state" / "images.lock")
+    assert state.latest(lock)[0].state == "interrupted"
+    with lock:
+        assert state.latest(lock)[0].state == "running"
