@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from imgvec.sources import LocalFolder, SourceItem
 
 
 def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -39,3 +42,12 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
         timeout=timeout,
         check=False,
     )
+
+
+class CrashingFolder(LocalFolder):
+    """A folder whose files named crash* kill the process reading them, as a decoder segfault would."""
+
+    def read(self, item: SourceItem) -> bytes:
+        if item.file_name.startswith("crash"):
+            os._exit(70)
+        return super().read(item)

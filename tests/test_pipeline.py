@@ -17,7 +17,7 @@ from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
 from imgvec.pipeline.state import RunState
 from imgvec.sources import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
-from tests.helpers import encode, photo
+from tests.helpers import CrashingFolder, encode, photo
 
 THREADS = IngestOptions(workers=0, batch_size=4)
 
@@ -163,3 +163,15 @@ def test_a_run_recorded_running_without_its_lock_reads_as_interrupted(tmp_path: 
     assert state.latest(lock)[0].state == "interrupted"
     with lock:
         assert state.latest(lock)[0].state == "running"
+
+
+def test_a_file_that_kills_its_worker_fails_alone(tmp_path: Path, store: EmbeddedStore, tiny_embedder) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"p{i}.jpg").write_bytes(encode(photo(700 + i)))
+    (folder / "crash-me.jpg").write_bytes(encode(photo(799)))
+    report = ingest(CrashingFolder(folder), store, tiny_embedder, IngestOptions(workers=1, batch_size=4))
+    assert [(Path(f.file_path).name, f.stage) for f in report.failures] == [("crash-me.jpg", "decode")]
+    assert "worker died" in report.failures[0].reason
+    assert report.embedded == 10 and store.stats().documents == 10

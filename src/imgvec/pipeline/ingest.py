@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -147,8 +148,7 @@ class Ingest:
             if self.state is not None:
                 self.state.start_run(self.source_label, os.getpid())
             self._start_counting()
-            with self._executor() as executor:
-                self._pipeline(executor)
+            self._pipeline()
             if self.report.succeeded and not self._stop.is_set():
                 self.store.optimize()
             self.report.interrupted = self._stop.is_set()
@@ -163,22 +163,54 @@ class Ingest:
                 self.lock.release()
         return self.report
 
-    def _pipeline(self, executor: Executor) -> None:
-        in_flight: deque[Future[Prepared | PrepareFailure]] = deque()
+    def _pipeline(self) -> None:
+        in_flight: deque[tuple[SourceItem, Future[Prepared | PrepareFailure]]] = deque()
         look_ahead = max(2 * self.options.batch_size, 4 * max(1, self.options.workers))
         batch: list[Prepared] = []
-        for item in self._changed_items():
-            if self._stop.is_set():
-                break
-            self._admit()
-            in_flight.append(executor.submit(prepare, item))
-            while len(in_flight) >= look_ahead:
-                self._take(in_flight.popleft().result(), batch)
-        # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
-        while in_flight:
-            self._take(in_flight.popleft().result(), batch)
-        if batch:
-            self._write_batch(batch)
+        executor = self._executor()
+        try:
+            for item in self._changed_items():
+                if self._stop.is_set():
+                    break
+                self._admit()
+                in_flight.append((item, executor.submit(prepare, item)))
+                while len(in_flight) >= look_ahead:
+                    executor = self._collect(in_flight, batch, executor)
+            # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
+            while in_flight:
+                executor = self._collect(in_flight, batch, executor)
+            if batch:
+                self._write_batch(batch)
+        finally:
+            executor.shutdown(cancel_futures=True)
+
+    def _collect(
+        self,
+        in_flight: deque[tuple[SourceItem, Future[Prepared | PrepareFailure]]],
+        batch: list[Prepared],
+        executor: Executor,
+    ) -> Executor:
+        """Take the oldest result. A worker that died (a decoder crash, the OOM killer) breaks the whole pool:
+        restart it and run every file that was in flight alone, so only the file that kills a worker fails."""
+        item, future = in_flight.popleft()
+        try:
+            self._take(future.result(), batch)
+            return executor
+        except BrokenProcessPool:
+            suspects = [item, *(other for other, _ in in_flight)]
+            in_flight.clear()
+        executor.shutdown(cancel_futures=True)
+        executor = self._executor()
+        for suspect in suspects:
+            try:
+                result = executor.submit(prepare, suspect).result()
+            except BrokenProcessPool:
+                executor.shutdown(cancel_futures=True)
+                executor = self._executor()
+                self._fail([(suspect, "decode", "the decode worker died on this file (a crash, or out of memory)")])
+                continue
+            self._take(result, batch)
+        return executor
 
     def _take(self, result: Prepared | PrepareFailure, batch: list[Prepared]) -> None:
         if isinstance(result, PrepareFailure):
