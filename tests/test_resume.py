@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imgvec.pipeline.state import RunState
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import encode, photo, run_cli
 
@@ -53,6 +54,11 @@ def documents(env: dict[str, str]) -> int:
     return store.stats().documents if store.exists() else 0
 
 
+def run_recorded(state_file: Path) -> bool:
+    """The run has written its row (the state file alone exists a moment earlier)."""
+    return state_file.exists() and RunState(state_file).latest() is not None
+
+
 def progress(env: dict[str, str]) -> dict:
     result = run_cli(["progress", "--json"], env)
     assert result.returncode == 0, result.stderr
@@ -62,7 +68,7 @@ def progress(env: dict[str, str]) -> dict:
 def test_kill_9_at_several_points_then_resume(folder: Path, cli_env: dict[str, str]) -> None:
     state_file = Path(cli_env["IMGVEC_STORE"]) / "_imgvec" / "images.sqlite"
     kill_points = [
-        ("before the first commit", lambda: state_file.exists() and documents(cli_env) == 0),
+        ("before the first commit", lambda: run_recorded(state_file) and documents(cli_env) == 0),
         ("after a few batches", lambda: documents(cli_env) >= 8),
         ("midway", lambda: documents(cli_env) >= 28),
     ]

@@ -124,6 +124,7 @@ class Ingest:
         self.metrics = Metrics()
         self.progress = Progress(pid=os.getpid(), source=source_label)
         self._stop = threading.Event()
+        self._finished = threading.Event()
         self._total: int | None = None
         self._started = time.monotonic()
         self._last_save = 0.0
@@ -147,8 +148,12 @@ class Ingest:
             self.progress.started_at = datetime.now(UTC).isoformat(timespec="seconds")
             if self.state is not None:
                 self.state.start_run(self.source_label, os.getpid())
+            self._started = time.monotonic()
             self._start_counting()
-            self._pipeline()
+            try:
+                self._pipeline()
+            finally:
+                self._finished.set()  # ends the background count if the source is larger than the run
             if self.report.succeeded and not self._stop.is_set():
                 self.store.optimize()
             self.report.interrupted = self._stop.is_set()
@@ -367,7 +372,7 @@ class Ingest:
             total = 0
             for _ in self.source.scan(lambda _error: None):
                 total += 1
-                if self._stop.is_set():
+                if self._stop.is_set() or self._finished.is_set():
                     return
                 if self.options.max_files is not None and total >= self.options.max_files:
                     break
@@ -390,6 +395,8 @@ class Ingest:
         progress.processed = progress.succeeded + progress.failed + progress.skipped
         progress.rate = (progress.succeeded + progress.failed) / elapsed
         progress.total = self._total
+        if progress.state == "finished" and self._total is None:
+            progress.total = progress.processed  # the run outpaced the background count: it saw everything
         if self._total is not None:
             progress.remaining = max(0, self._total - progress.processed)
             progress.eta_seconds = progress.remaining / progress.rate if progress.rate > 0 else None
