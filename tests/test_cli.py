@@ -65,7 +65,10 @@ def test_ingest_status_search_round_trip(photos: Path, cli_env: dict[str, str]) 
 
 
 def test_other_model_is_refused_naming_both(photos: Path, cli_env: dict[str, str]) -> None:
-    assert run_cli([*MODEL, "ingest", str(photos / "trip")], cli_env).returncode == 0
+    first = run_cli([*MODEL, "ingest", str(photos / "trip")], cli_env)
+    assert first.returncode == 0
+    assert "6/6 processed: 6 ok, 0 failed, 0 skipped" in first.stderr  # plain progress lines when not a TTY
+    assert "6 embedded, 0 reused" in first.stdout
     other = run_cli(["--model", "ViT-B-32/random", "ingest", str(photos / "trip")], cli_env)
     assert other.returncode == 1
     assert "imgvec-tiny/random" in other.stderr and "ViT-B-32/random" in other.stderr
