@@ -335,13 +335,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-@app.command()
-def progress(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
-    """Where the latest ingest of the index stands; works from a second terminal while it runs."""
-    settings: Settings = ctx.obj
+def _latest_run(settings: Settings) -> tuple[RunProgress, dict[str, Any]]:
     try:
         state, lock = _run_state(settings, create=False)
         latest = state.latest(lock)
@@ -349,7 +343,16 @@ def progress(
         raise _fail(str(exc)) from None
     if latest is None:
         raise _fail(f"no ingest has run for index {settings.index!r}")
-    run_progress, _ = latest
+    return latest
+
+
+@app.command()
+def progress(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Where the latest ingest of the index stands; works from a second terminal while it runs."""
+    run_progress, _ = _latest_run(ctx.obj)
     if as_json:
         out.print_json(json.dumps(run_progress.as_dict()))
         return
@@ -383,14 +386,8 @@ def metrics(ctx: typer.Context) -> None:
     from imgvec.pipeline.metrics import prometheus_text
 
     settings: Settings = ctx.obj
-    try:
-        state, lock = _run_state(settings, create=False)
-        latest = state.latest(lock)
-    except ImgvecError as exc:
-        raise _fail(str(exc)) from None
-    if latest is None:
-        raise _fail(f"no ingest has run for index {settings.index!r}")
-    sys.stdout.write(prometheus_text(latest[1], {"index": settings.index}))
+    _, run_metrics = _latest_run(settings)
+    sys.stdout.write(prometheus_text(run_metrics, {"index": settings.index}))
 
 
 @app.command()
