@@ -175,3 +175,27 @@ def test_a_file_that_kills_its_worker_fails_alone(tmp_path: Path, store: Embedde
     assert [(Path(f.file_path).name, f.stage) for f in report.failures] == [("crash-me.jpg", "decode")]
     assert "worker died" in report.failures[0].reason
     assert report.embedded == 10 and store.stats().documents == 10
+
+
+def test_long_runs_compact_the_store_as_they_go(
+    tmp_path: Path, store: EmbeddedStore, tiny_embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgvec.pipeline import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "OPTIMIZE_EVERY_BATCHES", 4)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(18):
+        (folder / f"p{i:02d}.jpg").write_bytes(encode(photo(900 + i, (64, 48))))
+    optimized: list[int] = []
+    original = EmbeddedStore.optimize
+
+    def counting_optimize(self: EmbeddedStore) -> None:
+        optimized.append(self.stats().documents)
+        original(self)
+
+    monkeypatch.setattr(EmbeddedStore, "optimize", counting_optimize)
+    report = ingest(LocalFolder(folder), store, tiny_embedder, IngestOptions(workers=0, batch_size=1))
+    assert report.embedded == 18
+    assert optimized == [4, 8, 12, 16, 18]  # every 4 batches during the run, and once at the end
+    assert store._open().stats()["fragment_stats"]["num_fragments"] < 18  # one commit per batch, compacted

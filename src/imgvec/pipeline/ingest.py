@@ -42,6 +42,9 @@ from imgvec.stores.base import Store
 
 LOOKUP_WINDOW = 1024
 SAVE_EVERY_SECONDS = 1.0
+OPTIMIZE_EVERY_BATCHES = 200
+"""Compact and index the store every ~6,400 files. Each batch commits one small fragment; without this, look-ups
+scan thousands of fragments and a 100k-file run slowed from ~80 to ~1 file/s (benchmarks/memory.py)."""
 CACHE_ENTRIES = 10_000
 """Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
 
@@ -125,6 +128,7 @@ class Ingest:
         self.progress = Progress(pid=os.getpid(), source=source_label)
         self._stop = threading.Event()
         self._finished = threading.Event()
+        self._batches_since_optimize = 0
         self._total: int | None = None
         self._started = time.monotonic()
         self._last_save = 0.0
@@ -306,6 +310,12 @@ class Ingest:
             keep = []
         self.metrics.stage_seconds["write"] += time.perf_counter() - began
         if keep:
+            self._batches_since_optimize += 1
+            if self._batches_since_optimize >= OPTIMIZE_EVERY_BATCHES:
+                self._batches_since_optimize = 0
+                began = time.perf_counter()
+                self.store.optimize()
+                self.metrics.stage_seconds["write"] += time.perf_counter() - began
             hits = sum(1 for _, was_reused in keep if was_reused)
             self.report.cache_hits += hits
             self.report.embedded += len(keep) - hits
