@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from imgvec.allocator import limit_heap_growth
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.embed.modelspec import DEFAULT_MODEL
@@ -78,6 +79,10 @@ def main(
         Path | None,
         typer.Option(envvar="IMGVEC_CACHE_DIR", help="Where imgvec keeps generated weights (~/.cache/imgvec)."),
     ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(envvar="AWS_ENDPOINT_URL", help="S3-compatible server (MinIO, SeaweedFS, Ceph) for s3:// URLs."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -86,6 +91,7 @@ def main(
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda record: "open_clip" not in record.pathname)
     warnings.showwarning = _show_warning
+    limit_heap_growth()  # before the store's threads start: long runs stay flat (see allocator.py)
     ctx.obj = Settings(
         store=store,
         index=index,
@@ -93,6 +99,7 @@ def main(
         threads=threads,
         cache_dir=cache_dir,
         model_config_dir=model_config_dir,
+        s3_endpoint_url=endpoint_url,
     )
 
 
@@ -118,7 +125,9 @@ def _embedder_for(settings: Settings, store: Store) -> Embedder:
 @app.command()
 def ingest(
     ctx: typer.Context,
-    folder: Annotated[Path, typer.Argument(help="Folder to index, recursively.")],
+    source_location: Annotated[
+        str, typer.Argument(metavar="SOURCE", help="A folder (indexed recursively) or s3://bucket/prefix.")
+    ],
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Decode worker processes (default: cores - 1; 0 = in-process).")
@@ -126,15 +135,21 @@ def ingest(
     max_files: Annotated[int | None, typer.Option(min=1, help="Stop after this many files.")] = None,
     rate_limit: Annotated[float | None, typer.Option(min=0.001, help="At most this many files per second.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")] = False,
+    io_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=512, help="Reads in flight (default: 8 for folders, 32 for S3; 0 = decode workers read)."
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Show what would be processed and how long; write nothing.")] = False,
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")
     ] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Index every image under FOLDER; unchanged files are skipped, and a stopped run continues where it was."""
+    """Index every image under SOURCE; unchanged files are skipped, and a stopped run continues where it was."""
     from imgvec.pipeline.ingest import Ingest, IngestOptions, default_workers
-    from imgvec.sources import LocalFolder
+    from imgvec.sources import open_source
 
     settings: Settings = ctx.obj
     workers = default_workers() if workers is None else workers
@@ -142,6 +157,7 @@ def ingest(
         # Inference gets the cores the decode workers leave free: oversubscribed OpenMP threads spin against the
         # workers and ran a batch ~5x slower on 2 cores.
         settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
+    remote = source_location.startswith("s3://")
     options = IngestOptions(
         batch_size=batch_size,
         workers=workers,
@@ -149,9 +165,10 @@ def ingest(
         max_files=max_files,
         rate_limit=rate_limit,
         retry_failed=retry_failed,
+        io_concurrency=io_concurrency if io_concurrency is not None else (32 if remote else 8),
     )
     try:
-        source = LocalFolder(folder)
+        source = open_source(source_location, settings.s3_options(options.io_concurrency))
         store = open_store(settings.store, settings.index)
         if not dry_run:
             _refuse_if_busy(settings)  # before loading a model for nothing
@@ -168,7 +185,7 @@ def ingest(
             options,
             state=state,
             lock=lock,
-            source_label=str(source.root),
+            source_label=source.location,
             on_progress=display.update,
         )
         with _stop_on_signals(run), display:
@@ -394,7 +411,9 @@ def metrics(ctx: typer.Context) -> None:
 def search(
     ctx: typer.Context,
     text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
-    image: Annotated[Path | None, typer.Option("--image", "-i", help="Find images like this one.")] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", "-i", help="Find images like this one (a path or an s3:// URL).")
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="How many results.")] = 10,
     ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable).")] = None,
     path_prefix: Annotated[str | None, typer.Option("--path-prefix", help="Only under this path.")] = None,
@@ -402,6 +421,7 @@ def search(
 ) -> None:
     """Text → image (`imgvec search "a red car"`) or image → image (`--image query.jpg`)."""
     from imgvec.search import search_image, search_text
+    from imgvec.sources import LocationReader
 
     settings: Settings = ctx.obj
     if (text is None) == (image is None):
@@ -412,7 +432,8 @@ def search(
         store.stats()  # a missing index is reported before a model is loaded for nothing
         embedder = _embedder_for(settings, store)
         if image is not None:
-            hits = search_image(store, embedder, image, k, where)
+            reader = LocationReader(settings.s3_options())
+            hits = search_image(store, embedder, image, k, where, reader=reader)
         else:
             hits = search_text(store, embedder, text or "", k, where)
     except ImageDecodeError as exc:
