@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imgvec.sources import LocalFolder, SourceItem
+from imgvec.embed.preprocess import Preprocessor
 
 
 def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -44,10 +44,16 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     )
 
 
-class CrashingFolder(LocalFolder):
-    """A folder whose files named crash* kill the process reading them, as a decoder segfault would."""
+CRASH_SIZE = (13, 17)
 
-    def read(self, item: SourceItem) -> bytes:
-        if item.file_name.startswith("crash"):
+
+class CrashingPreprocessor:
+    """Kills the process decoding an image of CRASH_SIZE, as a decoder segfault or the OOM killer would."""
+
+    def __init__(self, inner: Preprocessor) -> None:
+        self.inner = inner
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.size == CRASH_SIZE:
             os._exit(70)
-        return super().read(item)
+        return self.inner(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import shutil
@@ -17,7 +18,7 @@ from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
 from imgvec.pipeline.state import RunState
 from imgvec.sources import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
-from tests.helpers import CrashingFolder, encode, photo
+from tests.helpers import CRASH_SIZE, CrashingPreprocessor, encode, photo
 
 THREADS = IngestOptions(workers=0, batch_size=4)
 
@@ -165,13 +166,19 @@ def test_a_run_recorded_running_without_its_lock_reads_as_interrupted(tmp_path: 
         assert state.latest(lock)[0].state == "running"
 
 
-def test_a_file_that_kills_its_worker_fails_alone(tmp_path: Path, store: EmbeddedStore, tiny_embedder) -> None:
+@pytest.mark.parametrize("io_concurrency", [0, 4], ids=["workers-read", "io-threads-read"])
+def test_a_file_that_kills_its_worker_fails_alone(
+    tmp_path: Path, store: EmbeddedStore, tiny_embedder, io_concurrency: int
+) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(10):
         (folder / f"p{i}.jpg").write_bytes(encode(photo(700 + i)))
-    (folder / "crash-me.jpg").write_bytes(encode(photo(799)))
-    report = ingest(CrashingFolder(folder), store, tiny_embedder, IngestOptions(workers=1, batch_size=4))
+    (folder / "crash-me.jpg").write_bytes(encode(photo(799, CRASH_SIZE)))
+    crashing = copy.copy(tiny_embedder)
+    crashing.preprocessor = CrashingPreprocessor(tiny_embedder.preprocessor)
+    options = IngestOptions(workers=1, batch_size=4, io_concurrency=io_concurrency)
+    report = ingest(LocalFolder(folder), store, crashing, options)
     assert [(Path(f.file_path).name, f.stage) for f in report.failures] == [("crash-me.jpg", "decode")]
     assert "worker died" in report.failures[0].reason
     assert report.embedded == 10 and store.stats().documents == 10

@@ -46,6 +46,7 @@ class ImageDocument:
     file_key: str | None = None
     s3_url: str | None = None
     content_hash: str | None = None
+    etag: str | None = None
     model: str | None = None
     vector: np.ndarray | None = None
     indexed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -67,3 +68,4 @@ class StoredState:
     mtime: float
     content_hash: str | None
     has_vector: bool
+    etag: str | None = None

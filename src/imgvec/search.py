@@ -7,6 +7,7 @@ from pathlib import Path
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, decode_image
 from imgvec.errors import IndexNotFoundError, SourceError
+from imgvec.sources.reader import LocationReader
 from imgvec.stores.base import SearchFilter, SearchHit, Store
 
 
@@ -27,16 +28,18 @@ def search_text(
 def search_image(
     store: Store,
     embedder: Embedder,
-    image_path: str | Path,
+    image: str | Path,
     k: int = 10,
     where: SearchFilter | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    reader: LocationReader | None = None,
 ) -> list[SearchHit]:
+    """``image``: a local path, ``s3://bucket/key`` or an S3 https URL (what a document's s3_url holds)."""
     _checked(store, embedder)
-    path = Path(image_path).expanduser()
+    reader = reader or LocationReader()
     try:
-        data = path.read_bytes()
+        data = reader.read(str(image))
     except OSError as exc:
-        raise SourceError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+        raise SourceError(f"cannot read query image {image}: {exc.strerror or exc}") from exc
     pixels = embedder.preprocessor(decode_image(data, max_pixels=max_pixels))
     return store.search(embedder.embed_images(pixels[None])[0], k, where)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from imgvec.embed.clip import ClipEmbedder
+    from imgvec.sources.s3 import S3Options
 
 DEFAULT_STORE = str(Path.home() / ".imgvec")
 DEFAULT_INDEX = "images"
@@ -26,6 +27,13 @@ class Settings:
     device: str = "cpu"
     cache_dir: str | Path | None = None
     model_config_dir: str | None = None
+    s3_endpoint_url: str | None = None
+    """An S3-compatible server (MinIO, SeaweedFS, Ceph); None: AWS (boto3 still honours AWS_ENDPOINT_URL)."""
+
+    def s3_options(self, connections: int = 32) -> S3Options:
+        from imgvec.sources.s3 import S3Options
+
+        return S3Options(endpoint_url=self.s3_endpoint_url, max_connections=max(10, connections))
 
     @property
     def state_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """Index a source into a store, streaming, in parallel, resumable.
 
     list (lazy) → skip unchanged / known failures (one store query per 1,024 files)
-      → read + hash + decode + preprocess (worker processes, bounded look-ahead)
+      → read (I/O threads, bounded look-ahead) → hash + decode + preprocess (worker processes)
       → content cache (identical bytes reuse a stored vector) → embed in batches → upsert (one atomic commit)
 
 The main thread embeds while the workers decode the next files, so the model waits for decode only when decode
@@ -28,7 +28,7 @@ from itertools import islice
 
 import numpy as np
 
-from imgvec.documents import ImageDocument, document_id
+from imgvec.documents import ImageDocument, StoredState, document_id
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.errors import IdentityMismatchError
@@ -36,7 +36,7 @@ from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.retry import RetryPolicy
 from imgvec.pipeline.state import FailureRecord, Progress, RunState
-from imgvec.pipeline.workers import Prepared, PrepareFailure, WorkerConfig, init_worker, prepare
+from imgvec.pipeline.workers import Prepared, PrepareFailure, WorkerConfig, init_worker, prepare, read_item
 from imgvec.sources.base import ListingError, Source, SourceItem
 from imgvec.stores.base import Store
 
@@ -69,6 +69,9 @@ class IngestOptions:
     """Decode worker processes; 0 decodes in threads of this process (tests, tiny runs)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int | None = None
+    io_concurrency: int = 8
+    """Threads reading bytes ahead of the decoders: S3 and network shares are latency-bound, so many reads in
+    flight keep the decoders fed. 0: each decode worker reads its own files (fast local disks, no copy)."""
     rate_limit: float | None = None
     """At most this many files per second enter the pipeline."""
     retry_failed: bool = False
@@ -98,6 +101,17 @@ class IngestReport:
 
 
 ProgressCallback = Callable[[Progress], None]
+Pending = Future[Prepared | PrepareFailure]
+"""A file on its way: decoding, or (with I/O threads) being read, then decoding."""
+
+
+def unchanged(stored: StoredState | None, item: SourceItem) -> bool:
+    """Already embedded from these same bytes: same ETag where the source has one (S3), else same size+mtime."""
+    if stored is None or not stored.has_vector or stored.file_size != item.file_size:
+        return False
+    if item.etag is not None and stored.etag is not None:
+        return stored.etag == item.etag
+    return stored.mtime == item.mtime
 
 
 class Ingest:
@@ -134,6 +148,8 @@ class Ingest:
         self._last_save = 0.0
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._next_admission = time.monotonic()
+        self._decoders: Executor
+        self._readers: ThreadPoolExecutor | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -173,53 +189,78 @@ class Ingest:
         return self.report
 
     def _pipeline(self) -> None:
-        in_flight: deque[tuple[SourceItem, Future[Prepared | PrepareFailure]]] = deque()
-        look_ahead = max(2 * self.options.batch_size, 4 * max(1, self.options.workers))
+        in_flight: deque[tuple[SourceItem, Pending]] = deque()
+        look_ahead = max(2 * self.options.batch_size, 4 * max(1, self.options.workers), 2 * self.options.io_concurrency)
         batch: list[Prepared] = []
-        executor = self._executor()
+        self._decoders = self._executor()
+        self._readers = self._reader_pool()
         try:
             for item in self._changed_items():
                 if self._stop.is_set():
                     break
                 self._admit()
-                in_flight.append((item, executor.submit(prepare, item)))
+                in_flight.append((item, self._submit(item)))
                 while len(in_flight) >= look_ahead:
-                    executor = self._collect(in_flight, batch, executor)
+                    self._collect(in_flight, batch)
             # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
             while in_flight:
-                executor = self._collect(in_flight, batch, executor)
+                self._collect(in_flight, batch)
             if batch:
                 self._write_batch(batch)
         finally:
-            executor.shutdown(cancel_futures=True)
+            if self._readers is not None:
+                self._readers.shutdown(cancel_futures=True)
+            self._decoders.shutdown(cancel_futures=True)
 
-    def _collect(
-        self,
-        in_flight: deque[tuple[SourceItem, Future[Prepared | PrepareFailure]]],
-        batch: list[Prepared],
-        executor: Executor,
-    ) -> Executor:
+    def _submit(self, item: SourceItem) -> Pending:
+        if self._readers is None:
+            return self._decoders.submit(prepare, item)
+        decoders = self._decoders  # the pool of this moment: a restarted pool never gets a stale file's work
+        outcome: Pending = Future()
+
+        def read_then_decode() -> None:
+            began = time.perf_counter()
+            data = read_item(self.source, item, self.options.retry)
+            if isinstance(data, PrepareFailure):
+                outcome.set_result(data)
+                return
+            try:
+                decoding = decoders.submit(prepare, item, data, time.perf_counter() - began)
+            except (BrokenProcessPool, RuntimeError) as exc:  # the pool broke or shut down meanwhile
+                outcome.set_exception(BrokenProcessPool(str(exc)))
+                return
+            decoding.add_done_callback(lambda done: _chain(done, outcome))
+
+        self._readers.submit(read_then_decode)
+        return outcome
+
+    def _collect(self, in_flight: deque[tuple[SourceItem, Pending]], batch: list[Prepared]) -> None:
         """Take the oldest result. A worker that died (a decoder crash, the OOM killer) breaks the whole pool:
         restart it and run every file that was in flight alone, so only the file that kills a worker fails."""
         item, future = in_flight.popleft()
         try:
             self._take(future.result(), batch)
-            return executor
+            return
         except BrokenProcessPool:
             suspects = [item, *(other for other, _ in in_flight)]
             in_flight.clear()
-        executor.shutdown(cancel_futures=True)
-        executor = self._executor()
+        self._restart_pools()
         for suspect in suspects:
             try:
-                result = executor.submit(prepare, suspect).result()
+                result = self._submit(suspect).result()
             except BrokenProcessPool:
-                executor.shutdown(cancel_futures=True)
-                executor = self._executor()
+                self._restart_pools()
                 self._fail([(suspect, "decode", "the decode worker died on this file (a crash, or out of memory)")])
                 continue
             self._take(result, batch)
-        return executor
+
+    def _restart_pools(self) -> None:
+        """Readers first (waiting for them: none may still hand work to the old pool), then the decoders."""
+        if self._readers is not None:
+            self._readers.shutdown(wait=True, cancel_futures=True)
+        self._decoders.shutdown(cancel_futures=True)
+        self._decoders = self._executor()
+        self._readers = self._reader_pool()
 
     def _take(self, result: Prepared | PrepareFailure, batch: list[Prepared]) -> None:
         if isinstance(result, PrepareFailure):
@@ -264,8 +305,7 @@ class Ingest:
             failed = self.state.known_failures([item.uri for item in window])
         todo = []
         for item in window:
-            state = stored.get(document_id(item.uri))
-            if state and state.has_vector and state.file_size == item.file_size and state.mtime == item.mtime:
+            if unchanged(stored.get(document_id(item.uri)), item):
                 self.report.unchanged += 1
             elif failed.get(item.uri) == (item.file_size, item.mtime):
                 self.report.known_failures += 1  # failed before and has not changed since: --retry-failed
@@ -420,6 +460,11 @@ class Ingest:
 
     # -- workers ------------------------------------------------------------------------------------
 
+    def _reader_pool(self) -> ThreadPoolExecutor | None:
+        if self.options.io_concurrency <= 0:
+            return None
+        return ThreadPoolExecutor(max_workers=self.options.io_concurrency, thread_name_prefix="imgvec-read")
+
     def _executor(self) -> Executor:
         config = WorkerConfig(self.source, self.embedder.preprocessor, self.options.max_pixels, self.options.retry)
         if self.options.workers == 0:
@@ -448,6 +493,17 @@ def ingest(
     return Ingest(source, store, embedder, options, state=state, lock=lock, on_progress=on_progress).run()
 
 
+def _chain(done: Pending, outcome: Pending) -> None:
+    if done.cancelled():  # the pools are shutting down; nobody waits for this file any more
+        outcome.cancel()
+        return
+    error = done.exception()
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(done.result())
+
+
 def _item_of(doc: ImageDocument) -> SourceItem:
     return SourceItem(
         doc.uri,
@@ -459,6 +515,7 @@ def _item_of(doc: ImageDocument) -> SourceItem:
         doc.bucket,
         doc.file_key,
         doc.s3_url,
+        doc.etag,
     )
 
 
@@ -474,6 +531,7 @@ def _document(entry: Prepared, vector: np.ndarray, model: str) -> ImageDocument:
         file_key=item.file_key,
         s3_url=item.s3_url,
         content_hash=entry.content_hash,
+        etag=item.etag,
         model=model,
         vector=vector,
     )

@@ -13,7 +13,7 @@ from imgvec.documents import document_id
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import decode_image
 from imgvec.errors import ImageDecodeError
-from imgvec.pipeline.ingest import LOOKUP_WINDOW, IngestOptions
+from imgvec.pipeline.ingest import LOOKUP_WINDOW, IngestOptions, unchanged
 from imgvec.pipeline.state import RunState
 from imgvec.sources.base import Source, SourceItem
 from imgvec.stores.base import Store
@@ -62,8 +62,7 @@ def plan(
         stored = store.lookup([document_id(i.uri) for i in window]) if store.exists() else {}
         failed = state.known_failures([i.uri for i in window]) if state and not options.retry_failed else {}
         for item in window:
-            known = stored.get(document_id(item.uri))
-            if known and known.has_vector and (known.file_size, known.mtime) == (item.file_size, item.mtime):
+            if unchanged(stored.get(document_id(item.uri)), item):
                 result.unchanged += 1
             elif failed.get(item.uri) == (item.file_size, item.mtime):
                 result.known_failures += 1

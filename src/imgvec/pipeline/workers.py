@@ -1,7 +1,9 @@
-"""What one decode worker does for one file: read (with retries) → hash → decode → preprocess.
+"""What one decode worker does for one file: (read, with retries) → hash → decode → preprocess.
 
 Runs in worker processes (spawned: they import PIL and numpy, never torch), or in threads when workers=0.
-Everything it needs arrives once through ``init_worker``; each task then sends only the item.
+Everything it needs arrives once through ``init_worker``. A task sends the item and, when the ingest's I/O
+threads read it already (S3, network shares), its bytes; otherwise the worker reads the file itself, which
+saves a copy through the pipe for fast local disks (``--io-concurrency 0``).
 """
 
 from __future__ import annotations
@@ -55,17 +57,27 @@ def init_worker(config: WorkerConfig, *, ignore_interrupts: bool = False) -> Non
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def prepare(item: SourceItem) -> Prepared | PrepareFailure:
+def read_item(source: Source, item: SourceItem, retry: RetryPolicy) -> bytes | PrepareFailure:
+    """The item's bytes, transient errors retried; a lasting failure is returned as the item's failure."""
+    try:
+        return retry.call(lambda: source.read(item), is_transient_os_error)
+    except OSError as exc:
+        return PrepareFailure(item, "read", f"cannot read file: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - a source's own error type is still one file's failure
+        return PrepareFailure(item, "read", f"cannot read: {exc}")
+
+
+def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0.0) -> Prepared | PrepareFailure:
     config = _config
     assert config is not None, "init_worker was not called"
     began = time.perf_counter()
-    try:
-        data = config.retry.call(lambda: config.source.read(item), is_transient_os_error)
-    except OSError as exc:
-        return PrepareFailure(item, "read", f"cannot read file: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001 - a source's own error type (S3) is still one file's failure
-        return PrepareFailure(item, "read", f"cannot read: {exc}")
+    if data is None:
+        read = read_item(config.source, item, config.retry)
+        if isinstance(read, PrepareFailure):
+            return read
+        data = read
     read_done = time.perf_counter()
+    read_seconds += read_done - began
     try:
         pixels = config.preprocessor(decode_image(data, max_pixels=config.max_pixels))
     except ImageDecodeError as exc:
@@ -76,6 +88,6 @@ def prepare(item: SourceItem) -> Prepared | PrepareFailure:
         item=item,
         pixels=pixels,
         content_hash=hashlib.sha256(data).hexdigest(),
-        read_seconds=read_done - began,
+        read_seconds=read_seconds,
         decode_seconds=time.perf_counter() - read_done,
     )

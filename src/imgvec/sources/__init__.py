@@ -1,6 +1,31 @@
 """Where images come from. Each source lists items (streaming) and reads one item's bytes."""
 
+from __future__ import annotations
+
 from imgvec.sources.base import IMAGE_EXTENSIONS, ListingError, Source, SourceItem
 from imgvec.sources.local import LocalFolder
+from imgvec.sources.locations import ObjectLocation, parse_s3_url
+from imgvec.sources.reader import LocationReader
+from imgvec.sources.s3 import S3Bucket, S3Options
 
-__all__ = ["IMAGE_EXTENSIONS", "ListingError", "LocalFolder", "Source", "SourceItem"]
+
+def open_source(location: str, s3: S3Options | None = None) -> Source:
+    """``s3://bucket/prefix`` is a bucket; anything else is a local (or mounted) folder."""
+    if location.startswith("s3://"):
+        return S3Bucket(location, s3)
+    return LocalFolder(location)
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ListingError",
+    "LocalFolder",
+    "LocationReader",
+    "ObjectLocation",
+    "S3Bucket",
+    "S3Options",
+    "Source",
+    "SourceItem",
+    "open_source",
+    "parse_s3_url",
+]

@@ -23,6 +23,8 @@ class SourceItem:
     bucket: str | None = None
     file_key: str | None = None
     s3_url: str | None = None
+    etag: str | None = None
+    """The object's ETag where the source has one (S3): a change of content that size and mtime can miss."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,11 @@ OnListingError = Callable[[ListingError], None]
 
 
 class Source(Protocol):
+    @property
+    def location(self) -> str:
+        """What the user named: a folder path or s3://bucket/prefix (run state and progress show it)."""
+        ...
+
     def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
         """Every image item, lazily: never the whole listing in memory."""
         ...

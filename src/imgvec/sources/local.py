@@ -20,6 +20,10 @@ class LocalFolder:
         self.root = path.resolve()
         self.extensions = extensions
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
         """Depth-first, sorted per folder (stable order for resumes), following symlinked folders once.
 

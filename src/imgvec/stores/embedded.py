@@ -41,6 +41,8 @@ KEEP_VERSIONS_FOR = timedelta(minutes=10)
 """Superseded versions are deleted after this. Lance keeps them 7 days by default, doubling the disk of a
 store that is rewritten by compaction; readers here always move to the latest version, so minutes suffice."""
 LOOKUP_CHUNK = 2_000
+ADDED_COLUMNS = (("etag", pa.string()),)
+"""Columns added after the first schema, in order; older tables get them (all null) when first opened."""
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -58,6 +60,7 @@ def _schema(identity: IndexIdentity) -> pa.Schema:
             pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
             pa.field("mtime", pa.float64()),
             pa.field("content_hash", pa.string()),
+            pa.field("etag", pa.string()),
             pa.field("model", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), identity.dimension), nullable=True),
         ],
@@ -117,7 +120,15 @@ class EmbeddedStore:
                     f"create it with `imgvec ingest FOLDER` (or pick another with --index)"
                 )
             self._table = self._db().open_table(self.index)
+            self._upgrade(self._table)
         return self._table
+
+    @staticmethod
+    def _upgrade(table: lancedb.table.Table) -> None:
+        """Add the columns later versions introduced, as nulls: an index made by an older imgvec keeps working."""
+        for name, kind in ADDED_COLUMNS:
+            if name not in table.schema.names:
+                table.add_columns(pa.field(name, kind))
 
     def identity(self) -> IndexIdentity | None:
         if not self.exists():
@@ -191,6 +202,7 @@ class EmbeddedStore:
             "indexed_at": [d.indexed_at.astimezone(UTC) for d in documents],
             "mtime": [d.mtime for d in documents],
             "content_hash": [d.content_hash for d in documents],
+            "etag": [d.etag for d in documents],
             "model": [d.model for d in documents],
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), dimension, mask=pa.array(missing)),
         }
@@ -207,7 +219,7 @@ class EmbeddedStore:
             rows = (
                 table.search()
                 .where(f"id IN ({', '.join(_sql_str(i) for i in chunk)})")
-                .select(["id", "file_size", "mtime", "content_hash", "vector"])
+                .select(["id", "file_size", "mtime", "content_hash", "etag", "vector"])
                 .limit(len(chunk))
                 .to_arrow()
             )
@@ -218,6 +230,7 @@ class EmbeddedStore:
                     mtime=row["mtime"],
                     content_hash=row["content_hash"],
                     has_vector=vectors[i],
+                    etag=row["etag"],
                 )
         return found
 
