@@ -291,6 +291,8 @@ class EmbeddedStore:
     # -- housekeeping -------------------------------------------------------------------------------
 
     def optimize(self) -> None:
+        from lancedb.index import BTree
+
         table = self._open()
         table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR)  # compacts, folds new rows into indexes
         indexed = {tuple(ix.columns) for ix in table.list_indices()}
@@ -298,7 +300,7 @@ class EmbeddedStore:
         if rows >= ID_INDEX_MIN_ROWS:
             for column in ("id", "content_hash"):  # skip checks and the content cache look rows up by these
                 if (column,) not in indexed:
-                    table.create_scalar_index(column, index_type="BTREE", replace=True)
+                    table.create_index(column, config=BTree(), replace=True)
         with_vector = table.count_rows("vector IS NOT NULL")
         if ("vector",) not in indexed and with_vector >= VECTOR_INDEX_MIN_ROWS:
             build_vector_index(table, with_vector)
