@@ -77,7 +77,12 @@ def test_an_index_made_before_the_etag_column_gains_it(tmp_path) -> None:
     db.open_table("old").drop_columns(["etag"])  # what the first release wrote
     assert "etag" not in db.open_table("old").schema.names
 
+    reader = EmbeddedStore(tmp_path, "old")
+    assert reader.lookup([document_id("/p/a.jpg")]) == {} and reader.stats().documents == 0
+    assert "etag" not in db.open_table("old").schema.names  # reading never commits
+
     reopened = EmbeddedStore(tmp_path, "old")
+    reopened.ensure_index(identity)  # what every writer does first
     vector = np.ones(512, dtype=np.float32) / np.sqrt(512)
     doc = ImageDocument("a.jpg", "/p/a.jpg", "jpg", 3, 1.0, content_hash="h", etag="e", model="m", vector=vector)
     reopened.upsert([doc])

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 _VIRTUAL_HOST = re.compile(r"^(?P<bucket>.+)\.s3[.-](?:[a-z0-9-]+\.)*amazonaws\.com(?:\.cn)?$")
-_PATH_HOST = re.compile(r"^s3[.-](?:[a-z0-9-]+\.)*amazonaws\.com(?:\.cn)?$|^s3\.amazonaws\.com$")
-_LEGACY_GLOBAL_HOST = re.compile(r"^(?P<bucket>.+)\.s3\.amazonaws\.com$")
+_PATH_HOST = re.compile(r"^s3[.-](?:[a-z0-9-]+\.)*amazonaws\.com(?:\.cn)?$")
+"""Both also match the legacy global hosts (bucket.s3.amazonaws.com, s3.amazonaws.com): the region part is optional."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def parse_s3_url(url: str, endpoint_url: str | None = None) -> ObjectLocation | 
     if _PATH_HOST.match(host):
         bucket, _, key = path.partition("/")
         return ObjectLocation(bucket, unquote_plus(key)) if bucket else None
-    match = _VIRTUAL_HOST.match(host) or _LEGACY_GLOBAL_HOST.match(host)
+    match = _VIRTUAL_HOST.match(host)
     if match:
         return ObjectLocation(match.group("bucket"), unquote_plus(path))
     return None

@@ -120,12 +120,12 @@ class EmbeddedStore:
                     f"create it with `imgvec ingest FOLDER` (or pick another with --index)"
                 )
             self._table = self._db().open_table(self.index)
-            self._upgrade(self._table)
         return self._table
 
     @staticmethod
     def _upgrade(table: lancedb.table.Table) -> None:
-        """Add the columns later versions introduced, as nulls: an index made by an older imgvec keeps working."""
+        """Add the columns later versions introduced, as nulls, so an index made by an older imgvec keeps working.
+        Only writers do this (from ensure_index): a reader never commits, and tolerates the missing columns."""
         for name, kind in ADDED_COLUMNS:
             if name not in table.schema.names:
                 table.add_columns(pa.field(name, kind))
@@ -145,6 +145,7 @@ class EmbeddedStore:
                     "vectors mean. Write to a new index."
                 )
             current.require_compatible(identity)
+            self._upgrade(self._open())
             return
         self._table = self._db(create=True).create_table(self.index, schema=_schema(identity))
 
@@ -214,12 +215,15 @@ class EmbeddedStore:
         if not ids or not self.exists():
             return {}
         table = self._open()
+        columns = ["id", "file_size", "mtime", "content_hash", "vector"]
+        if "etag" in table.schema.names:  # an index from before the column, not yet opened by a writer
+            columns.append("etag")
         found: dict[str, StoredState] = {}
         for chunk in _chunks(ids, LOOKUP_CHUNK):
             rows = (
                 table.search()
                 .where(f"id IN ({', '.join(_sql_str(i) for i in chunk)})")
-                .select(["id", "file_size", "mtime", "content_hash", "etag", "vector"])
+                .select(columns)
                 .limit(len(chunk))
                 .to_arrow()
             )
@@ -230,7 +234,7 @@ class EmbeddedStore:
                     mtime=row["mtime"],
                     content_hash=row["content_hash"],
                     has_vector=vectors[i],
-                    etag=row["etag"],
+                    etag=row.get("etag"),
                 )
         return found
 
