@@ -50,6 +50,8 @@ class ImageDocument:
     model: str | None = None
     vector: np.ndarray | None = None
     indexed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    doc_id: str | None = None
+    """The id of a document that already exists under another id (one the file-index worker wrote)."""
 
     @property
     def uri(self) -> str:
@@ -57,7 +59,7 @@ class ImageDocument:
 
     @property
     def id(self) -> str:
-        return document_id(self.uri)
+        return self.doc_id or document_id(self.uri)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from itertools import islice
 
 import numpy as np
 
-from imgvec.documents import ImageDocument, StoredState, document_id
+from imgvec.documents import ImageDocument, StoredState
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.errors import IdentityMismatchError
@@ -299,13 +299,13 @@ class Ingest:
             yield from todo
 
     def _skip_known(self, window: Sequence[SourceItem]) -> list[SourceItem]:
-        stored = self.store.lookup([document_id(item.uri) for item in window])
+        stored = self.store.lookup([item.id for item in window])
         failed = {}
         if self.state is not None and not self.options.retry_failed:
             failed = self.state.known_failures([item.uri for item in window])
         todo = []
         for item in window:
-            if unchanged(stored.get(document_id(item.uri)), item):
+            if unchanged(stored.get(item.id), item):
                 self.report.unchanged += 1
             elif failed.get(item.uri) == (item.file_size, item.mtime):
                 self.report.known_failures += 1  # failed before and has not changed since: --retry-failed
@@ -340,7 +340,7 @@ class Ingest:
         documents = [doc for doc, _ in keep]
         began = time.perf_counter()
         try:
-            self.options.retry.call(
+            rejected = self.options.retry.call(
                 lambda: self.store.upsert(documents), lambda exc: not isinstance(exc, IdentityMismatchError)
             )
         except IdentityMismatchError:
@@ -348,6 +348,10 @@ class Ingest:
         except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
             failed.extend((_item_of(doc), "write", f"store write failed: {exc}") for doc in documents)
             keep = []
+        else:
+            if rejected:  # a partial bulk failure: those documents are recorded, the rest are written
+                failed.extend((_item_of(d), "write", rejected[d.id]) for d in documents if d.id in rejected)
+                keep = [(doc, hit) for doc, hit in keep if doc.id not in rejected]
         self.metrics.stage_seconds["write"] += time.perf_counter() - began
         if keep:
             self._batches_since_optimize += 1
@@ -516,6 +520,7 @@ def _item_of(doc: ImageDocument) -> SourceItem:
         doc.file_key,
         doc.s3_url,
         doc.etag,
+        doc.doc_id,
     )
 
 
@@ -534,4 +539,5 @@ def _document(entry: Prepared, vector: np.ndarray, model: str) -> ImageDocument:
         etag=item.etag,
         model=model,
         vector=vector,
+        doc_id=item.doc_id,
     )

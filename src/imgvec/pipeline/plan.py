@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from imgvec.documents import document_id
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import decode_image
 from imgvec.errors import ImageDecodeError
@@ -59,10 +58,10 @@ def plan(
     if options.max_files is not None:
         listing = islice(listing, options.max_files)
     while window := list(islice(listing, LOOKUP_WINDOW)):
-        stored = store.lookup([document_id(i.uri) for i in window]) if store.exists() else {}
+        stored = store.lookup([i.id for i in window]) if store.exists() else {}
         failed = state.known_failures([i.uri for i in window]) if state and not options.retry_failed else {}
         for item in window:
-            if unchanged(stored.get(document_id(item.uri)), item):
+            if unchanged(stored.get(item.id), item):
                 result.unchanged += 1
             elif failed.get(item.uri) == (item.file_size, item.mtime):
                 result.known_failures += 1

@@ -25,6 +25,15 @@ class SourceItem:
     s3_url: str | None = None
     etag: str | None = None
     """The object's ETag where the source has one (S3): a change of content that size and mtime can miss."""
+    doc_id: str | None = None
+    """Set when the item is a document already in the index (``ingest --missing``): its vector goes there."""
+
+    @property
+    def id(self) -> str:
+        """The document id the item is stored under."""
+        from imgvec.documents import document_id
+
+        return self.doc_id or document_id(self.uri)
 
 
 @dataclass(frozen=True, slots=True)

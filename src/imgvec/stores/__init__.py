@@ -5,20 +5,52 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgvec.errors import StoreError
-from imgvec.stores.base import IndexStats, SearchFilter, SearchHit, Store
+from imgvec.stores.base import Aliases, IndexStats, SearchFilter, SearchHit, Store
+from imgvec.stores.opensearch_client import OpenSearchOptions
+from imgvec.stores.opensearch_mapping import KnnIndexOptions
 
-__all__ = ["IndexStats", "SearchFilter", "SearchHit", "Store", "open_store"]
+__all__ = [
+    "Aliases",
+    "IndexStats",
+    "KnnIndexOptions",
+    "OpenSearchOptions",
+    "SearchFilter",
+    "SearchHit",
+    "Store",
+    "is_remote",
+    "open_aliases",
+    "open_store",
+]
 
 
-def open_store(location: str, index: str) -> Store:
-    """A directory → the embedded store; an http(s) URL → an OpenSearch cluster."""
-    if location.startswith(("http://", "https://")):
-        raise StoreError(
-            f"--store {location}: the OpenSearch backend is not part of this version yet; "
-            "use a directory for the embedded store"
-        )
+def is_remote(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def open_store(location: str, index: str, opensearch: OpenSearchOptions | None = None) -> Store:
+    """A directory → the embedded store; an http(s) URL → an OpenSearch cluster.
+
+    In the embedded store an alias name resolves to its index here; OpenSearch resolves its own aliases.
+    """
+    if is_remote(location):
+        from imgvec.stores.opensearch import OpenSearchStore
+        from imgvec.stores.opensearch_client import connect
+
+        options = opensearch or OpenSearchOptions(url=location)
+        return OpenSearchStore(connect(options), index, serverless=options.serverless, label=options.safe_url())
     if "://" in location:
         raise StoreError(f"--store {location}: unknown scheme; give a directory or an http(s):// URL")
-    from imgvec.stores.embedded import EmbeddedStore
+    from imgvec.stores.embedded import EmbeddedAliases, EmbeddedStore
 
-    return EmbeddedStore(Path(location), index)
+    return EmbeddedStore(Path(location), EmbeddedAliases(location).target(index) or index)
+
+
+def open_aliases(location: str, opensearch: OpenSearchOptions | None = None) -> Aliases:
+    if is_remote(location):
+        from imgvec.stores.opensearch import OpenSearchAliases
+        from imgvec.stores.opensearch_client import connect
+
+        return OpenSearchAliases(connect(opensearch or OpenSearchOptions(url=location)))
+    from imgvec.stores.embedded import EmbeddedAliases
+
+    return EmbeddedAliases(location)

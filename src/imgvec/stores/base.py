@@ -6,7 +6,7 @@ few hundred lines rather than a rewrite, and the pipeline never learns which one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from imgvec.documents import ImageDocument, StoredState
 from imgvec.identity import IndexIdentity
+from imgvec.stores.opensearch_mapping import KnnIndexOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +67,22 @@ class Store(Protocol):
         """What the index's vectors mean, or None for an index imgvec did not create."""
         ...
 
-    def ensure_index(self, identity: IndexIdentity) -> None:
-        """Create the index for ``identity``, or check that the existing one matches it."""
+    def ensure_index(self, identity: IndexIdentity, options: KnnIndexOptions | None = None) -> None:
+        """Create the index for ``identity``, or check that the existing one matches it.
+        ``options`` tune a new OpenSearch index (the embedded store keeps only ``migrated_from``)."""
         ...
 
-    def upsert(self, documents: Sequence[ImageDocument]) -> None:
-        """Insert or replace by document id, atomically per call."""
+    def verify(self, expected: IndexIdentity | None = None) -> list[str]:
+        """Each way the live index differs from what imgvec needs (and from ``expected``); empty when sound."""
+        ...
+
+    def origin(self) -> str | None:
+        """The index a migration copied this one from, which ``alias rollback`` returns to."""
+        ...
+
+    def upsert(self, documents: Sequence[ImageDocument]) -> dict[str, str]:
+        """Insert or replace by document id. Returns the documents the backend rejected (id → reason);
+        a failure of the whole call raises instead."""
         ...
 
     def delete(self, ids: Sequence[str]) -> None: ...
@@ -84,10 +95,28 @@ class Store(Protocol):
         """Stored vectors of documents with these content hashes: identical bytes need no second embedding."""
         ...
 
+    def documents(self, *, without_vector: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every document (or only those without a vector) as (id, fields), streamed: ``ingest --missing``."""
+        ...
+
+    def copy_from(self, source_index: str) -> int:
+        """Copy another index of this backend here, without its vectors (a migration's first step)."""
+        ...
+
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]: ...
 
     def stats(self) -> IndexStats: ...
 
     def optimize(self) -> None:
         """Housekeeping after a bulk write: compact, and build or refresh the ANN index."""
+        ...
+
+
+class Aliases(Protocol):
+    """Names that point at one index, switched atomically: readers use the alias and never see a gap."""
+
+    def target(self, alias: str) -> str | None: ...
+
+    def switch(self, alias: str, index: str) -> str | None:
+        """Point ``alias`` at ``index`` in one step; returns the index it pointed to before."""
         ...

@@ -8,11 +8,14 @@ still waiting for one; nulls never take part in a search.
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +24,7 @@ from imgvec.documents import ImageDocument, StoredState
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
+from imgvec.stores.opensearch_mapping import KnnIndexOptions
 
 if TYPE_CHECKING:
     import lancedb
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from lancedb.index import IndexConfig
 
 IDENTITY_KEY = b"imgvec.identity"
+ORIGIN_KEY = b"imgvec.migrated_from"
 VECTOR_INDEX_MIN_ROWS = 100_000
 """Below this an exact scan answers in tens of milliseconds and is never wrong; above it, build IVF."""
 FLAT_INDEX_MAX_ROWS = 2_000_000
@@ -46,7 +51,7 @@ ADDED_COLUMNS = (("etag", pa.string()),)
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-def _schema(identity: IndexIdentity) -> pa.Schema:
+def _schema(identity: IndexIdentity, migrated_from: str | None = None) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -64,7 +69,8 @@ def _schema(identity: IndexIdentity) -> pa.Schema:
             pa.field("model", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), identity.dimension), nullable=True),
         ],
-        metadata={IDENTITY_KEY: identity.to_json().encode()},
+        metadata={IDENTITY_KEY: identity.to_json().encode()}
+        | ({ORIGIN_KEY: migrated_from.encode()} if migrated_from else {}),
     )
 
 
@@ -136,7 +142,27 @@ class EmbeddedStore:
         raw = (self._open().schema.metadata or {}).get(IDENTITY_KEY)
         return IndexIdentity.from_json(raw.decode()) if raw else None
 
-    def ensure_index(self, identity: IndexIdentity) -> None:
+    def origin(self) -> str | None:
+        raw = (self._open().schema.metadata or {}).get(ORIGIN_KEY)
+        return raw.decode() if raw else None
+
+    def verify(self, expected: IndexIdentity | None = None) -> list[str]:
+        table = self._open()
+        identity = self.identity()
+        if identity is None:
+            return ["no model identity recorded: imgvec cannot tell which model made its vectors"]
+        problems = []
+        dimension = table.schema.field("vector").type.list_size
+        if dimension != identity.dimension:
+            problems.append(f"the vector column has {dimension} dimensions but the identity says {identity.describe()}")
+        if expected is not None:
+            try:
+                identity.require_compatible(expected, action="use")
+            except IdentityMismatchError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def ensure_index(self, identity: IndexIdentity, options: KnnIndexOptions | None = None) -> None:
         if self.exists():
             current = self.identity()
             if current is None:
@@ -147,13 +173,15 @@ class EmbeddedStore:
             current.require_compatible(identity)
             self._upgrade(self._open())
             return
-        self._table = self._db(create=True).create_table(self.index, schema=_schema(identity))
+        origin = options.migrated_from if options else None
+        self._table = self._db(create=True).create_table(self.index, schema=_schema(identity, origin))
 
     # -- writes -------------------------------------------------------------------------------------
 
-    def upsert(self, documents: Sequence[ImageDocument]) -> None:
+    def upsert(self, documents: Sequence[ImageDocument]) -> dict[str, str]:
+        """One atomic commit: all of the documents or, on an error, none of them."""
         if not documents:
-            return
+            return {}
         table = self._open()
         identity = self.identity()
         batch = self._to_arrow(documents, identity, table.schema)
@@ -165,6 +193,7 @@ class EmbeddedStore:
             # the only rows this touches are the intended nulls.
             .execute(batch, on_bad_vectors="null")
         )
+        return {}
 
     def delete(self, ids: Sequence[str]) -> None:
         table = self._open()
@@ -257,6 +286,46 @@ class EmbeddedStore:
                     found[content_hash] = vector
         return found
 
+    def documents(self, *, without_vector: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Streamed in id ranges, each read from the latest version: a scan pinned to one version for a long
+        ``--missing`` run would outlive that version's files once compaction cleans them up."""
+        table = self._open()
+        columns = [name for name in table.schema.names if name != "vector"]
+        bounds = [None, *(f"{i:02x}" for i in range(1, 256)), None]
+        for low, high in itertools.pairwise(bounds):
+            clauses = ["vector IS NULL"] if without_vector else []
+            if low is not None:
+                clauses.append(f"id >= {_sql_str(low)}")
+            if high is not None:
+                clauses.append(f"id < {_sql_str(high)}")
+            query = table.search().select(columns)
+            if clauses:
+                query = query.where(" AND ".join(clauses))
+            for row in query.limit(None).to_arrow().to_pylist():
+                yield row["id"], row
+
+    def copy_from(self, source_index: str) -> int:
+        table = self._open()
+        copied = 0
+        rows: list[dict[str, Any]] = []
+        for _, row in EmbeddedStore(self.path, source_index).documents():
+            rows.append(row)
+            if len(rows) >= LOOKUP_CHUNK:
+                copied += self._insert_rows(table, rows)
+                rows = []
+        return copied + self._insert_rows(table, rows)
+
+    @staticmethod
+    def _insert_rows(table: lancedb.table.Table, rows: list[dict[str, Any]]) -> int:
+        if rows:
+            names = table.schema.names
+            batch = pa.Table.from_pylist([{n: r.get(n) for n in names if n != "vector"} for r in rows])
+            batch = batch.append_column("vector", pa.nulls(len(rows), table.schema.field("vector").type))
+            # insert only: a re-run of a migration must not wipe the vectors it has filled in since
+            merge = table.merge_insert("id").when_not_matched_insert_all()
+            merge.execute(batch.cast(table.schema), on_bad_vectors="null")
+        return len(rows)
+
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]:
         table = self._open()
         identity = self.identity()
@@ -344,3 +413,34 @@ def _filter_sql(where: SearchFilter | None) -> str | None:
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class EmbeddedAliases:
+    """Aliases of one embedded store in ``_imgvec/aliases.json``, replaced atomically (write, fsync, rename)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.file = Path(path).expanduser() / "_imgvec" / "aliases.json"
+
+    def _read(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self.file.read_text()))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read aliases from {self.file}: {exc}") from exc
+
+    def target(self, alias: str) -> str | None:
+        return self._read().get(alias)
+
+    def switch(self, alias: str, index: str) -> str | None:
+        aliases = self._read()
+        previous = aliases.get(alias)
+        aliases[alias] = index
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.file.with_suffix(".tmp")
+        with open(temporary, "w") as handle:
+            json.dump(aliases, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.file)
+        return previous

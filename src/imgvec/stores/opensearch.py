@@ -1,0 +1,526 @@
+"""The OpenSearch store: the same protocol as the embedded store, over opensearch-py.
+
+Designed within what Serverless allows (docs/opensearch.md): it never relies on a custom ``_id`` there (a
+document is found by its ``doc_id`` keyword, indexed anew, and the old copy deleted), never calls ``_refresh``,
+``_reindex`` or scroll there, and pages with point-in-time + ``search_after``. Every request body is built in this
+module or in ``opensearch_mapping``, and the contract tests check each one against the OpenSearch API spec.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgvec.documents import ImageDocument, StoredState
+from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
+from imgvec.identity import IndexIdentity
+from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
+from imgvec.stores.opensearch_mapping import (
+    VECTOR_FIELD,
+    KnnIndexOptions,
+    identity_of,
+    index_body,
+    mapping_problems,
+    migrated_from,
+    vector_fields,
+)
+
+if TYPE_CHECKING:
+    from opensearchpy import OpenSearch
+
+BULK_DOCUMENTS = 500
+BULK_BYTES = 8 * 2**20
+"""Under the 10 MiB request cap of some managed instance types; 512 floats as JSON are ~5 KiB a document."""
+BULK_RETRIES = 6
+BULK_BACKOFF = 1.0
+BULK_MAX_BACKOFF = 60.0
+PAGE_SIZE = 500
+PIT_KEEP_ALIVE = "5m"
+STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag"]
+COPY_SCRIPT = (
+    "for (field in params.drop) { ctx._source.remove(field) } "
+    "if (ctx._source.doc_id == null) { ctx._source.doc_id = ctx._id }"
+)
+"""_reindex's ``source._source`` takes only fields to keep (the spec's ``Fields``): the old vectors are dropped here."""
+SORT_CANDIDATES = ("doc_id", "file_key", "file_path", "s3_url")
+"""Keyword fields unique per document, to page a foreign index with search_after (first one present wins)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkItem:
+    doc_id: str
+    action: dict[str, Any]
+    """The action line: ``{"update": {"_index", "_id"}}``, ``{"index": {"_index"}}``, ``{"delete": ...}``."""
+    source: dict[str, Any] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(json.dumps(self.action)) + (len(json.dumps(self.source)) if self.source is not None else 0) + 2
+
+
+def _chunks_by_size(items: list[BulkItem]) -> Iterator[list[BulkItem]]:
+    chunk: list[BulkItem] = []
+    size = 0
+    for item in items:
+        if chunk and (len(chunk) >= BULK_DOCUMENTS or size + item.size > BULK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item.size
+    if chunk:
+        yield chunk
+
+
+class OpenSearchStore:
+    def __init__(self, client: OpenSearch, index: str, *, serverless: bool = False, label: str = "") -> None:
+        self.client = client
+        self.index = index
+        self.serverless = serverless
+        self.label = label or "OpenSearch"
+        self._identity: IndexIdentity | None = None
+
+    # -- identity -----------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return bool(self._call(self.client.indices.exists, index=self.index))
+
+    def mapping(self) -> dict[str, Any]:
+        """The live mapping of the index (or of the one index an alias points to)."""
+        from opensearchpy import NotFoundError
+
+        try:
+            response = self._call(self.client.indices.get_mapping, index=self.index)
+        except NotFoundError:
+            raise IndexNotFoundError(f"no index {self.index!r} in {self.label}") from None
+        if len(response) != 1:
+            raise StoreError(f"{self.index!r} names {len(response)} indexes ({', '.join(sorted(response))}); use one")
+        return next(iter(response.values())).get("mappings") or {}
+
+    def identity(self) -> IndexIdentity | None:
+        if self._identity is None and self.exists():
+            self._identity = identity_of(self.mapping())
+        return self._identity
+
+    def origin(self) -> str | None:
+        return migrated_from(self.mapping())
+
+    def verify(self, expected: IndexIdentity | None = None) -> list[str]:
+        return mapping_problems(self.mapping(), expected)
+
+    def ensure_index(self, identity: IndexIdentity, options: KnnIndexOptions | None = None) -> None:
+        if self.exists():
+            mapping = self.mapping()
+            current = identity_of(mapping)
+            if current is None:
+                problems = "; ".join(mapping_problems(mapping, identity))
+                raise IdentityMismatchError(
+                    f"index {self.index!r} was not created by imgvec ({problems}). "
+                    f"Create a new one with `imgvec index create`, or `imgvec migrate --from {self.index} --to NEW`."
+                )
+            current.require_compatible(identity)
+            self._identity = current
+            return
+        body = index_body(identity, options or KnnIndexOptions(), serverless=self.serverless)
+        self._call(self.client.indices.create, index=self.index, body=body)
+        self._identity = identity
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def upsert(self, documents: Sequence[ImageDocument]) -> dict[str, str]:
+        """Returns the documents the cluster rejected, by id, with its reason; the others are written."""
+        if not documents:
+            return {}
+        identity = self.identity()
+        sources = {doc.id: self._source(doc, identity) for doc in documents}
+        if not self.serverless:
+            return self._bulk(
+                [
+                    BulkItem(
+                        doc_id,
+                        {"update": {"_index": self.index, "_id": doc_id}},
+                        {"doc": source, "doc_as_upsert": True},
+                    )
+                    for doc_id, source in sources.items()
+                ]
+            )
+        # Serverless assigns ids itself: write the new version, then delete the old one(s).
+        existing = self._existing(list(sources))
+        writes = []
+        for doc_id, source in sources.items():
+            old = existing.get(doc_id, [])
+            merged = {**(old[0][1] if old else {}), **source}  # keep fields another writer added
+            writes.append(BulkItem(doc_id, {"index": {"_index": self.index}}, merged))
+        rejected = self._bulk(writes)
+        stale = [
+            BulkItem(doc_id, {"delete": {"_index": self.index, "_id": hit_id}})
+            for doc_id, hits in existing.items()
+            if doc_id not in rejected
+            for hit_id, _ in hits
+        ]
+        rejected.update(self._bulk(stale))
+        return rejected
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        if self.serverless:
+            targets = [(doc_id, hit_id) for doc_id, hits in self._existing(list(ids)).items() for hit_id, _ in hits]
+        else:
+            targets = [(doc_id, doc_id) for doc_id in ids]
+        failed = self._bulk([BulkItem(d, {"delete": {"_index": self.index, "_id": h}}) for d, h in targets])
+        failed = {i: reason for i, reason in failed.items() if not reason.startswith("HTTP 404")}  # already gone
+        if failed:
+            raise StoreError(f"{len(failed)} deletes failed, e.g. {next(iter(failed.values()))}")
+
+    def _source(self, doc: ImageDocument, identity: IndexIdentity | None) -> dict[str, Any]:
+        source: dict[str, Any] = {
+            "doc_id": doc.id,
+            "file_name": doc.file_name,
+            "file_path": doc.file_path,
+            "file_extension": doc.file_extension,
+            "file_size": doc.file_size,
+            "bucket": doc.bucket,
+            "file_key": doc.file_key,
+            "s3_url": doc.s3_url,
+            "indexed_at": doc.indexed_at.astimezone(UTC).isoformat(),
+            "mtime": doc.mtime,
+            "content_hash": doc.content_hash,
+            "etag": doc.etag,
+            "model": doc.model,
+        }
+        if doc.vector is not None:
+            vector = np.asarray(doc.vector, dtype=np.float32).reshape(-1)
+            if identity is not None:
+                identity.require_dimension(vector.shape[0])
+            norm = float(np.linalg.norm(vector))
+            if not np.isfinite(norm) or norm == 0.0:  # cosinesimil rejects zero vectors; NaN is a failed embedding
+                raise StoreError(f"refusing a zero or non-finite vector for {doc.file_path}")
+            source[VECTOR_FIELD] = vector.tolist()
+        return {key: value for key, value in source.items() if value is not None}
+
+    def _bulk(self, items: list[BulkItem]) -> dict[str, str]:
+        """Bulk requests sized by count and bytes; rejected items retried on 429 with exponential backoff.
+
+        Not opensearch-py's ``streaming_bulk``: when it retries a 429 it reorders its results and, for an
+        ``index`` without ``_id`` (Serverless), nothing in a result says which document it was. Bulk responses list
+        items in request order, so here each result maps back to its document id exactly.
+        Returns the documents rejected for good, by id, with the cluster's reason.
+        """
+        rejected: dict[str, str] = {}
+        pending = items
+        for attempt in range(BULK_RETRIES + 1):
+            throttled: list[BulkItem] = []
+            for chunk in _chunks_by_size(pending):
+                lines: list[dict[str, Any]] = []
+                for item in chunk:
+                    lines.append(item.action)
+                    if item.source is not None:
+                        lines.append(item.source)
+                response = self._call(self.client.bulk, body=lines)
+                for item, result in zip(chunk, response["items"], strict=True):
+                    outcome = next(iter(result.values()))
+                    status = int(outcome.get("status", 500))
+                    if status == 429 and attempt < BULK_RETRIES:
+                        throttled.append(item)
+                    elif not 200 <= status < 300:
+                        error = outcome.get("error")
+                        if isinstance(error, dict):
+                            error = f"{error.get('type')}: {error.get('reason')}"
+                        rejected[item.doc_id] = f"HTTP {status}: {error}"
+            if not throttled:
+                break
+            pending = throttled
+            time.sleep(min(BULK_MAX_BACKOFF, BULK_BACKOFF * 2**attempt) * random.uniform(0.5, 1.0))
+        return rejected
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def _id_query(self, ids: list[str]) -> dict[str, Any]:
+        """Matches documents by ``doc_id`` (what imgvec writes) or ``_id`` (documents another writer made)."""
+        return {"bool": {"should": [{"terms": {"doc_id": ids}}, {"ids": {"values": ids}}], "minimum_should_match": 1}}
+
+    def _existing(self, ids: list[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        if not ids or not self.exists():
+            return found
+        body = {
+            "query": self._id_query(ids),
+            "size": len(ids) * 2,
+            "_source": {"excludes": [VECTOR_FIELD]},
+        }
+        for hit in self._search(body)["hits"]["hits"]:
+            doc_id = hit["_source"].get("doc_id") or hit["_id"]
+            found.setdefault(doc_id, []).append((hit["_id"], hit["_source"]))
+        return found
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, StoredState]:
+        if not ids or not self.exists():
+            return {}
+        ids = list(ids)
+        query = self._id_query(ids)
+        states = self._search({"query": query, "size": len(ids), "_source": STATE_FIELDS})["hits"]["hits"]
+        with_vector_body = {
+            "query": {"bool": {"filter": [query, {"exists": {"field": VECTOR_FIELD}}]}},
+            "size": len(ids),
+            "_source": ["doc_id"],
+        }
+        with_vector = {
+            hit["_source"].get("doc_id") or hit["_id"] for hit in self._search(with_vector_body)["hits"]["hits"]
+        }
+        found = {}
+        for hit in states:
+            source = hit["_source"]
+            doc_id = source.get("doc_id") or hit["_id"]
+            found[doc_id] = StoredState(
+                file_size=int(source.get("file_size") or 0),
+                mtime=float(source.get("mtime") or 0.0),
+                content_hash=source.get("content_hash"),
+                has_vector=doc_id in with_vector,
+                etag=source.get("etag"),
+            )
+        return found
+
+    def vectors_by_hash(self, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        if not content_hashes or not self.exists():
+            return {}
+        hashes = sorted(set(content_hashes))
+        body = {
+            "query": {"bool": {"filter": [{"terms": {"content_hash": hashes}}, {"exists": {"field": VECTOR_FIELD}}]}},
+            "size": len(hashes) * 4,
+            "_source": ["content_hash", VECTOR_FIELD],
+        }
+        return {
+            hit["_source"]["content_hash"]: np.asarray(hit["_source"][VECTOR_FIELD], dtype=np.float32)
+            for hit in self._search(body)["hits"]["hits"]
+        }
+
+    def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]:
+        identity = self.identity()
+        if identity is None:
+            raise IndexNotFoundError(f"index {self.index!r} does not exist or has no model identity")
+        query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        identity.require_dimension(query_vector.shape[0])
+        knn: dict[str, Any] = {"vector": query_vector.tolist(), "k": k}
+        condition = search_filter(where)
+        if condition is not None:
+            knn["filter"] = condition  # inside the k-NN clause: k results come back when k match
+        body = {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
+        hits = []
+        for hit in self._search(body)["hits"]["hits"]:
+            document = dict(hit["_source"])
+            doc_id = document.get("doc_id") or hit["_id"]
+            document.setdefault("id", doc_id)
+            # cosinesimil scores are (1 + cos) / 2; users compare cosine similarities across backends
+            hits.append(SearchHit(id=doc_id, score=2.0 * float(hit["_score"]) - 1.0, document=document))
+        return hits
+
+    def stats(self) -> IndexStats:
+        mapping = self.mapping()
+        identity = identity_of(mapping)
+        vector = (mapping.get("properties") or {}).get(VECTOR_FIELD) or next(iter(vector_fields(mapping).values()), {})
+        vector_name = VECTOR_FIELD if VECTOR_FIELD in (mapping.get("properties") or {}) else None
+        vector_name = vector_name or next(iter(vector_fields(mapping)), VECTOR_FIELD)
+        documents = self._count(None)
+        with_vector = self._count({"exists": {"field": vector_name}})
+        return IndexStats(
+            index=self.index,
+            documents=documents,
+            with_vector=with_vector,
+            dimension=vector.get("dimension"),
+            model=identity.model if identity else None,
+        )
+
+    def _count(self, query: dict[str, Any] | None) -> int:
+        body = {"query": query} if query is not None else None
+        return int(self._call(self.client.count, index=self.index, body=body)["count"])
+
+    def documents(self, *, without_vector: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every document (or those with no vector) as (id, fields without vectors), one page in memory."""
+        mapping = self.mapping()
+        properties = mapping.get("properties") or {}
+        excluded = sorted(vector_fields(mapping)) or [VECTOR_FIELD]
+        query: dict[str, Any] = {"match_all": {}}
+        if without_vector:
+            query = {"bool": {"must_not": [{"exists": {"field": VECTOR_FIELD}}]}}
+        sort_field = next((f for f in SORT_CANDIDATES if (properties.get(f) or {}).get("type") == "keyword"), None)
+        if sort_field is None:
+            raise StoreError(
+                f"index {self.index!r} has no keyword field among {', '.join(SORT_CANDIDATES)} to page through it"
+            )
+        for hit in self._pages(query, sort_field, excluded):
+            yield hit["_source"].get("doc_id") or hit["_id"], hit["_source"]
+
+    def _pages(self, query: dict[str, Any], sort_field: str, excluded: list[str]) -> Iterator[dict[str, Any]]:
+        """Point-in-time + search_after (what Serverless and 2.4+ support); scroll where PIT is unavailable."""
+        from opensearchpy import NotFoundError, RequestError
+
+        body: dict[str, Any] = {
+            "size": PAGE_SIZE,
+            "query": query,
+            "_source": {"excludes": excluded},
+            "sort": [{sort_field: "asc"}],
+        }
+        try:
+            pit = self._call(self.client.create_pit, index=self.index, params={"keep_alive": PIT_KEEP_ALIVE})
+        except (NotFoundError, RequestError):
+            if self.serverless:
+                raise
+            yield from self._scroll(body)
+            return
+        pit_id = pit["pit_id"]
+        try:
+            after: list[Any] | None = None
+            while True:
+                page = {**body, "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}}
+                if after is not None:
+                    page["search_after"] = after
+                response = self._call(self.client.search, body=page)
+                pit_id = response.get("pit_id", pit_id)
+                hits = response["hits"]["hits"]
+                yield from hits
+                if len(hits) < PAGE_SIZE:
+                    return
+                after = hits[-1]["sort"]
+        finally:
+            self._call(self.client.delete_pit, body={"pit_id": [pit_id]})
+
+    def _scroll(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from opensearchpy import helpers
+
+        scan_body = {key: value for key, value in body.items() if key != "sort"}
+        yield from helpers.scan(self.client, query=scan_body, index=self.index, size=PAGE_SIZE, scroll="5m")
+
+    def _search(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self.client.search, index=self.index, body=body)
+
+    # -- migration ----------------------------------------------------------------------------------
+
+    def copy_from(self, source_index: str, *, poll_seconds: float = 5.0) -> int:
+        """Copy another index's documents here without its vectors; returns how many were copied.
+
+        ``_reindex`` runs inside the cluster (kept ids, a ``doc_id`` added by script); Serverless has none,
+        so there the documents stream through imgvec with point-in-time paging and bulk writes.
+        """
+        source = OpenSearchStore(self.client, source_index, serverless=self.serverless, label=self.label)
+        excluded = sorted(vector_fields(source.mapping())) or [VECTOR_FIELD]
+        if self.serverless:
+            if self._count(None):
+                raise StoreError(
+                    f"{self.index!r} already holds documents and Serverless has no custom ids to copy idempotently: "
+                    f"delete it and run the migration again"
+                )
+            copied = 0
+            batch: list[BulkItem] = []
+            for doc_id, fields in source.documents():
+                batch.append(BulkItem(doc_id, {"index": {"_index": self.index}}, {**fields, "doc_id": doc_id}))
+                if len(batch) >= BULK_DOCUMENTS:
+                    copied += self._copy_batch(batch)
+                    batch = []
+            return copied + self._copy_batch(batch)
+        body = {
+            "source": {"index": source_index},
+            "dest": {"index": self.index, "op_type": "create"},  # a re-run keeps the vectors filled since
+            "conflicts": "proceed",
+            "script": {"lang": "painless", "source": COPY_SCRIPT, "params": {"drop": excluded}},
+        }
+        task = self._call(self.client.reindex, body=body, params={"wait_for_completion": "false", "refresh": "true"})
+        while True:
+            status = self._call(self.client.tasks.get, task_id=task["task"])
+            if status.get("completed"):
+                break
+            time.sleep(poll_seconds)
+        response = status.get("response") or {}
+        failures = response.get("failures") or []
+        if status.get("error") or failures:
+            cause = status.get("error") or failures[0]
+            raise StoreError(f"_reindex from {source_index!r} failed: {cause}")
+        return int(response.get("created", 0))
+
+    def _copy_batch(self, batch: list[BulkItem]) -> int:
+        rejected = self._bulk(batch)
+        if rejected:
+            raise StoreError(f"copying failed for {len(rejected)} documents, e.g. {next(iter(rejected.values()))}")
+        return len(batch)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+
+    def optimize(self) -> None:
+        """Make the writes searchable now; Serverless refreshes on its own (and answers _refresh with 404)."""
+        if not self.serverless:
+            self._call(self.client.indices.refresh, index=self.index)
+
+    def _call(self, method: Any, **kwargs: Any) -> Any:
+        """One request; a transport failure becomes a StoreError naming the cluster and what to check."""
+        from opensearchpy import AuthenticationException, AuthorizationException, ConnectionError, TransportError
+
+        try:
+            return method(**kwargs)
+        except AuthenticationException:
+            raise StoreError(f"{self.label} refused the credentials (401): check the user/password or AWS keys") from (
+                None
+            )
+        except AuthorizationException as exc:
+            raise StoreError(f"{self.label}: not allowed (403) for index {self.index!r}: {_reason(exc)}") from None
+        except ConnectionError as exc:
+            raise StoreError(f"cannot reach {self.label}: {exc.info or exc.error}") from None
+        except TransportError as exc:
+            if exc.status_code in (400, 404, 409):
+                raise  # callers decide what those mean
+            raise StoreError(f"{self.label} answered HTTP {exc.status_code}: {_reason(exc)}") from None
+
+
+class OpenSearchAliases:
+    """Aliases in one cluster. A switch is a single ``_aliases`` call, so readers never see no index."""
+
+    def __init__(self, client: OpenSearch) -> None:
+        self.client = client
+
+    def target(self, alias: str) -> str | None:
+        from opensearchpy import NotFoundError
+
+        try:
+            response = self.client.indices.get_alias(name=alias)
+        except NotFoundError:
+            return None
+        names = sorted(response)
+        if len(names) > 1:
+            raise StoreError(f"alias {alias!r} points to {len(names)} indexes ({', '.join(names)}); imgvec expects one")
+        return names[0] if names else None
+
+    def switch(self, alias: str, index: str) -> str | None:
+        previous = self.target(alias)
+        actions: list[dict[str, Any]] = []
+        if previous is not None:
+            actions.append({"remove": {"index": previous, "alias": alias}})
+        actions.append({"add": {"index": index, "alias": alias}})
+        self.client.indices.update_aliases(body={"actions": actions})
+        return previous
+
+
+def search_filter(where: SearchFilter | None) -> dict[str, Any] | None:
+    if where is None:
+        return None
+    clauses: list[dict[str, Any]] = []
+    if where.extensions:
+        clauses.append({"terms": {"file_extension": [e.lower().lstrip(".") for e in where.extensions]}})
+    if where.path_prefix:
+        clauses.append({"prefix": {"file_path": where.path_prefix}})
+    return {"bool": {"filter": clauses}} if clauses else None
+
+
+def _reason(exc: Any) -> str:
+    info = getattr(exc, "info", None)
+    if isinstance(info, dict):
+        error = info.get("error")
+        if isinstance(error, dict):
+            return str(error.get("reason") or error.get("type"))
+        if error:
+            return str(error)
+    return str(getattr(exc, "error", exc))

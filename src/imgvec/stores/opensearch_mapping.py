@@ -1,0 +1,135 @@
+"""What an imgvec k-NN index looks like in OpenSearch, and how to tell whether a live index is one.
+
+Request bodies are built here and nowhere else, so the contract tests can check every one of them against the
+OpenSearch API specification. Facts behind the defaults (docs/opensearch.md): nmslib is deprecated since 2.19 and
+refused for new indexes on 3.x, faiss is the default engine, ``ef_search`` belongs in ``method.parameters``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from imgvec.errors import StoreError
+from imgvec.identity import IndexIdentity
+
+VECTOR_FIELD = "image_vector"
+META_KEY = "imgvec"
+"""The mapping's ``_meta.imgvec``: the model identity (and where a migration came from), readable by any client."""
+ENGINES = ("faiss", "lucene", "nmslib")
+DEFAULT_ENGINE = "faiss"
+SPACE_TYPE = "cosinesimil"
+KEYWORD_FIELDS = ("doc_id", "file_extension", "bucket", "file_key", "s3_url", "content_hash", "etag", "model")
+"""``doc_id`` repeats the document id as a field: Serverless assigns ``_id`` itself, and a unique sortable keyword
+pages through any index with ``search_after`` on every version (``_shard_doc`` needs 3.3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnnIndexOptions:
+    """``imgvec index create`` flags. Shards and replicas are ignored by Serverless, which sizes itself."""
+
+    shards: int = 2
+    replicas: int = 1
+    engine: str = DEFAULT_ENGINE
+    m: int = 16
+    ef_construction: int = 128
+    ef_search: int = 100
+    migrated_from: str | None = None
+    """The index a migration copied from: ``imgvec alias rollback`` switches back to it."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise StoreError(f"unknown k-NN engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        for name in ("m", "ef_construction", "ef_search"):
+            if getattr(self, name) < 2:
+                raise StoreError(f"--{name.replace('_', '-')} must be at least 2")
+
+
+def index_body(identity: IndexIdentity, options: KnnIndexOptions, *, serverless: bool = False) -> dict[str, Any]:
+    """The ``PUT /<index>`` body: metadata fields typed, the vector as HNSW cosine, the identity in ``_meta``."""
+    method: dict[str, Any] = {
+        "name": "hnsw",
+        "space_type": SPACE_TYPE,
+        "engine": options.engine,
+        "parameters": {"m": options.m, "ef_construction": options.ef_construction},
+    }
+    if options.engine != "nmslib":
+        method["parameters"]["ef_search"] = options.ef_search
+    index_settings: dict[str, Any] = {"knn": True}
+    if options.engine == "nmslib":
+        index_settings["knn.algo_param.ef_search"] = options.ef_search  # nmslib reads only the index setting
+    if not serverless:
+        index_settings["number_of_shards"] = options.shards
+        index_settings["number_of_replicas"] = options.replicas
+    properties: dict[str, Any] = {name: {"type": "keyword"} for name in KEYWORD_FIELDS}
+    properties["file_path"] = {"type": "keyword", "fields": {"text": {"type": "text"}}}
+    properties["file_name"] = {"type": "keyword", "fields": {"text": {"type": "text"}}}
+    properties["file_size"] = {"type": "long"}
+    properties["mtime"] = {"type": "double"}
+    properties["indexed_at"] = {"type": "date"}
+    properties[VECTOR_FIELD] = {"type": "knn_vector", "dimension": identity.dimension, "method": method}
+    meta: dict[str, Any] = {"identity": identity.to_json()}
+    if options.migrated_from:
+        meta["migrated_from"] = options.migrated_from
+    return {"settings": {"index": index_settings}, "mappings": {"_meta": {META_KEY: meta}, "properties": properties}}
+
+
+def identity_of(mapping: dict[str, Any]) -> IndexIdentity | None:
+    raw = ((mapping.get("_meta") or {}).get(META_KEY) or {}).get("identity")
+    return IndexIdentity.from_json(raw) if raw else None
+
+
+def migrated_from(mapping: dict[str, Any]) -> str | None:
+    return ((mapping.get("_meta") or {}).get(META_KEY) or {}).get("migrated_from")
+
+
+def vector_fields(mapping: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every knn_vector field of a mapping: the old index's vectors must not be copied into the new one."""
+    return {name: spec for name, spec in (mapping.get("properties") or {}).items() if spec.get("type") == "knn_vector"}
+
+
+def mapping_problems(mapping: dict[str, Any], expected: IndexIdentity | None = None) -> list[str]:
+    """Each way a live mapping differs from what imgvec needs, as sentences a user can act on."""
+    problems: list[str] = []
+    vector = (mapping.get("properties") or {}).get(VECTOR_FIELD)
+    others = sorted(set(vector_fields(mapping)) - {VECTOR_FIELD})
+    if vector is None:
+        hint = f" (it has knn_vector field(s) {', '.join(others)})" if others else ""
+        problems.append(f"no field {VECTOR_FIELD!r}{hint}: this is not an imgvec index; migrate to a new one")
+        return problems
+    if vector.get("type") != "knn_vector":
+        problems.append(f"{VECTOR_FIELD!r} is of type {vector.get('type')!r}, not knn_vector")
+        return problems
+    identity = identity_of(mapping)
+    dimension = vector.get("dimension")
+    method = vector.get("method") or {}
+    space = method.get("space_type") or vector.get("space_type") or "l2"
+    engine = method.get("engine") or "the cluster default"
+    if identity is None:
+        problems.append(
+            f"no model identity in the mapping's _meta.{META_KEY}: imgvec cannot tell which model made its vectors"
+        )
+    elif dimension != identity.dimension:
+        problems.append(f"the mapping says {dimension} dimensions but its _meta says {identity.describe()}")
+    if expected is not None:
+        if dimension != expected.dimension:
+            problems.append(
+                f"{VECTOR_FIELD!r} has {dimension} dimensions but {expected.model} produces {expected.dimension}; "
+                "a dimension never changes on an existing field: migrate to a new index"
+            )
+        if identity is not None and (identity.architecture, identity.pretrained) != (
+            expected.architecture,
+            expected.pretrained,
+        ):
+            problems.append(f"the index holds vectors of {identity.describe()}, not of {expected.describe()}")
+    if space != SPACE_TYPE:
+        problems.append(f"space_type is {space!r}; imgvec reads scores as cosine similarity and needs {SPACE_TYPE}")
+    if method and method.get("name") != "hnsw":
+        problems.append(f"method is {method.get('name')!r}, not hnsw")
+    if engine == "nmslib":
+        problems.append("engine is nmslib: deprecated since OpenSearch 2.19 and refused for new indexes on 3.x")
+    for name in ("file_key", "doc_id"):
+        kind = ((mapping.get("properties") or {}).get(name) or {}).get("type")
+        if kind not in (None, "keyword"):
+            problems.append(f"{name!r} is of type {kind!r}; exact lookups need keyword")
+    return problems
