@@ -26,10 +26,10 @@ from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.embed.modelspec import DEFAULT_MODEL
 from imgvec.errors import ImageDecodeError, ImgvecError
 from imgvec.settings import DEFAULT_INDEX, DEFAULT_STORE, Settings
-from imgvec.stores import SearchFilter, SearchHit, Store, open_store
+from imgvec.stores import KnnIndexOptions, SearchFilter, SearchHit, Store
 
 if TYPE_CHECKING:
-    from imgvec.pipeline.ingest import Ingest, IngestOptions
+    from imgvec.pipeline.ingest import Ingest, IngestOptions, IngestReport
     from imgvec.pipeline.lock import IndexLock
     from imgvec.pipeline.state import Progress as RunProgress
     from imgvec.pipeline.state import RunState
@@ -58,7 +58,10 @@ err = Console(stderr=True, soft_wrap=True)
 @app.callback()
 def main(
     ctx: typer.Context,
-    store: Annotated[str, typer.Option(envvar="IMGVEC_STORE", help="A directory (embedded store).")] = DEFAULT_STORE,
+    store: Annotated[
+        str,
+        typer.Option(envvar="IMGVEC_STORE", help="A directory (embedded store) or http(s)://host:9200 (OpenSearch)."),
+    ] = DEFAULT_STORE,
     index: Annotated[str, typer.Option(envvar="IMGVEC_INDEX", help="Index name.")] = DEFAULT_INDEX,
     model: Annotated[
         str | None,
@@ -83,6 +86,25 @@ def main(
         str | None,
         typer.Option(envvar="AWS_ENDPOINT_URL", help="S3-compatible server (MinIO, SeaweedFS, Ceph) for s3:// URLs."),
     ] = None,
+    opensearch_user: Annotated[
+        str | None, typer.Option(envvar="IMGVEC_OPENSEARCH_USER", help="OpenSearch basic-auth user.")
+    ] = None,
+    opensearch_password: Annotated[
+        str | None, typer.Option(envvar="IMGVEC_OPENSEARCH_PASSWORD", help="OpenSearch basic-auth password.")
+    ] = None,
+    aws_service: Annotated[
+        str | None,
+        typer.Option(help="Sign OpenSearch requests with SigV4: es (managed domain) or aoss (Serverless)."),
+    ] = None,
+    aws_region: Annotated[
+        str | None, typer.Option(envvar="AWS_REGION", help="Region for SigV4 (default: from the host name).")
+    ] = None,
+    ca_certs: Annotated[
+        str | None, typer.Option(envvar="IMGVEC_OPENSEARCH_CA_CERTS", help="CA bundle for the cluster's certificate.")
+    ] = None,
+    verify_certs: Annotated[
+        bool, typer.Option(envvar="IMGVEC_OPENSEARCH_VERIFY_CERTS", help="Check the cluster's TLS certificate.")
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -100,6 +122,12 @@ def main(
         cache_dir=cache_dir,
         model_config_dir=model_config_dir,
         s3_endpoint_url=endpoint_url,
+        opensearch_user=opensearch_user,
+        opensearch_password=opensearch_password,
+        aws_service=aws_service,
+        aws_region=aws_region,
+        verify_certs=verify_certs,
+        ca_certs=ca_certs,
     )
 
 
@@ -126,8 +154,13 @@ def _embedder_for(settings: Settings, store: Store) -> Embedder:
 def ingest(
     ctx: typer.Context,
     source_location: Annotated[
-        str, typer.Argument(metavar="SOURCE", help="A folder (indexed recursively) or s3://bucket/prefix.")
-    ],
+        str | None,
+        typer.Argument(metavar="[SOURCE]", help="A folder (indexed recursively) or s3://bucket/prefix."),
+    ] = None,
+    missing: Annotated[
+        bool,
+        typer.Option("--missing", help="Instead of SOURCE: fill in the index's documents that have no vector yet."),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Decode worker processes (default: cores - 1; 0 = in-process).")
@@ -148,16 +181,19 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Index every image under SOURCE; unchanged files are skipped, and a stopped run continues where it was."""
-    from imgvec.pipeline.ingest import Ingest, IngestOptions, default_workers
+    from imgvec.pipeline.ingest import IngestOptions, default_workers
     from imgvec.sources import open_source
+    from imgvec.sources.index import IndexDocuments
 
     settings: Settings = ctx.obj
+    if (source_location is None) == (not missing):
+        raise _fail("give a SOURCE folder or s3:// URL, or --missing (not both)", EXIT_USAGE)
     workers = default_workers() if workers is None else workers
     if settings.threads is None:
         # Inference gets the cores the decode workers leave free: oversubscribed OpenMP threads spin against the
         # workers and ran a batch ~5x slower on 2 cores.
         settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
-    remote = source_location.startswith("s3://")
+    remote = missing or (source_location or "").startswith("s3://")
     options = IngestOptions(
         batch_size=batch_size,
         workers=workers,
@@ -168,28 +204,21 @@ def ingest(
         io_concurrency=io_concurrency if io_concurrency is not None else (32 if remote else 8),
     )
     try:
-        source = open_source(source_location, settings.s3_options(options.io_concurrency))
-        store = open_store(settings.store, settings.index)
+        store = settings.open_store()
+        s3 = settings.s3_options(options.io_concurrency)
+        if missing:
+            if not store.exists():
+                raise ImgvecError(f"no index {settings.index!r} in {settings.store} to fill")
+            source: Source = IndexDocuments(store, s3)
+        else:
+            source = open_source(source_location or "", s3)
         if not dry_run:
             _refuse_if_busy(settings)  # before loading a model for nothing
         embedder = _embedder_for(settings, store)
         if dry_run:
             _dry_run(settings, source, store, embedder, options, as_json)
             return
-        state, lock = _run_state(settings)
-        display = _ProgressDisplay(enabled=not as_json)
-        run = Ingest(
-            source,
-            store,
-            embedder,
-            options,
-            state=state,
-            lock=lock,
-            source_label=source.location,
-            on_progress=display.update,
-        )
-        with _stop_on_signals(run), display:
-            report = run.run()
+        report = _run_ingest(settings, source, store, embedder, options, display=not as_json)
     except ImgvecError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:  # a second Ctrl-C: abort now; committed batches are still kept
@@ -230,6 +259,27 @@ def ingest(
             "stopped; every batch committed so far is kept: run the same command again to continue", EXIT_INTERRUPTED
         )
     raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
+
+
+def _run_ingest(
+    settings: Settings, source: Source, store: Store, embedder: Embedder, options: IngestOptions, *, display: bool
+) -> IngestReport:
+    from imgvec.pipeline.ingest import Ingest
+
+    state, lock = _run_state(settings)
+    progress_display = _ProgressDisplay(enabled=display)
+    run = Ingest(
+        source,
+        store,
+        embedder,
+        options,
+        state=state,
+        lock=lock,
+        source_label=source.location,
+        on_progress=progress_display.update,
+    )
+    with _stop_on_signals(run), progress_display:
+        return run.run()
 
 
 def _refuse_if_busy(settings: Settings) -> None:
@@ -428,7 +478,7 @@ def search(
         raise _fail("give either a TEXT query or --image PATH (not both)", EXIT_USAGE)
     where = SearchFilter(extensions=tuple(ext or ()), path_prefix=path_prefix)
     try:
-        store = open_store(settings.store, settings.index)
+        store = settings.open_store()
         store.stats()  # a missing index is reported before a model is loaded for nothing
         embedder = _embedder_for(settings, store)
         if image is not None:
@@ -467,7 +517,7 @@ def status(
     """Documents in the index, with and without vectors, and the model that made them."""
     settings: Settings = ctx.obj
     try:
-        stats = open_store(settings.store, settings.index).stats()
+        stats = settings.open_store().stats()
     except ImgvecError as exc:
         raise _fail(str(exc)) from None
     if as_json:
@@ -475,6 +525,176 @@ def status(
         return
     for key, value in stats.as_dict().items():
         out.print(f"{key:>15}: {value}", highlight=False)
+
+
+index_app = typer.Typer(help="Create and check k-NN indexes.", no_args_is_help=True)
+alias_app = typer.Typer(help="Show and roll back aliases.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+app.add_typer(alias_app, name="alias")
+
+EngineOption = Annotated[str, typer.Option(help="k-NN engine: faiss (default), lucene, or nmslib (clusters < 2.19).")]
+ShardsOption = Annotated[int, typer.Option(min=1, help="Primary shards (ignored by Serverless).")]
+ReplicasOption = Annotated[int, typer.Option(min=0, help="Replicas (ignored by Serverless).")]
+MOption = Annotated[int, typer.Option("--m", min=2, max=100, help="HNSW links per node.")]
+EfConstructionOption = Annotated[int, typer.Option(min=2, help="HNSW candidate list while building.")]
+EfSearchOption = Annotated[int, typer.Option(min=2, help="HNSW candidate list while searching.")]
+
+
+@index_app.command("create")
+def index_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The new index.")],
+    dimension: Annotated[
+        int | None, typer.Option(min=1, help="Must equal the model's output (512 for ViT-B-32); checked.")
+    ] = None,
+    shards: ShardsOption = 2,
+    replicas: ReplicasOption = 1,
+    engine: EngineOption = "faiss",
+    m: MOption = 16,
+    ef_construction: EfConstructionOption = 128,
+    ef_search: EfSearchOption = 100,
+) -> None:
+    """A k-NN index for the model's vectors (HNSW, cosine), with the model identity recorded in it."""
+    settings: Settings = ctx.obj
+    try:
+        options = KnnIndexOptions(shards, replicas, engine, m, ef_construction, ef_search)
+        store = settings.open_store(name)
+        if store.exists():
+            raise ImgvecError(f"index {name!r} already exists: `imgvec index verify {name}` checks it")
+        embedder = settings.load_embedder(settings.model or DEFAULT_MODEL)
+        if dimension is not None:
+            embedder.identity.require_dimension(dimension)
+        store.ensure_index(embedder.identity, options)
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"created {name!r} for {embedder.identity.describe()} in {_store_label(settings)}", highlight=False)
+
+
+@index_app.command("verify")
+def index_verify(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The index (or alias) to check.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Check the live index against what imgvec needs (field type, dimension, space, engine, model); exit 1 if not."""
+    settings: Settings = ctx.obj
+    try:
+        store = settings.open_store(name)
+        expected = settings.load_embedder(settings.model).identity if settings.model else None
+        problems = store.verify(expected)
+        stats = store.stats()
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        out.print_json(json.dumps({"index": name, "ok": not problems, "problems": problems, **stats.as_dict()}))
+    else:
+        for problem in problems:
+            out.print(f"[red]✗[/] {problem}", highlight=False)
+        if not problems:
+            out.print(f"[green]✓[/] {name}: {stats.dimension}-dim, model {stats.model}", highlight=False)
+        out.print(f"{stats.documents} documents, {stats.with_vector} with a vector", highlight=False)
+    raise typer.Exit(EXIT_ERROR if problems else EXIT_OK)
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    source_index: Annotated[str, typer.Option("--from", help="The index to copy documents from.")],
+    target_index: Annotated[str, typer.Option("--to", help="The new index (created if missing).")],
+    alias: Annotated[str, typer.Option(help="Switched to the new index once it is complete.")],
+    shards: ShardsOption = 2,
+    replicas: ReplicasOption = 1,
+    engine: EngineOption = "faiss",
+    m: MOption = 16,
+    ef_construction: EfConstructionOption = 128,
+    ef_search: EfSearchOption = 100,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decode worker processes.")] = None,
+    io_concurrency: Annotated[int, typer.Option(min=0, max=512, help="Image reads in flight.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Copy --from into a new index without its vectors, fill them with the model, switch --alias atomically.
+
+    Run the same command again to resume; `imgvec alias rollback ALIAS` switches back."""
+    from imgvec.pipeline.ingest import IngestOptions, default_workers
+    from imgvec.pipeline.migrate import migrate as run_migration
+    from imgvec.sources.index import IndexDocuments
+    from imgvec.stores import open_aliases
+
+    settings: Settings = ctx.obj
+    workers = default_workers() if workers is None else workers
+    if settings.threads is None:
+        settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
+    fill_settings = replace(settings, index=target_index)
+    options = IngestOptions(batch_size=batch_size, workers=workers, io_concurrency=io_concurrency)
+    try:
+        index_options = KnnIndexOptions(shards, replicas, engine, m, ef_construction, ef_search)
+        source = settings.open_store(source_index)
+        target = settings.open_store(target_index)
+        aliases = open_aliases(settings.store, settings.opensearch_options())
+        _refuse_if_busy(fill_settings)
+        target_identity = target.identity() if target.exists() else None
+        model = settings.model or (target_identity.model if target_identity else DEFAULT_MODEL)
+        embedder = settings.load_embedder(model)
+
+        def fill() -> IngestReport:
+            documents = IndexDocuments(target, settings.s3_options(io_concurrency))
+            return _run_ingest(fill_settings, documents, target, embedder, options, display=not as_json)
+
+        def step(text: str) -> None:
+            if not as_json:
+                err.print(text, highlight=False)
+
+        report = run_migration(source, target, aliases, alias, embedder.identity, fill, index_options, step)
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("aborted; run the same command again to continue", EXIT_INTERRUPTED) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        out.print(
+            f"{alias!r} now points to {target_index!r} ({report.target_stats.with_vector if report.target_stats else 0}"
+            f" documents with vectors); the old index {source_index!r} is kept",
+            highlight=False,
+        )
+
+
+@alias_app.command("show")
+def alias_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The alias.")]) -> None:
+    """The index an alias points to, and the one it was migrated from."""
+    from imgvec.stores import open_aliases
+
+    settings: Settings = ctx.obj
+    try:
+        target = open_aliases(settings.store, settings.opensearch_options()).target(name)
+        if target is None:
+            raise ImgvecError(f"no alias {name!r}")
+        origin = settings.open_store(target).origin()
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{name} → {target}" + (f" (migrated from {origin})" if origin else ""), highlight=False)
+
+
+@alias_app.command("rollback")
+def alias_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The alias.")]) -> None:
+    """Point the alias back at the index its current index was migrated from (kept by `imgvec migrate`)."""
+    from imgvec.pipeline.migrate import rollback
+    from imgvec.stores import open_aliases
+
+    settings: Settings = ctx.obj
+    try:
+        aliases = open_aliases(settings.store, settings.opensearch_options())
+        current, origin = rollback(aliases, name, settings.open_store)
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{name} → {origin} (was {current}, which is kept)", highlight=False)
+
+
+def _store_label(settings: Settings) -> str:
+    from imgvec.stores import is_remote
+
+    return settings.opensearch_options().safe_url() if is_remote(settings.store) else settings.store
 
 
 if __name__ == "__main__":  # pragma: no cover

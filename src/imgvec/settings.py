@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from imgvec.embed.clip import ClipEmbedder
     from imgvec.sources.s3 import S3Options
+    from imgvec.stores import OpenSearchOptions, Store
 
 DEFAULT_STORE = str(Path.home() / ".imgvec")
 DEFAULT_INDEX = "images"
@@ -29,6 +31,32 @@ class Settings:
     model_config_dir: str | None = None
     s3_endpoint_url: str | None = None
     """An S3-compatible server (MinIO, SeaweedFS, Ceph); None: AWS (boto3 still honours AWS_ENDPOINT_URL)."""
+    opensearch_user: str | None = None
+    opensearch_password: str | None = None
+    aws_service: str | None = None
+    """SigV4 for OpenSearch: ``es`` (managed domain) or ``aoss`` (Serverless); None: from the host name."""
+    aws_region: str | None = None
+    verify_certs: bool = True
+    ca_certs: str | None = None
+
+    def opensearch_options(self) -> OpenSearchOptions:
+        from imgvec.stores import OpenSearchOptions
+
+        return OpenSearchOptions(
+            url=self.store,
+            username=self.opensearch_user,
+            password=self.opensearch_password,
+            aws_service=self.aws_service,
+            aws_region=self.aws_region,
+            verify_certs=self.verify_certs,
+            ca_certs=self.ca_certs,
+        )
+
+    def open_store(self, index: str | None = None) -> Store:
+        from imgvec.stores import is_remote, open_store
+
+        options = self.opensearch_options() if is_remote(self.store) else None
+        return open_store(self.store, index or self.index, options)
 
     def s3_options(self, connections: int = 32) -> S3Options:
         from imgvec.sources.s3 import S3Options
@@ -37,7 +65,13 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        """Run state and locks live beside the embedded store, so they move and get deleted with it."""
+        """Run state and locks live beside the embedded store, so they move and get deleted with it; for a
+        cluster, under ~/.imgvec/_imgvec/<host> on the machine that runs the ingest."""
+        from imgvec.stores import is_remote
+
+        if is_remote(self.store):
+            host = urlsplit(self.store).netloc.rsplit("@", 1)[-1].replace(":", "_")
+            return Path(DEFAULT_STORE) / "_imgvec" / host
         return Path(self.store).expanduser() / "_imgvec"
 
     def load_embedder(self, model: str) -> ClipEmbedder:

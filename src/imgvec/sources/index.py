@@ -1,0 +1,69 @@
+"""An existing index as a source: its documents that have no vector yet (``imgvec ingest --missing``).
+
+Each document already says where its image lives (``s3_url``, ``bucket`` + ``file_key``, or ``file_path``);
+the item keeps the document's id, so the vector is written into that same document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from imgvec.sources.base import OnListingError, SourceItem, extension_of
+from imgvec.sources.reader import LocationReader
+from imgvec.sources.s3 import S3Options
+from imgvec.stores.base import Store
+
+
+class IndexDocuments:
+    """The documents of ``store`` without a vector, read by the locations they hold."""
+
+    def __init__(self, store: Store, s3: S3Options | None = None) -> None:
+        self.store = store
+        self.s3 = s3 or S3Options()
+        self._reader: LocationReader | None = None
+
+    @property
+    def location(self) -> str:
+        return f"index:{self.store.index} (documents without a vector)"
+
+    def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
+        from imgvec.sources.base import ListingError
+
+        for doc_id, fields in self.store.documents(without_vector=True):
+            item = item_of_document(doc_id, fields)
+            if item is None:
+                on_error(ListingError(f"document {doc_id}", "has no s3_url, bucket+file_key or file_path to read"))
+                continue
+            yield item
+
+    def read(self, item: SourceItem) -> bytes:
+        if self._reader is None:  # made on first use in each worker: a boto3 client does not cross processes
+            self._reader = LocationReader(self.s3)
+        return self._reader.read(item.uri)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Decode workers only read; the store (a database handle or an HTTP client) stays in this process.
+        return {"store": None, "s3": self.s3, "_reader": None}
+
+
+def item_of_document(doc_id: str, fields: dict[str, Any]) -> SourceItem | None:
+    bucket, key = fields.get("bucket"), fields.get("file_key")
+    uri = fields.get("s3_url") or (f"s3://{bucket}/{key}" if bucket and key else None) or fields.get("file_path")
+    if not uri:
+        return None
+    path = fields.get("file_path") or uri
+    name = fields.get("file_name") or str(path).rstrip("/").rsplit("/", 1)[-1]
+    return SourceItem(
+        uri=uri,
+        file_path=path,
+        file_name=name,
+        file_extension=(fields.get("file_extension") or extension_of(name)).lower().lstrip("."),
+        file_size=int(fields.get("file_size") or 0),
+        mtime=float(fields.get("mtime") or 0.0),
+        bucket=bucket,
+        file_key=key,
+        s3_url=fields.get("s3_url"),
+        etag=fields.get("etag"),
+        doc_id=doc_id,
+    )
