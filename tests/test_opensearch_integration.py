@@ -1,0 +1,88 @@
+"""The whole OpenSearch flow against a real cluster: create, fill, search, migrate, roll back.
+
+Skipped unless OPENSEARCH_URL names a cluster (README: "OpenSearch integration tests" starts one with the official
+container). Uses throwaway index names and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imgvec.documents import ImageDocument
+from imgvec.pipeline.ingest import Ingest, IngestOptions
+from imgvec.pipeline.migrate import migrate, rollback
+from imgvec.sources.index import IndexDocuments
+from imgvec.sources.local import LocalFolder
+from imgvec.stores.opensearch import OpenSearchAliases, OpenSearchStore
+from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+from tests.helpers import photo
+
+URL = os.environ.get("OPENSEARCH_URL")
+pytestmark = [
+    pytest.mark.opensearch,
+    pytest.mark.skipif(not URL, reason="OPENSEARCH_URL is not set: no OpenSearch cluster to run against"),
+]
+
+
+@pytest.fixture
+def cluster():
+    options = OpenSearchOptions(
+        url=URL or "",
+        username=os.environ.get("IMGVEC_OPENSEARCH_USER"),
+        password=os.environ.get("IMGVEC_OPENSEARCH_PASSWORD"),
+        verify_certs=os.environ.get("IMGVEC_OPENSEARCH_VERIFY_CERTS", "true").lower() != "false",
+    )
+    client = connect(options)
+    prefix = f"imgvec-test-{uuid.uuid4().hex[:8]}"
+    yield client, prefix, options.serverless
+    client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
+
+
+def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: Path):
+    client, prefix, serverless = cluster
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    for n in range(6):
+        photo(n).save(folder / f"photo{n}.jpg")
+
+    first = OpenSearchStore(client, f"{prefix}-v1", serverless=serverless)
+    report = Ingest(LocalFolder(str(folder)), first, tiny_embedder, IngestOptions(workers=0)).run()
+    assert report.embedded == 6 and first.verify(tiny_embedder.identity) == []
+    hits = first.search(tiny_embedder.embed_texts(["a photo"])[0], 3)
+    assert len(hits) == 3 and all(-1.0 <= h.score <= 1.0 for h in hits)
+
+    # a worker document without a vector, filled in place
+    extra = folder / "late.jpg"
+    photo(99).save(extra)
+    first.upsert([ImageDocument(extra.name, str(extra), "jpg", extra.stat().st_size, 0.0, doc_id=f"worker-{prefix}")])
+    first.optimize()
+    assert first.stats().without_vector == 1
+    filled = Ingest(IndexDocuments(first), first, tiny_embedder, IngestOptions(workers=0)).run()
+    assert filled.embedded + filled.cache_hits == 1
+    first.optimize()
+    assert first.stats().without_vector == 0
+
+    second = OpenSearchStore(client, f"{prefix}-v2", serverless=serverless)
+    aliases = OpenSearchAliases(client)
+    alias = f"{prefix}-current"
+    result = migrate(
+        first,
+        second,
+        aliases,
+        alias,
+        tiny_embedder.identity,
+        lambda: Ingest(IndexDocuments(second), second, tiny_embedder, IngestOptions(workers=0)).run(),
+    )
+    assert result.switched and result.target_stats.with_vector == 7
+    assert aliases.target(alias) == second.index
+    via_alias = OpenSearchStore(client, alias, serverless=serverless)
+    query = tiny_embedder.embed_images(tiny_embedder.preprocessor(photo(2).convert("RGB"))[None])[0]
+    assert via_alias.search(query, 1)[0].document["file_path"] == str(folder / "photo2.jpg")
+    assert rollback(aliases, alias, lambda name: OpenSearchStore(client, name, serverless=serverless)) == (
+        second.index,
+        first.index,
+    )
