@@ -324,9 +324,10 @@ class OpenSearchStore:
     def stats(self) -> IndexStats:
         mapping = self.mapping()
         identity = identity_of(mapping)
-        vector = (mapping.get("properties") or {}).get(VECTOR_FIELD) or next(iter(vector_fields(mapping).values()), {})
-        vector_name = VECTOR_FIELD if VECTOR_FIELD in (mapping.get("properties") or {}) else None
-        vector_name = vector_name or next(iter(vector_fields(mapping)), VECTOR_FIELD)
+        # an imgvec index has image_vector; a foreign one is described by its first knn_vector field
+        fields = vector_fields(mapping)
+        vector_name = VECTOR_FIELD if VECTOR_FIELD in fields else next(iter(fields), VECTOR_FIELD)
+        vector = fields.get(vector_name, {})
         documents = self._count(None)
         with_vector = self._count({"exists": {"field": vector_name}})
         return IndexStats(
