@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from imgvec.pipeline.lock import IndexLock
     from imgvec.pipeline.state import Progress as RunProgress
     from imgvec.pipeline.state import RunState
+    from imgvec.pipeline.watch import Watcher
     from imgvec.sources.base import Source
 
 EXIT_OK = 0
@@ -53,6 +55,30 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")]
+Workers = Annotated[
+    int | None, typer.Option(min=0, help="Decode worker processes (default: cores - 1; 0 = in-process).")
+]
+RateLimit = Annotated[float | None, typer.Option(min=0.001, help="At most this many files per second.")]
+RetryFailed = Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")]
+IoConcurrency = Annotated[
+    int | None,
+    typer.Option(min=0, max=512, help="Reads in flight (default: 8 for folders, 32 for S3; 0 = decode workers read)."),
+]
+MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")]
+MaxDelete = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=100,
+        metavar="PERCENT",
+        help="Refuse to delete more than this share of the source's documents in one pass (an unmounted share "
+        "looks like every file deleted); 100 turns the guard off.",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 
 
 @app.callback()
@@ -161,47 +187,34 @@ def ingest(
         bool,
         typer.Option("--missing", help="Instead of SOURCE: fill in the index's documents that have no vector yet."),
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Decode worker processes (default: cores - 1; 0 = in-process).")
-    ] = None,
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
     max_files: Annotated[int | None, typer.Option(min=1, help="Stop after this many files.")] = None,
-    rate_limit: Annotated[float | None, typer.Option(min=0.001, help="At most this many files per second.")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")] = False,
-    io_concurrency: Annotated[
-        int | None,
-        typer.Option(
-            min=0, max=512, help="Reads in flight (default: 8 for folders, 32 for S3; 0 = decode workers read)."
-        ),
-    ] = None,
+    rate_limit: RateLimit = None,
+    retry_failed: RetryFailed = False,
+    io_concurrency: IoConcurrency = None,
     dry_run: Annotated[bool, typer.Option(help="Show what would be processed and how long; write nothing.")] = False,
-    max_pixels: Annotated[
-        int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")
-    ] = DEFAULT_MAX_PIXELS,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    as_json: AsJson = False,
 ) -> None:
     """Index every image under SOURCE; unchanged files are skipped, and a stopped run continues where it was."""
-    from imgvec.pipeline.ingest import IngestOptions, default_workers
     from imgvec.sources import open_source
     from imgvec.sources.index import IndexDocuments
 
     settings: Settings = ctx.obj
     if (source_location is None) == (not missing):
         raise _fail("give a SOURCE folder or s3:// URL, or --missing (not both)", EXIT_USAGE)
-    workers = default_workers() if workers is None else workers
-    if settings.threads is None:
-        # Inference gets the cores the decode workers leave free: oversubscribed OpenMP threads spin against the
-        # workers and ran a batch ~5x slower on 2 cores.
-        settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
     remote = missing or (source_location or "").startswith("s3://")
-    options = IngestOptions(
+    settings, options = _pipeline_options(
+        settings,
+        remote=remote,
         batch_size=batch_size,
         workers=workers,
         max_pixels=max_pixels,
         max_files=max_files,
         rate_limit=rate_limit,
         retry_failed=retry_failed,
-        io_concurrency=io_concurrency if io_concurrency is not None else (32 if remote else 8),
+        io_concurrency=io_concurrency,
     )
     try:
         store = settings.open_store()
@@ -226,39 +239,66 @@ def ingest(
             "aborted; committed batches are kept: run the same command again to continue", EXIT_INTERRUPTED
         ) from None
 
+    _print_report(settings, report, as_json)
+    if report.interrupted:
+        raise _fail(
+            "stopped; every batch committed so far is kept: run the same command again to continue", EXIT_INTERRUPTED
+        )
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
+
+
+def _print_report(settings: Settings, report: IngestReport, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     summary = {
         "seen": report.seen,
         "embedded": report.embedded,
         "cache_hits": report.cache_hits,
         "unchanged": report.unchanged,
         "known_failures": report.known_failures,
+        "deleted": report.deleted,
+        "moved": report.moved,
         "failed": len(report.failures),
         "interrupted": report.interrupted,
         "seconds": round(report.seconds, 3),
         "failures": [{"file_path": f.file_path, "stage": f.stage, "reason": f.reason} for f in report.failures],
+        **(extra or {}),
     }
     if as_json:
         out.print_json(json.dumps(summary))
-    else:
-        rate = (report.succeeded + len(report.failures)) / report.seconds if report.seconds else 0.0
-        skipped = f"{report.unchanged} unchanged" + (
-            f", {report.known_failures} failed before (--retry-failed)" if report.known_failures else ""
-        )
-        out.print(
-            f"{report.embedded} embedded, {report.cache_hits} reused (identical bytes), {skipped}, "
-            f"{len(report.failures)} failed in {report.seconds:.1f}s ({rate:.1f} images/s) "
-            f"→ index {settings.index!r} in {settings.store}",
-            highlight=False,
-        )
-        for failure in report.failures[:20]:
-            out.print(f"  [red]{failure.stage}[/] {failure.file_path}: {failure.reason}", highlight=False)
-        if len(report.failures) > 20:
-            out.print(f"  … and {len(report.failures) - 20} more: imgvec failures")
-    if report.interrupted:
-        raise _fail(
-            "stopped; every batch committed so far is kept: run the same command again to continue", EXIT_INTERRUPTED
-        )
-    raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
+        return
+    rate = (report.succeeded + len(report.failures)) / report.seconds if report.seconds else 0.0
+    skipped = f"{report.unchanged} unchanged" + (
+        f", {report.known_failures} failed before (--retry-failed)" if report.known_failures else ""
+    )
+    deleted = f"{report.deleted} deleted, " if report.deleted or extra else ""
+    out.print(
+        f"{report.embedded} embedded, {report.cache_hits} reused (identical bytes), {skipped}, {deleted}"
+        f"{len(report.failures)} failed in {report.seconds:.1f}s ({rate:.1f} images/s) "
+        f"→ index {settings.index!r} in {settings.store}",
+        highlight=False,
+    )
+    for failure in report.failures[:20]:
+        out.print(f"  [red]{failure.stage}[/] {failure.file_path}: {failure.reason}", highlight=False)
+    if len(report.failures) > 20:
+        out.print(f"  … and {len(report.failures) - 20} more: imgvec failures")
+
+
+def _pipeline_options(
+    settings: Settings,
+    *,
+    remote: bool,
+    workers: int | None,
+    io_concurrency: int | None,
+    **options: Any,
+) -> tuple[Settings, IngestOptions]:
+    from imgvec.pipeline.ingest import IngestOptions, default_workers
+
+    workers = default_workers() if workers is None else workers
+    if settings.threads is None:
+        # Inference gets the cores the decode workers leave free: oversubscribed OpenMP threads spin against the
+        # workers and ran a batch ~5x slower on 2 cores.
+        settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
+    reads = io_concurrency if io_concurrency is not None else (32 if remote else 8)
+    return settings, IngestOptions(workers=workers, io_concurrency=reads, **options)
 
 
 def _run_ingest(
@@ -280,6 +320,198 @@ def _run_ingest(
     )
     with _stop_on_signals(run), progress_display:
         return run.run()
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    source_location: Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")],
+    max_delete: MaxDelete = 50.0,
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    rate_limit: RateLimit = None,
+    retry_failed: RetryFailed = False,
+    io_concurrency: IoConcurrency = None,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be indexed and deleted; write nothing.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """One reconcile pass: index new and changed files, and delete the documents of files that are gone."""
+    from imgvec.pipeline.ingest import Ingest
+    from imgvec.pipeline.sync import SyncResult, reconcile
+    from imgvec.sources import open_source
+
+    settings, options = _pipeline_options(
+        ctx.obj,
+        remote=source_location.startswith("s3://"),
+        batch_size=batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        rate_limit=rate_limit,
+        retry_failed=retry_failed,
+        io_concurrency=io_concurrency,
+    )
+    try:
+        store = settings.open_store()
+        source = open_source(source_location, settings.s3_options(options.io_concurrency))
+        _ = source.scope  # an unsyncable source fails here, before a model loads
+        if not dry_run:
+            _refuse_if_busy(settings)
+        embedder = _embedder_for(settings, store)
+        if dry_run:
+            _sync_dry_run(settings, source, store, embedder, options, max_delete, as_json)
+            return
+        state, lock = _run_state(settings)
+        display = _ProgressDisplay(enabled=not as_json)
+        run = Ingest(
+            source,
+            store,
+            embedder,
+            options,
+            state=state,
+            lock=lock,
+            source_label=f"sync {source.location}",
+            on_progress=display.update,
+        )
+        result = SyncResult()
+        with _stop_on_signals(run), display, run.session(), run.counting():
+            result = reconcile(run, source, max_delete_percent=max_delete)
+        report = run.report
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("aborted; committed batches are kept and nothing was deleted", EXIT_INTERRUPTED) from None
+    _print_report(settings, report, as_json, {"sync": result.as_dict()})
+    if report.interrupted:
+        raise _fail("stopped; every batch committed so far is kept, nothing was deleted", EXIT_INTERRUPTED)
+    if result.refused:
+        raise _fail(result.refused)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
+
+
+def _sync_dry_run(
+    settings: Settings,
+    source: Source,
+    store: Store,
+    embedder: Embedder,
+    options: IngestOptions,
+    max_delete: float,
+    as_json: bool,
+) -> None:
+    from imgvec.pipeline.plan import plan
+    from imgvec.pipeline.sync import count_stale
+
+    state_path = settings.state_dir / f"{settings.index}.sqlite"
+    state = _run_state(settings, create=False)[0] if state_path.exists() else None
+    result = plan(source, store, embedder, options, state)
+    stale = count_stale(source, store, max_delete_percent=max_delete)
+    if as_json:
+        out.print_json(json.dumps({**result.as_dict(), "sync": stale.as_dict()}))
+        return
+    out.print(
+        f"would index {result.would_process} files ({result.would_process_bytes / 1e6:.1f} MB), "
+        f"{result.unchanged} unchanged; would delete {stale.stale} of {stale.in_scope} documents from "
+        f"{source.location}; nothing was written",
+        highlight=False,
+    )
+    if stale.refused:
+        err.print(f"[yellow]warning:[/] {stale.refused}", highlight=False)
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    folder: Annotated[str, typer.Argument(metavar="DIR", help="The folder to watch (recursively).")],
+    settle: Annotated[
+        str,
+        typer.Option(metavar="DURATION", help="Handle a file once it has been quiet this long (a copy in progress)."),
+    ] = "2s",
+    reconcile_every: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="Also run a full reconcile pass this often (1h, 30m): changes no "
+            "event reported (network shares) are caught up.",
+        ),
+    ] = None,
+    initial_sync: Annotated[
+        bool, typer.Option(help="Reconcile at start, catching up on what changed while nothing watched.")
+    ] = True,
+    polling: Annotated[
+        bool, typer.Option(help="Poll the tree instead of inotify (NFS/SMB shares changed by other machines).")
+    ] = False,
+    poll_interval: Annotated[str, typer.Option(metavar="DURATION", help="Seconds between polls.")] = "30s",
+    max_delete: MaxDelete = 50.0,
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    rate_limit: RateLimit = None,
+    retry_failed: RetryFailed = False,
+    io_concurrency: IoConcurrency = None,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Keep the index in step with a folder: new, changed, moved and deleted files, until SIGTERM or Ctrl-C."""
+    from imgvec.pipeline.ingest import Ingest
+    from imgvec.pipeline.watch import Watcher, WatchOptions
+    from imgvec.sources import LocalFolder
+
+    try:
+        watch_options = WatchOptions(
+            settle_seconds=parse_duration(settle),
+            reconcile_every=parse_duration(reconcile_every) if reconcile_every else None,
+            initial_sync=initial_sync,
+            polling=polling,
+            poll_interval=parse_duration(poll_interval),
+            max_delete_percent=max_delete,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    settings, options = _pipeline_options(
+        ctx.obj,
+        remote=False,
+        batch_size=batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        rate_limit=rate_limit,
+        retry_failed=retry_failed,
+        io_concurrency=io_concurrency,
+    )
+    try:
+        store = settings.open_store()
+        source = LocalFolder(folder)
+        _refuse_if_busy(settings)
+        embedder = _embedder_for(settings, store)
+        state, lock = _run_state(settings)
+        run = Ingest(source, store, embedder, options, state=state, lock=lock, source_label=f"watch {source.location}")
+        watcher = Watcher(source, run, watch_options, log=_log_line)
+        _log_line(f"watching {source.location} → index {settings.index!r} in {settings.store}")
+        with _stop_on_signals(watcher):
+            watcher.run()
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("aborted; committed batches are kept", EXIT_INTERRUPTED) from None
+    report = run.report
+    _log_line(
+        f"stopped: {report.embedded} embedded, {report.cache_hits} reused, {report.moved} moved, "
+        f"{report.deleted} deleted, {len(report.failures)} failed"
+    )
+
+
+def _log_line(message: str) -> None:
+    """A service's log: one plain, timestamped line per event (journald and files read it as is)."""
+    err.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", highlight=False, markup=False)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``1h30m``, ``1d`` → seconds."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd]?)+", text.strip())
+    if parts is None:
+        raise ValueError(f"{text!r} is not a duration (like 30s, 15m, 1h, 1h30m)")
+    seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip()))
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be more than zero")
+    return seconds
 
 
 def _refuse_if_busy(settings: Settings) -> None:
@@ -323,7 +555,7 @@ def _dry_run(
 
 
 @contextmanager
-def _stop_on_signals(run: Ingest) -> Iterator[None]:
+def _stop_on_signals(run: Ingest | Watcher) -> Iterator[None]:
     """Ctrl-C and SIGTERM finish the batch in hand, save state and exit cleanly; a second Ctrl-C aborts."""
 
     def stop(signum: int, _frame: object) -> None:
@@ -416,7 +648,7 @@ def _latest_run(settings: Settings) -> tuple[RunProgress, dict[str, Any]]:
 @app.command()
 def progress(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Where the latest ingest of the index stands; works from a second terminal while it runs."""
     run_progress, _ = _latest_run(ctx.obj)
@@ -430,7 +662,7 @@ def progress(
 @app.command()
 def failures(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Files that failed, with the stage and the reason; `ingest --retry-failed` tries them again."""
     settings: Settings = ctx.obj
@@ -512,7 +744,7 @@ def _hit_json(hit: SearchHit) -> dict[str, Any]:
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Documents in the index, with and without vectors, and the model that made them."""
     settings: Settings = ctx.obj
@@ -574,7 +806,7 @@ def index_create(
 def index_verify(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The index (or alias) to check.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Check the live index against what imgvec needs (field type, dimension, space, engine, model); exit 1 if not."""
     settings: Settings = ctx.obj
@@ -611,7 +843,7 @@ def migrate(
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
     workers: Annotated[int | None, typer.Option(min=0, help="Decode worker processes.")] = None,
     io_concurrency: Annotated[int, typer.Option(min=0, max=512, help="Image reads in flight.")] = 32,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Copy --from into a new index without its vectors, fill them with the model, switch --alias atomically.
 

@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -86,6 +87,8 @@ class IngestReport:
     cache_hits: int = 0
     unchanged: int = 0
     known_failures: int = 0
+    deleted: int = 0
+    moved: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -158,9 +161,22 @@ class Ingest:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking at once on ``stop()``; True when stopping."""
+        return self._stop.wait(seconds)
+
     # -- the run ------------------------------------------------------------------------------------
 
     def run(self) -> IngestReport:
+        """A batch run: the whole listing once, then the store is compacted and indexed."""
+        with self.session(), self.counting():
+            self.process(self.listing())
+        return self.report
+
+    @contextmanager
+    def session(self) -> Iterator[Ingest]:
+        """Lock, run state and worker pools for one or many ``process`` calls (``watch`` keeps one for hours:
+        spawning decode workers costs seconds, too much per file event)."""
         self.store.ensure_index(self.embedder.identity)  # a model/dimension mismatch stops us before any work
         if self.lock is not None:
             self.lock.acquire()
@@ -169,48 +185,45 @@ class Ingest:
             if self.state is not None:
                 self.state.start_run(self.source_label, os.getpid())
             self._started = time.monotonic()
-            self._start_counting()
+            self._decoders = self._executor()
+            self._readers = self._reader_pool()
             try:
-                self._pipeline()
+                yield self
             finally:
-                self._finished.set()  # ends the background count if the source is larger than the run
+                if self._readers is not None:
+                    self._readers.shutdown(cancel_futures=True)
+                self._decoders.shutdown(cancel_futures=True)
             if self.report.succeeded and not self._stop.is_set():
                 self.store.optimize()
-            self.report.interrupted = self._stop.is_set()
+            self.report.interrupted = self._stop.is_set() and self.progress.mode == "batch"
             self.progress.state = "interrupted" if self.report.interrupted else "finished"
-            self._save(force=True)
+            self.save(force=True)
         except BaseException:
             self.progress.state = "failed"
-            self._save(force=True)
+            self.save(force=True)
             raise
         finally:
             if self.lock is not None:
                 self.lock.release()
-        return self.report
 
-    def _pipeline(self) -> None:
+    def process(self, items: Iterable[SourceItem]) -> None:
+        """Skip what is unchanged, then read, decode, embed and write the rest; returns when all is committed.
+        Stops early (after the batch in hand) once ``stop()`` was called."""
         in_flight: deque[tuple[SourceItem, Pending]] = deque()
         look_ahead = max(2 * self.options.batch_size, 4 * max(1, self.options.workers), 2 * self.options.io_concurrency)
         batch: list[Prepared] = []
-        self._decoders = self._executor()
-        self._readers = self._reader_pool()
-        try:
-            for item in self._changed_items():
-                if self._stop.is_set():
-                    break
-                self._admit()
-                in_flight.append((item, self._submit(item)))
-                while len(in_flight) >= look_ahead:
-                    self._collect(in_flight, batch)
-            # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
-            while in_flight:
+        for item in self._changed_items(items):
+            if self._stop.is_set():
+                break
+            self._admit()
+            in_flight.append((item, self._submit(item)))
+            while len(in_flight) >= look_ahead:
                 self._collect(in_flight, batch)
-            if batch:
-                self._write_batch(batch)
-        finally:
-            if self._readers is not None:
-                self._readers.shutdown(cancel_futures=True)
-            self._decoders.shutdown(cancel_futures=True)
+        # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
+        while in_flight:
+            self._collect(in_flight, batch)
+        if batch:
+            self._write_batch(batch)
 
     def _submit(self, item: SourceItem) -> Pending:
         if self._readers is None:
@@ -275,18 +288,19 @@ class Ingest:
 
     # -- listing and skipping -----------------------------------------------------------------------
 
-    def _listing(self) -> Iterator[SourceItem]:
-        def on_error(error: ListingError) -> None:
-            item = SourceItem(error.path, error.path, error.path.rsplit("/", 1)[-1], "", 0, 0.0)
-            self._fail([(item, "list", error.reason)])
-
-        items: Iterable[SourceItem] = self.source.scan(on_error)
+    def listing(self) -> Iterator[SourceItem]:
+        """The source's items, with listing errors recorded as failures and ``max_files`` applied."""
+        items: Iterable[SourceItem] = self.source.scan(self.record_listing_error)
         if self.options.max_files is not None:
             items = islice(items, self.options.max_files)
         return iter(items)
 
-    def _changed_items(self) -> Iterator[SourceItem]:
-        listing = self._listing()
+    def record_listing_error(self, error: ListingError) -> None:
+        item = SourceItem(error.path, error.path, error.path.rsplit("/", 1)[-1], "", 0, 0.0)
+        self._fail([(item, "list", error.reason)])
+
+    def _changed_items(self, items: Iterable[SourceItem]) -> Iterator[SourceItem]:
+        listing = iter(items)
         while True:
             began = time.perf_counter()
             window = list(islice(listing, LOOKUP_WINDOW))
@@ -295,7 +309,7 @@ class Ingest:
             self.report.seen += len(window)
             todo = self._skip_known(window)
             self.metrics.stage_seconds["list"] += time.perf_counter() - began
-            self._save()
+            self.save()
             yield from todo
 
     def _skip_known(self, window: Sequence[SourceItem]) -> list[SourceItem]:
@@ -371,7 +385,7 @@ class Ingest:
                 self.state.clear_failures([doc.uri for doc, _ in keep])
         if failed:
             self._fail(failed)
-        self._save()
+        self.save()
 
     def _vectors_for(self, batch: list[Prepared]) -> tuple[list[np.ndarray], list[bool]]:
         """Reuse vectors of identical bytes (this run, then the store); embed the rest in one model call.
@@ -419,8 +433,16 @@ class Ingest:
 
     # -- progress -----------------------------------------------------------------------------------
 
-    def _start_counting(self) -> None:
+    @contextmanager
+    def counting(self) -> Iterator[None]:
         """Count the source in the background (no list kept), so progress can show a total and an ETA."""
+        self._start_counting()
+        try:
+            yield
+        finally:
+            self._finished.set()  # ends the count if the source is larger than the run
+
+    def _start_counting(self) -> None:
 
         def count() -> None:
             total = 0
@@ -434,7 +456,7 @@ class Ingest:
 
         threading.Thread(target=count, name="imgvec-count", daemon=True).start()
 
-    def _save(self, *, force: bool = False) -> None:
+    def save(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_save < SAVE_EVERY_SECONDS:
             return
@@ -446,6 +468,8 @@ class Ingest:
         progress.failed = len(report.failures)
         progress.skipped = report.unchanged + report.known_failures
         progress.cache_hits = report.cache_hits
+        progress.deleted = report.deleted
+        progress.moved = report.moved
         progress.processed = progress.succeeded + progress.failed + progress.skipped
         progress.rate = (progress.succeeded + progress.failed) / elapsed
         progress.total = self._total
@@ -525,7 +549,11 @@ def _item_of(doc: ImageDocument) -> SourceItem:
 
 
 def _document(entry: Prepared, vector: np.ndarray, model: str) -> ImageDocument:
-    item = entry.item
+    return document_for(entry.item, entry.content_hash, vector, model)
+
+
+def document_for(item: SourceItem, content_hash: str, vector: np.ndarray, model: str) -> ImageDocument:
+    """The document for a file whose bytes hash to ``content_hash`` and embed to ``vector``."""
     return ImageDocument(
         file_name=item.file_name,
         file_path=item.file_path,
@@ -535,7 +563,7 @@ def _document(entry: Prepared, vector: np.ndarray, model: str) -> ImageDocument:
         bucket=item.bucket,
         file_key=item.file_key,
         s3_url=item.s3_url,
-        content_hash=entry.content_hash,
+        content_hash=content_hash,
         etag=item.etag,
         model=model,
         vector=vector,

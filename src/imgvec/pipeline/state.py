@@ -62,6 +62,14 @@ class Progress:
     cache_hits: int = 0
     pid: int | None = None
     source: str = ""
+    mode: str = "batch"
+    """batch (ingest, sync), or watch: a service that runs until stopped, with ``health`` beside it."""
+    deleted: int = 0
+    """Documents removed because their files are gone (sync, watch)."""
+    moved: int = 0
+    """Documents moved to a file's new path with their vector kept (watch)."""
+    health: dict[str, Any] | None = None
+    """watch only: source_available, pending_changes, last_change_at, last_reconcile_at, heartbeat_at."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +156,11 @@ class RunState:
     def clear_failures(self, uris: Iterable[str]) -> None:
         with self._transaction():
             self._db.executemany("DELETE FROM failures WHERE uri = ?", [(u,) for u in uris])
+
+    def clear_failures_under(self, prefix: str) -> None:
+        """A deleted folder's failures go with it: ``imgvec failures`` lists only files that still exist."""
+        with self._transaction():
+            self._db.execute("DELETE FROM failures WHERE substr(file_path, 1, ?) = ?", (len(prefix), prefix))
 
     def known_failures(self, uris: list[str]) -> dict[str, tuple[int | None, float | None]]:
         """uri → (size, mtime) recorded when it failed, for the uris given."""

@@ -53,6 +53,11 @@ class Source(Protocol):
         """What the user named: a folder path or s3://bucket/prefix (run state and progress show it)."""
         ...
 
+    @property
+    def scope(self) -> str:
+        """The ``file_path`` prefix of every item this source lists: ``sync`` deletes only documents under it."""
+        ...
+
     def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
         """Every image item, lazily: never the whole listing in memory."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from imgvec.errors import SourceError
 from imgvec.sources.base import OnListingError, SourceItem, extension_of
 from imgvec.sources.reader import LocationReader
 from imgvec.sources.s3 import S3Options
@@ -26,6 +27,10 @@ class IndexDocuments:
     @property
     def location(self) -> str:
         return f"index:{self.store.index} (documents without a vector)"
+
+    @property
+    def scope(self) -> str:
+        raise SourceError("an index lists documents, not files: sync a folder or an s3:// location instead")
 
     def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
         from imgvec.sources.base import ListingError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 
 from imgvec.errors import SourceError
 from imgvec.sources.base import IMAGE_EXTENSIONS, ListingError, OnListingError, SourceItem, extension_of
@@ -24,14 +25,19 @@ class LocalFolder:
     def location(self) -> str:
         return str(self.root)
 
-    def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
+    @property
+    def scope(self) -> str:
+        return str(self.root).rstrip(os.sep) + os.sep
+
+    def scan(self, on_error: OnListingError, under: str | os.PathLike[str] | None = None) -> Iterator[SourceItem]:
         """Depth-first, sorted per folder (stable order for resumes), following symlinked folders once.
 
         A symlinked folder is followed because NAS layouts use them; each real folder (device, inode) is
-        entered at most once, so a link pointing back up the tree cannot loop.
+        entered at most once, so a link pointing back up the tree cannot loop. ``under``: one subfolder only
+        (``watch`` lists a folder that was created or moved in).
         """
         visited: set[tuple[int, int]] = set()
-        stack = [self.root]
+        stack = [Path(under) if under is not None else self.root]
         while stack:
             folder = stack.pop()
             try:
@@ -74,6 +80,27 @@ class LocalFolder:
                     mtime=stat.st_mtime,
                 )
             stack.extend(reversed(subfolders))
+
+    def item(self, path: str) -> SourceItem | None:
+        """The item for one file now, or None when it is gone, is not a file or is not an image."""
+        name = os.path.basename(path)
+        extension = extension_of(name)
+        if extension not in self.extensions:
+            return None
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        if not S_ISREG(stat.st_mode):
+            return None
+        return SourceItem(
+            uri=path,
+            file_path=path,
+            file_name=name,
+            file_extension=extension,
+            file_size=stat.st_size,
+            mtime=stat.st_mtime,
+        )
 
     def read(self, item: SourceItem) -> bytes:
         with open(item.file_path, "rb") as handle:

@@ -93,6 +93,10 @@ class S3Bucket:
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    @property
+    def scope(self) -> str:
+        return self.location  # an object's file_path is its s3:// URL
+
     def check_access(self) -> None:
         """One listing request up front, so that bad credentials or a wrong bucket stop the run at once."""
         from botocore.exceptions import BotoCoreError, ClientError

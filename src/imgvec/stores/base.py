@@ -95,8 +95,11 @@ class Store(Protocol):
         """Stored vectors of documents with these content hashes: identical bytes need no second embedding."""
         ...
 
-    def documents(self, *, without_vector: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every document (or only those without a vector) as (id, fields), streamed: ``ingest --missing``."""
+    def documents(
+        self, *, without_vector: bool = False, where: SearchFilter | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every document (or only those without a vector, or under a path) as (id, fields without the vector),
+        streamed: ``ingest --missing`` and the deletions of ``sync`` and ``watch``."""
         ...
 
     def copy_from(self, source_index: str) -> int:

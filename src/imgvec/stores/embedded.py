@@ -286,14 +286,21 @@ class EmbeddedStore:
                     found[content_hash] = vector
         return found
 
-    def documents(self, *, without_vector: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    def documents(
+        self, *, without_vector: bool = False, where: SearchFilter | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Streamed in id ranges, each read from the latest version: a scan pinned to one version for a long
         ``--missing`` run would outlive that version's files once compaction cleans them up."""
+        if not self.exists():
+            return
         table = self._open()
         columns = [name for name in table.schema.names if name != "vector"]
         bounds = [None, *(f"{i:02x}" for i in range(1, 256)), None]
+        condition = _filter_sql(where)
         for low, high in itertools.pairwise(bounds):
             clauses = ["vector IS NULL"] if without_vector else []
+            if condition:
+                clauses.append(condition)
             if low is not None:
                 clauses.append(f"id >= {_sql_str(low)}")
             if high is not None:

@@ -342,14 +342,22 @@ class OpenSearchStore:
         body = {"query": query} if query is not None else None
         return int(self._call(self.client.count, index=self.index, body=body)["count"])
 
-    def documents(self, *, without_vector: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every document (or those with no vector) as (id, fields without vectors), one page in memory."""
+    def documents(
+        self, *, without_vector: bool = False, where: SearchFilter | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every document (or those with no vector, or under a path) as (id, fields without vectors), one page
+        in memory."""
+        if not self.exists():
+            return
         mapping = self.mapping()
         properties = mapping.get("properties") or {}
         excluded = sorted(vector_fields(mapping)) or [VECTOR_FIELD]
         query: dict[str, Any] = {"match_all": {}}
-        if without_vector:
-            query = {"bool": {"must_not": [{"exists": {"field": VECTOR_FIELD}}]}}
+        condition = search_filter(where)
+        if without_vector or condition:
+            query = {"bool": dict(condition["bool"]) if condition else {}}
+            if without_vector:
+                query["bool"]["must_not"] = [{"exists": {"field": VECTOR_FIELD}}]
         sort_field = next((f for f in SORT_CANDIDATES if (properties.get(f) or {}).get("type") == "keyword"), None)
         if sort_field is None:
             raise StoreError(
