@@ -429,6 +429,28 @@ def test_missing_vectors_are_paged_with_pit_and_search_after(cluster: RecordedCl
     assert not cluster.of("scroll")
 
 
+def test_sync_finds_a_folders_documents_by_prefix_and_deletes_them_by_id(cluster: RecordedCluster):
+    """What `sync` and `watch` send to delete the documents of files that are gone."""
+    existing_index(cluster, ours())
+    cluster.on(
+        "POST",
+        f"/{INDEX}/_search/point_in_time",
+        (200, {"pit_id": "pit-2", "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}),
+    )
+    cluster.on("DELETE", "/_search/point_in_time", (200, {"pits": [{"pit_id": "pit-2", "successful": True}]}))
+    hit = {"_index": INDEX, "_id": "d1", "_score": None, "_source": {"file_path": "/nas/old/1.jpg"}, "sort": ["d1"]}
+    cluster.on("POST", "/_search", (200, search_answer([hit], pit_id="pit-2")))
+    cluster.on("POST", "/_bulk", bulk_ok)
+    store = store_for(cluster)
+    found = list(store.documents(where=SearchFilter(path_prefix="/nas/old/")))
+    assert [doc_id for doc_id, _ in found] == ["d1"]
+    [search] = cluster.of("search")
+    assert search.body["query"] == {"bool": {"filter": [{"prefix": {"file_path": "/nas/old/"}}]}}
+    store.delete(["d1"])
+    [bulk] = cluster.of("bulk")
+    assert bulk.body == [{"delete": {"_index": INDEX, "_id": "d1"}}]
+
+
 def test_scroll_is_the_fallback_where_pit_is_unavailable(cluster: RecordedCluster):
     existing_index(cluster, ours())
     cluster.on(

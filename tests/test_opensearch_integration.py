@@ -1,4 +1,4 @@
-"""The whole OpenSearch flow against a real cluster: create, fill, search, migrate, roll back.
+"""The whole OpenSearch flow against a real cluster: create, fill, search, migrate, roll back; sync and watch.
 
 Skipped unless OPENSEARCH_URL names a cluster (README: "OpenSearch integration tests" starts one with the official
 container). Uses throwaway index names and deletes them afterwards.
@@ -7,6 +7,8 @@ container). Uses throwaway index names and deletes them afterwards.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 from imgvec.documents import ImageDocument
 from imgvec.pipeline.ingest import Ingest, IngestOptions
 from imgvec.pipeline.migrate import migrate, rollback
+from imgvec.pipeline.sync import SyncResult, reconcile
+from imgvec.pipeline.watch import Watcher, WatchOptions
 from imgvec.sources.index import IndexDocuments
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.opensearch import OpenSearchAliases, OpenSearchStore
@@ -86,3 +90,45 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
         second.index,
         first.index,
     )
+
+
+def test_sync_and_watch_delete_and_move_documents_in_the_cluster(cluster, tiny_embedder, tmp_path: Path):
+    client, prefix, serverless = cluster
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    for n in range(4):
+        photo(n).save(folder / f"photo{n}.jpg")
+    store = OpenSearchStore(client, f"{prefix}-sync", serverless=serverless)
+    source = LocalFolder(str(folder))
+
+    def paths() -> set[str]:
+        store.optimize()
+        return {fields["file_path"] for _, fields in store.documents()}
+
+    def sync_once() -> SyncResult:
+        run = Ingest(source, store, tiny_embedder, IngestOptions(workers=0))
+        with run.session():
+            return reconcile(run, source)
+
+    assert sync_once().deleted == 0 and len(paths()) == 4
+    (folder / "photo0.jpg").unlink()
+    (folder / "photo1.jpg").rename(folder / "renamed.jpg")
+    assert sync_once().deleted == 2
+    assert paths() == {str(p) for p in folder.glob("*.jpg")}
+
+    run = Ingest(source, store, tiny_embedder, IngestOptions(workers=0))
+    watcher = Watcher(source, run, WatchOptions(settle_seconds=0.3, initial_sync=False), log=lambda _: None)
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        (folder / "renamed.jpg").rename(folder / "moved-again.jpg")
+        (folder / "photo2.jpg").unlink()
+        deadline = time.monotonic() + 60
+        while paths() != {str(p) for p in folder.glob("*.jpg")} and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        watcher.stop()
+        thread.join(timeout=60)
+    assert paths() == {str(p) for p in folder.glob("*.jpg")}
+    assert run.report.moved == 1 and run.report.deleted == 1 and run.report.embedded == 0

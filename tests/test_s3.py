@@ -221,3 +221,39 @@ def test_documents_are_keyed_by_s3_url(server, bucket, aws_env) -> None:
     assert item.uri == item.s3_url == f"s3://{bucket}/{item.file_key}"
     assert document_id(item.uri) == document_id(f"s3://{bucket}/{item.file_key}")
     assert os.path.basename(item.file_key) == item.file_name
+
+
+def test_sync_a_prefix_reconciles_adds_changes_copies_and_deletes(server, env) -> None:
+    """The reconcile pass for buckets (no events on S3): the index ends up holding exactly the prefix's images,
+    and documents from outside the prefix are untouched."""
+    client = server.client()
+    client.create_bucket(Bucket="albums")
+    for i in range(6):
+        client.put_object(Bucket="albums", Key=f"2026/p{i}.jpg", Body=encode(photo(300 + i, (40, 30))))
+    client.put_object(Bucket="albums", Key="other/keep.jpg", Body=encode(photo(399, (40, 30))))
+
+    def sync(location: str) -> dict:
+        result = run_cli(["sync", location, "--json", "--workers", "0"], env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def expected() -> set[str]:
+        listed = client.list_objects_v2(Bucket="albums")["Contents"]
+        return {f"s3://albums/{entry['Key']}" for entry in listed}
+
+    assert sync("s3://albums/other/")["embedded"] == 1
+    assert sync("s3://albums/2026/")["embedded"] == 6
+
+    client.delete_object(Bucket="albums", Key="2026/p0.jpg")
+    client.delete_object(Bucket="albums", Key="2026/p1.jpg")
+    client.put_object(Bucket="albums", Key="2026/p2.jpg", Body=encode(photo(310, (40, 30))))  # new bytes
+    client.copy_object(Bucket="albums", Key="2026/renamed.jpg", CopySource={"Bucket": "albums", "Key": "2026/p3.jpg"})
+    client.delete_object(Bucket="albums", Key="2026/p3.jpg")  # an S3 "move": copy, then delete
+    client.put_object(Bucket="albums", Key="2026/new.jpg", Body=encode(photo(311, (40, 30))))
+
+    report = sync("s3://albums/2026/")
+    assert report["embedded"] == 2 and report["cache_hits"] == 1 and report["unchanged"] == 2
+    assert report["sync"]["deleted"] == 3
+    store = Path(env["IMGVEC_STORE"])
+    paths = [row["file_path"] for row in documents(store)]
+    assert len(paths) == len(set(paths)) and set(paths) == expected()  # other/keep.jpg is still there

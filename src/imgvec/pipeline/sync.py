@@ -39,7 +39,7 @@ damage of a wrong deletion that small is seconds of re-embedding."""
 @dataclass(slots=True)
 class SyncResult:
     in_scope: int = 0
-    """Documents imgvec wrote from this source before the deletions."""
+    """Documents imgvec wrote from this source, after this pass indexed and before it deleted."""
     stale: int = 0
     """Of those, the ones whose files the listing no longer produced."""
     deleted: int = 0

@@ -342,7 +342,8 @@ class Watcher:
             items = self._move_documents(items, moved_from)
         self.ingest.process(items)
         if not self.stopping and self._root_now() is not None:  # deletions only while the tree is really there
-            self._delete({p for p in gone if p not in upserts and not os.path.lexists(p)}, gone_folders)
+            gone = {p for p in gone if p not in upserts and not os.path.lexists(p)}
+            self._delete(gone, gone_folders, origins=set(moved_from.values()))
         self._heartbeat(force=True)  # a second terminal sees each applied group at once
 
     def _move_documents(self, items: list[SourceItem], moved_from: dict[str, str]) -> list[SourceItem]:
@@ -378,7 +379,9 @@ class Watcher:
             self.ingest.state.clear_failures(sorted(moved))
         return [item for item in items if item.uri not in moved]
 
-    def _delete(self, files: set[str], folders: set[str]) -> None:
+    def _delete(self, files: set[str], folders: set[str], origins: set[str]) -> None:
+        """Delete the documents of vanished files and folders; ``origins`` (old paths of moves) are not counted as
+        deletions: their files were moved, not deleted."""
         store = self.ingest.store
         uris = {document_id(path): path for path in files}
         for folder in folders:
@@ -391,7 +394,7 @@ class Watcher:
         present = store.lookup(sorted(uris))
         if present:
             store.delete(sorted(present))
-            self.ingest.report.deleted += len(present)
+            self.ingest.report.deleted += sum(1 for doc_id in present if uris[doc_id] not in origins)
         if self.ingest.state is not None:
             self.ingest.state.clear_failures(sorted(uris.values()))
             for folder in folders:
