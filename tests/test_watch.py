@@ -314,3 +314,23 @@ def test_a_real_unmount_and_remount(tmp_path: Path, cli_env: dict[str, str]) -> 
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
         subprocess.run(["umount", str(share)], capture_output=True)
+
+
+def test_polling_follows_a_share_without_inotify(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """--polling: what NFS/SMB shares changed by other machines need (no events reach this machine)."""
+    root = tmp_path / "share"
+    write_photo(root / "a.jpg", 70)
+    write_photo(root / "b.jpg", 71)
+    process = start_watch(root, cli_env, "--polling", "--poll-interval", "0.5s")
+    try:
+        matches = lambda: alive(process) and index_matches(cli_env, root)  # noqa: E731
+        wait_for(matches, what="the initial reconcile")
+        write_photo(root / "sub" / "c.jpg", 72)
+        (root / "a.jpg").rename(root / "a-renamed.jpg")
+        (root / "b.jpg").unlink()
+        wait_for(matches, what="changes seen by polling")
+        assert progress(cli_env)["health"]["observer"] == "polling"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0
