@@ -46,6 +46,8 @@ KEEP_VERSIONS_FOR = timedelta(minutes=10)
 """Superseded versions are deleted after this. Lance keeps them 7 days by default, doubling the disk of a
 store that is rewritten by compaction; readers here always move to the latest version, so minutes suffice."""
 LOOKUP_CHUNK = 2_000
+DOCUMENTS_PER_RANGE = 4096
+"""``documents()`` reads the index in id ranges of about this many rows, each from the latest version."""
 ADDED_COLUMNS = (("etag", pa.string()),)
 """Columns added after the first schema, in order; older tables get them (all null) when first opened."""
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -295,7 +297,10 @@ class EmbeddedStore:
             return
         table = self._open()
         columns = [name for name in table.schema.names if name != "vector"]
-        bounds = [None, *(f"{i:02x}" for i in range(1, 256)), None]
+        # ~4,096 rows a range: one query for a small index (watch deletes a folder in milliseconds), up to 256
+        # for a large one (a page stays small, whatever the size).
+        parts = min(256, max(1, table.count_rows() // DOCUMENTS_PER_RANGE))
+        bounds = [None, *(f"{i * 256 // parts:02x}" for i in range(1, parts)), None]
         condition = _filter_sql(where)
         for low, high in itertools.pairwise(bounds):
             clauses = ["vector IS NULL"] if without_vector else []
