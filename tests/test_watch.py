@@ -334,3 +334,23 @@ def test_polling_follows_a_share_without_inotify(tmp_path: Path, cli_env: dict[s
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     assert process.returncode == 0
+
+
+def test_reconcile_every_catches_what_no_event_reported(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """With a poll far in the future no event arrives at all: only the scheduled pass can see these changes."""
+    root = tmp_path / "share"
+    write_photo(root / "a.jpg", 80)
+    write_photo(root / "b.jpg", 81)
+    process = start_watch(root, cli_env, "--polling", "--poll-interval", "1h", "--reconcile-every", "2s")
+    try:
+        matches = lambda: alive(process) and index_matches(cli_env, root)  # noqa: E731
+        wait_for(matches, what="the initial reconcile")
+        first = progress(cli_env)["health"]["last_reconcile_at"]
+        write_photo(root / "c.jpg", 82)
+        (root / "a.jpg").unlink()
+        wait_for(matches, what="the scheduled reconcile")
+        assert progress(cli_env)["health"]["last_reconcile_at"] >= first
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0
