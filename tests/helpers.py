@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import psutil
 from PIL import Image, ImageDraw
 
 from imgvec.embed.preprocess import Preprocessor
@@ -57,3 +58,9 @@ class CrashingPreprocessor:
         if image.size == CRASH_SIZE:
             os._exit(70)
         return self.inner(image)
+
+
+def assert_children_exit(children: list[psutil.Process], timeout: float = 10.0) -> None:
+    """Worker processes of a killed run must not outlive it (they would idle forever, holding memory)."""
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    assert not alive, f"worker processes outlived their killed parent: {[p.pid for p in alive]}"

@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from imgvec.pipeline.state import RunState
 from imgvec.stores.embedded import EmbeddedStore
-from tests.helpers import encode, photo, run_cli
+from tests.helpers import assert_children_exit, encode, photo, run_cli
 
 MODEL = ["--model", "imgvec-tiny/random"]
 VALID = 48
@@ -94,8 +95,10 @@ def test_kill_9_at_several_points_then_resume(folder: Path, cli_env: dict[str, s
                 assert live["processed"] >= 0 and live["started_at"]
                 seen_progress_running = True
             assert run.poll() is None, f"the run ended before the kill point {label!r}"
+            workers = psutil.Process(run.pid).children(recursive=True)
             os.kill(run.pid, signal.SIGKILL)
             run.wait(timeout=30)
+            assert_children_exit(workers)
         finally:
             if run.poll() is None:
                 run.kill()

@@ -9,7 +9,9 @@ saves a copy through the pipe for fast local disks (``--io-concurrency 0``).
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,14 +49,29 @@ class PrepareFailure:
 
 
 _config: WorkerConfig | None = None
+PARENT_CHECK_SECONDS = 1.0
 
 
-def init_worker(config: WorkerConfig, *, ignore_interrupts: bool = False) -> None:
+def init_worker(config: WorkerConfig, *, worker_process: bool = False) -> None:
     global _config
     _config = config
-    if ignore_interrupts:
+    if worker_process:
         # Ctrl-C reaches the whole process group; the parent decides how to stop, workers must not die mid-task.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent was killed (kill -9, the OOM killer) exits too. It would otherwise wait forever on
+    the task queue, whose write end it holds itself, and every killed run would leave idle workers behind."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="imgvec-parent-watch", daemon=True).start()
 
 
 def read_item(source: Source, item: SourceItem, retry: RetryPolicy) -> bytes | PrepareFailure:
