@@ -11,17 +11,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from watchdog.events import DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileOpenedEvent
 
 from imgvec.cli import parse_duration
-from imgvec.pipeline.watch import ChangeTracker
+from imgvec.errors import StoreError
+from imgvec.pipeline import watch as watch_module
+from imgvec.pipeline.ingest import Ingest, IngestOptions
+from imgvec.pipeline.watch import ChangeTracker, Watcher, WatchOptions
+from imgvec.sources.local import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
-from tests.helpers import encode, photo, run_cli
+from tests.helpers import assert_children_exit, encode, photo, run_cli
 
 MODEL = ["--model", "imgvec-tiny/random"]
 
@@ -268,8 +274,11 @@ def test_a_vanished_folder_deletes_nothing_and_is_caught_up_when_back(
     write_photo(root / "after.jpg", 41)  # and the watch works again
     wait_for(lambda: index_matches(cli_env, root), what="a change after the return")
 
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers  # the decode worker
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+    assert_children_exit(workers)
     assert progress(cli_env)["state"] == "interrupted"  # a killed service never reads as running
 
 
@@ -354,3 +363,50 @@ def test_reconcile_every_catches_what_no_event_reported(tmp_path: Path, cli_env:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     assert process.returncode == 0
+
+
+class FlakyStore:
+    """The real embedded store, failing every look-up while ``down`` is set: a cluster or a share gone for a while."""
+
+    def __init__(self, inner: EmbeddedStore) -> None:
+        self.inner = inner
+        self.down = False
+
+    def lookup(self, ids):
+        if self.down:
+            raise StoreError("cluster unreachable (test)")
+        return self.inner.lookup(ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_a_store_outage_is_logged_retried_and_caught_up(tmp_path: Path, tiny_embedder, monkeypatch) -> None:
+    monkeypatch.setattr(watch_module, "ERROR_BACKOFF_SECONDS", 0.2)
+    root = tmp_path / "photos"
+    write_photo(root / "a.jpg", 90)
+    folder = LocalFolder(root)
+    store = FlakyStore(EmbeddedStore(tmp_path / "store", "images"))
+    run = Ingest(folder, store, tiny_embedder, IngestOptions(workers=0))
+    lines: list[str] = []
+    watcher = Watcher(folder, run, WatchOptions(settle_seconds=0.3), log=lines.append)
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    env = {"IMGVEC_STORE": str(tmp_path / "store")}
+    health = lambda: watcher.ingest.progress.health or {}  # noqa: E731
+    try:
+        wait_for(lambda: index_matches(env, root), what="the initial reconcile")
+        store.down = True
+        write_photo(root / "b.jpg", 91)
+        wait_for(lambda: sum("error: StoreError" in line for line in lines) >= 2, what="logged retries")
+        assert thread.is_alive() and health()["errors_in_a_row"] >= 2
+        store.down = False
+        wait_for(
+            lambda: index_matches(env, root) and "recovered" in lines and not health()["errors_in_a_row"],
+            what="the catch-up after the outage",
+        )
+        assert health()["last_error"] == "StoreError: cluster unreachable (test)"
+    finally:
+        watcher.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()

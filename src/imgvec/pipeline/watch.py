@@ -38,7 +38,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from imgvec.documents import document_id
-from imgvec.errors import SourceError
+from imgvec.errors import IdentityMismatchError, SourceError
 from imgvec.pipeline.ingest import Ingest, document_for
 from imgvec.pipeline.sync import owned_uri, reconcile
 from imgvec.sources.base import SourceItem, extension_of
@@ -46,6 +46,8 @@ from imgvec.sources.local import LocalFolder
 from imgvec.stores.base import SearchFilter
 
 TICK_SECONDS = 0.25
+ERROR_BACKOFF_SECONDS = 2.0
+ERROR_BACKOFF_MAX_SECONDS = 300.0
 OPTIMIZE_EVERY_SECONDS = 600.0
 """Compact the store this often while changes trickle in (each small write or delete adds a version)."""
 FUTURE_MTIME_SLACK = 60.0
@@ -193,6 +195,10 @@ class Watcher:
         self._last_reconcile_at: str | None = None
         self._last_optimize = time.monotonic()
         self._written_at_optimize = 0
+        self._catch_up = False
+        """A reconcile pass is due before the next changes: at start, and after an error."""
+        self._errors_in_a_row = 0
+        self._last_error: str | None = None
 
     def stop(self) -> None:
         self.ingest.stop()
@@ -207,23 +213,57 @@ class Watcher:
             try:
                 self._start_observer()  # before the first pass: a change made during it is not missed
                 self._heartbeat(force=True)
-                if self.options.initial_sync:
-                    self._reconcile("start")
-                    self._heartbeat(force=True)
+                self._catch_up = self.options.initial_sync
                 self._schedule_reconcile()
                 while not self.stopping:
                     self._heartbeat()
-                    self.ingest.wait(TICK_SECONDS)
-                    if self.stopping or not self._check_source():
-                        continue
-                    if self._next_reconcile is not None and time.monotonic() >= self._next_reconcile:
-                        self._reconcile("scheduled")
-                        self._schedule_reconcile()
-                    self._apply(self.tracker.settled())
-                    self._optimize_now_and_then()
+                    self._guarded(self._tick)
+                    self.ingest.wait(self._pause())
             finally:
                 self._stop_observer()
                 self._heartbeat(force=True)
+
+    def _tick(self) -> None:
+        if not self._check_source():
+            return
+        if self._catch_up:
+            self._reconcile("start" if self._last_reconcile_at is None else "catch-up")
+            self._catch_up = False
+            self._heartbeat(force=True)
+        elif self._next_reconcile is not None and time.monotonic() >= self._next_reconcile:
+            self._reconcile("scheduled")
+            self._schedule_reconcile()
+        changes = self.tracker.settled()
+        try:
+            self._apply(changes)
+        except BaseException:
+            for change in changes:  # not lost: tried again after the pause (the catch-up pass covers the rest)
+                self.tracker.requeue(change)
+            raise
+        self._optimize_now_and_then()
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """A service outlives a store or share that fails for a while: log, pause with backoff, catch up.
+        Only a model/index mismatch, which no retry can fix, ends the watch."""
+        try:
+            step()
+        except IdentityMismatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged with its type; the watch goes on and catches up
+            self._errors_in_a_row += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._catch_up = True
+            self.log(f"error: {self._last_error}; retrying in {self._pause():g}s, then a reconcile pass catches up")
+            self._heartbeat(force=True)
+        else:
+            if self._errors_in_a_row:
+                self.log("recovered")
+            self._errors_in_a_row = 0
+
+    def _pause(self) -> float:
+        if not self._errors_in_a_row:
+            return TICK_SECONDS
+        return min(ERROR_BACKOFF_MAX_SECONDS, ERROR_BACKOFF_SECONDS * 2 ** (self._errors_in_a_row - 1))
 
     # -- the source coming and going ----------------------------------------------------------------
 
@@ -421,6 +461,8 @@ class Watcher:
             "last_change_at": _iso(last_event) if last_event else None,
             "last_reconcile_at": self._last_reconcile_at,
             "heartbeat_at": _now_iso(),
+            "errors_in_a_row": self._errors_in_a_row,
+            "last_error": self._last_error,
         }
         self.ingest.save(force=force)
 
