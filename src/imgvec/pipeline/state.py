@@ -69,7 +69,8 @@ class Progress:
     moved: int = 0
     """Documents moved to a file's new path with their vector kept (watch)."""
     health: dict[str, Any] | None = None
-    """watch only: source_available, pending_changes, last_change_at, last_reconcile_at, heartbeat_at."""
+    """watch only: source_available, observer, pending_changes, last_change_at, last_reconcile_at, heartbeat_at,
+    errors_in_a_row, last_error."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
