@@ -324,6 +324,7 @@ class Watcher:
         self._start_observer()
         self._heartbeat(force=True)
         self._reconcile("remount")
+        self._catch_up = False  # that pass was the catch-up
         return True
 
     # -- passes -------------------------------------------------------------------------------------
