@@ -502,7 +502,7 @@ class Ingest:
         return ProcessPoolExecutor(
             max_workers=self.options.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=partial(init_worker, worker_process=True),
+            initializer=partial(init_worker, parent_pid=os.getpid()),
             initargs=(config,),
         )
 

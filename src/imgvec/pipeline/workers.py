@@ -52,22 +52,23 @@ _config: WorkerConfig | None = None
 PARENT_CHECK_SECONDS = 1.0
 
 
-def init_worker(config: WorkerConfig, *, worker_process: bool = False) -> None:
+def init_worker(config: WorkerConfig, *, parent_pid: int | None = None) -> None:
+    """``parent_pid``: set in a worker process (threads share the main process and need none of this)."""
     global _config
     _config = config
-    if worker_process:
+    if parent_pid is not None:
         # Ctrl-C reaches the whole process group; the parent decides how to stop, workers must not die mid-task.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _exit_with_parent()
+        _exit_with_parent(parent_pid)
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(parent_pid: int) -> None:
     """A worker whose parent was killed (kill -9, the OOM killer) exits too. It would otherwise wait forever on
-    the task queue, whose write end it holds itself, and every killed run would leave idle workers behind."""
-    parent = os.getppid()
+    the task queue, whose write end it holds itself, and every killed run would leave idle workers behind.
+    The parent's pid comes from the parent: one killed while this worker was still starting is already gone."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent_pid:
             time.sleep(PARENT_CHECK_SECONDS)
         os._exit(1)
 
