@@ -401,9 +401,7 @@ def _sync_dry_run(
     from imgvec.pipeline.plan import plan
     from imgvec.pipeline.sync import count_stale
 
-    state_path = settings.state_dir / f"{settings.index}.sqlite"
-    state = _run_state(settings, create=False)[0] if state_path.exists() else None
-    result = plan(source, store, embedder, options, state)
+    result = plan(source, store, embedder, options, _existing_state(settings))
     stale = count_stale(source, store, max_delete_percent=max_delete)
     if as_json:
         out.print_json(json.dumps({**result.as_dict(), "sync": stale.as_dict()}))
@@ -532,15 +530,19 @@ def _run_state(settings: Settings, *, create: bool = True) -> tuple[RunState, In
     return RunState(state_path), IndexLock(settings.state_dir / f"{settings.index}.lock")
 
 
+def _existing_state(settings: Settings) -> RunState | None:
+    """The run state if an ingest ever ran (a dry run must not create one)."""
+    if not (settings.state_dir / f"{settings.index}.sqlite").exists():
+        return None
+    return _run_state(settings, create=False)[0]
+
+
 def _dry_run(
     settings: Settings, source: Source, store: Store, embedder: Embedder, options: IngestOptions, as_json: bool
 ) -> None:
     from imgvec.pipeline.plan import plan
 
-    state = (
-        _run_state(settings, create=False)[0] if (settings.state_dir / f"{settings.index}.sqlite").exists() else None
-    )
-    result = plan(source, store, embedder, options, state)
+    result = plan(source, store, embedder, options, _existing_state(settings))
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
         return

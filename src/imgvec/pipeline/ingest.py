@@ -345,12 +345,13 @@ class Ingest:
         vectors, reused = self._vectors_for(batch)
         keep: list[tuple[ImageDocument, bool]] = []
         failed: list[tuple[SourceItem, str, str]] = []
+        model = self.embedder.identity.model
         for entry, vector, was_reused in zip(batch, vectors, reused, strict=True):
             norm = float(np.linalg.norm(vector))
             if not np.isfinite(norm) or norm < 1e-6:
                 failed.append((entry.item, "embed", "model produced a zero or NaN vector"))
             else:
-                keep.append((_document(entry, vector, self.embedder.identity.model), was_reused))
+                keep.append((document_for(entry.item, entry.content_hash, vector, model), was_reused))
         documents = [doc for doc, _ in keep]
         began = time.perf_counter()
         try:
@@ -436,13 +437,6 @@ class Ingest:
     @contextmanager
     def counting(self) -> Iterator[None]:
         """Count the source in the background (no list kept), so progress can show a total and an ETA."""
-        self._start_counting()
-        try:
-            yield
-        finally:
-            self._finished.set()  # ends the count if the source is larger than the run
-
-    def _start_counting(self) -> None:
 
         def count() -> None:
             total = 0
@@ -455,6 +449,10 @@ class Ingest:
             self._total = total
 
         threading.Thread(target=count, name="imgvec-count", daemon=True).start()
+        try:
+            yield
+        finally:
+            self._finished.set()  # ends the count if the source is larger than the run
 
     def save(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -546,10 +544,6 @@ def _item_of(doc: ImageDocument) -> SourceItem:
         doc.etag,
         doc.doc_id,
     )
-
-
-def _document(entry: Prepared, vector: np.ndarray, model: str) -> ImageDocument:
-    return document_for(entry.item, entry.content_hash, vector, model)
 
 
 def document_for(item: SourceItem, content_hash: str, vector: np.ndarray, model: str) -> ImageDocument:

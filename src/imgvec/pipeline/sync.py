@@ -162,21 +162,15 @@ def reconcile(ingest: Ingest, source: Source, *, max_delete_percent: float = 50.
             ingest.record_listing_error(error)
 
         ingest.process(record.record(source.scan(on_error)))
-        result = SyncResult()
         if not record.complete:
-            result.refused = "stopped before the listing finished: nothing was deleted"
-            return result
-        result.in_scope = find_stale(ingest.store, source.scope, record)
-        result.stale = record.stale_count()
-        result.refused = deletion_refused(result, record, source.location, max_delete_percent)
+            return SyncResult(refused="stopped before the listing finished: nothing was deleted")
+        result = judge_stale(record, ingest.store, source, max_delete_percent)
         if result.refused is None:
             for rows in record.stale_chunks():
                 ingest.store.delete([doc_id for doc_id, _ in rows])
-                if ingest.state is not None:
-                    ingest.state.clear_failures([uri for _, uri in rows])
                 result.deleted += len(rows)
             ingest.report.deleted += result.deleted
-            if ingest.state is not None:
+            if ingest.state is not None:  # the deleted documents' failures, and those of files that had none
                 _clear_failures_of_vanished(ingest, source.scope, record)
             if result.deleted:
                 ingest.store.optimize()
@@ -192,13 +186,16 @@ def count_stale(source: Source, store: Store, *, max_delete_percent: float = 50.
     try:
         for _ in record.record(source.scan(record.on_error)):
             pass
-        result = SyncResult()
-        result.in_scope = find_stale(store, source.scope, record)
-        result.stale = record.stale_count()
-        result.refused = deletion_refused(result, record, source.location, max_delete_percent)
-        return result
+        return judge_stale(record, store, source, max_delete_percent)
     finally:
         record.close()
+
+
+def judge_stale(record: ListingRecord, store: Store, source: Source, max_delete_percent: float) -> SyncResult:
+    """After a complete listing: which documents are stale, and whether deleting them is refused."""
+    result = SyncResult(in_scope=find_stale(store, source.scope, record), stale=record.stale_count())
+    result.refused = deletion_refused(result, record, source.location, max_delete_percent)
+    return result
 
 
 def _clear_failures_of_vanished(ingest: Ingest, scope: str, record: ListingRecord) -> None:

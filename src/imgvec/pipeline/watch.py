@@ -425,9 +425,9 @@ class Watcher:
         deletions: their files were moved, not deleted."""
         store = self.ingest.store
         uris = {document_id(path): path for path in files}
-        for folder in folders:
-            if os.path.isdir(folder):
-                continue  # moved back, or recreated: its files arrive as changes of their own
+        # A folder moved back or recreated keeps its documents: its files arrive as changes of their own.
+        vanished = sorted(folder for folder in folders if not os.path.isdir(folder))
+        for folder in vanished:
             for doc_id, fields in store.documents(where=SearchFilter(path_prefix=folder + os.sep)):
                 uri = owned_uri(doc_id, fields)
                 if uri is not None and not os.path.lexists(uri):
@@ -437,8 +437,8 @@ class Watcher:
             store.delete(sorted(present))
             self.ingest.report.deleted += sum(1 for doc_id in present if uris[doc_id] not in origins)
         if self.ingest.state is not None:
-            self.ingest.state.clear_failures(sorted(uris.values()))
-            for folder in folders:
+            self.ingest.state.clear_failures(sorted(files))
+            for folder in vanished:  # also the failures of files that never had a document
                 self.ingest.state.clear_failures_under(folder + os.sep)
 
     def _optimize_now_and_then(self) -> None:

@@ -71,14 +71,7 @@ class LocalFolder:
                 except OSError as exc:
                     on_error(ListingError(entry.path, f"cannot stat file: {exc.strerror or exc}"))
                     continue
-                yield SourceItem(
-                    uri=entry.path,
-                    file_path=entry.path,
-                    file_name=entry.name,
-                    file_extension=extension,
-                    file_size=stat.st_size,
-                    mtime=stat.st_mtime,
-                )
+                yield _file_item(entry.path, entry.name, extension, stat)
             stack.extend(reversed(subfolders))
 
     def item(self, path: str) -> SourceItem | None:
@@ -93,15 +86,19 @@ class LocalFolder:
             return None
         if not S_ISREG(stat.st_mode):
             return None
-        return SourceItem(
-            uri=path,
-            file_path=path,
-            file_name=name,
-            file_extension=extension,
-            file_size=stat.st_size,
-            mtime=stat.st_mtime,
-        )
+        return _file_item(path, name, extension, stat)
 
     def read(self, item: SourceItem) -> bytes:
         with open(item.file_path, "rb") as handle:
             return handle.read()
+
+
+def _file_item(path: str, name: str, extension: str, stat: os.stat_result) -> SourceItem:
+    return SourceItem(
+        uri=path,
+        file_path=path,
+        file_name=name,
+        file_extension=extension,
+        file_size=stat.st_size,
+        mtime=stat.st_mtime,
+    )
