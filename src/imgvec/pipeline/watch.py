@@ -39,7 +39,7 @@ from watchdog.observers.polling import PollingObserver
 
 from imgvec.documents import document_id
 from imgvec.errors import IdentityMismatchError, SourceError
-from imgvec.pipeline.ingest import Ingest, document_for
+from imgvec.pipeline.ingest import Ingest, document_for, unchanged
 from imgvec.pipeline.sync import owned_uri, reconcile
 from imgvec.sources.base import SourceItem, extension_of
 from imgvec.sources.local import LocalFolder
@@ -368,9 +368,7 @@ class Watcher:
             item = self.folder.item(change.path)
             if item is None:
                 gone.add(change.path)
-            elif 0 <= now - item.mtime < self.options.settle_seconds or (
-                item.mtime - now > 0 and item.mtime - now < FUTURE_MTIME_SLACK
-            ):
+            elif -FUTURE_MTIME_SLACK < now - item.mtime < self.options.settle_seconds:
                 self.tracker.requeue(change)  # modified moments ago: still being written
                 continue
             else:
@@ -396,13 +394,7 @@ class Watcher:
         for item in items:
             src = moved_from.get(item.uri)
             state = old.get(document_id(src)) if src else None
-            if (
-                state is not None
-                and state.has_vector
-                and state.content_hash
-                and state.file_size == item.file_size
-                and state.mtime == item.mtime
-            ):
+            if state is not None and state.content_hash and unchanged(state, item):  # the skip rule of ingest
                 hashes[item.uri] = state.content_hash
         if not hashes:
             return items
