@@ -41,5 +41,6 @@ def search_image(
         data = reader.read(str(image))
     except OSError as exc:
         raise SourceError(f"cannot read query image {image}: {exc.strerror or exc}") from exc
-    pixels = embedder.preprocessor(decode_image(data, max_pixels=max_pixels))
+    preprocessor = embedder.preprocessor
+    pixels = preprocessor(decode_image(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
     return store.search(embedder.embed_images(pixels[None])[0], k, where)

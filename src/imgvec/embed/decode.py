@@ -7,6 +7,7 @@ failed copy, and files whose extension lies. Each becomes either a clean RGB ima
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -27,11 +28,22 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 DEFAULT_MAX_PIXELS = 200_000_000
 """Larger than any camera photo (a 150 MP medium-format frame fits); a bomb of 30000x30000 does not."""
 
+REDUCE_MARGIN = 2
+"""A reduced decode keeps the short side at least this many times the model's input size. The final bicubic
+resize then still sees several source pixels per output pixel, which holds the tensor within the tolerance that
+``tests/test_decode_reduced.py`` states (docs/performance.md); at 1x the error triples for little gain."""
+
 _WHITE = (255, 255, 255)
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one image file's bytes to an upright RGB image (first frame if animated)."""
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: int | None = None) -> Image.Image:
+    """Decode one image file's bytes to an upright RGB image (first frame if animated).
+
+    ``reduce_for``: the short side the model's input needs. A 12 MP photo is then never decoded in full to make a
+    224 px input: a JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8), which skips most of the
+    inverse transforms and the colour conversion; any other format is box-reduced right after decoding, which
+    spares the bicubic resize most of its work. Either way the short side stays at least ``REDUCE_MARGIN`` times
+    ``reduce_for``. None: the full picture, as the reference preprocessing sees it."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     with warnings.catch_warnings():
@@ -56,14 +68,30 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             )
         try:
             image.seek(0)
+            if reduce_for and image.format == "JPEG":
+                _draft(image, reduce_for * REDUCE_MARGIN)
             image.load()
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageDecodeError(f"truncated or corrupt image data ({image.format}): {exc}") from None
 
-    image = _upright(image)
-    return to_rgb(image)
+    image = to_rgb(_upright(image))
+    if reduce_for:
+        # Powers of two only, like libjpeg's scales: an odd box (3x3) shifted the sampling grid enough to triple
+        # the error on fine detail.
+        factor = 1 << max(0, (min(image.size) // (reduce_for * REDUCE_MARGIN)).bit_length() - 1)
+        if factor >= 2:
+            image = image.reduce(factor)
+    return image
+
+
+def _draft(image: ImageFile.ImageFile, short_side: int) -> None:
+    """Ask libjpeg for the smallest DCT scale whose short side is still at least ``short_side``."""
+    width, height = image.size
+    scale = short_side / min(width, height)
+    if scale < 1:
+        image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
 def _upright(image: Image.Image) -> Image.Image:

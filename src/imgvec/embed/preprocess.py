@@ -55,6 +55,12 @@ class Preprocessor:
     def fast_path(self) -> bool:
         return self.resize_mode == "shortest" and isinstance(self.size, int) and self.interpolation in _RESAMPLE
 
+    @property
+    def reduce_for(self) -> int | None:
+        """The short side a reduced decode must keep (see ``decode_image``); None where the resize is not by the
+        short side, so a reduced decode could not know what it may drop."""
+        return self.size if self.fast_path else None
+
     def __call__(self, image: Image.Image) -> np.ndarray:
         """(3, size, size) float32."""
         if not self.fast_path:

@@ -30,6 +30,8 @@ class WorkerConfig:
     preprocessor: Preprocessor
     max_pixels: int
     retry: RetryPolicy
+    reduce_for: int | None = None
+    """Decode at reduced size for this short side (``decode_image``); None: full decode."""
 
 
 @dataclass(slots=True)
@@ -97,7 +99,8 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
     read_done = time.perf_counter()
     read_seconds += read_done - began
     try:
-        pixels = config.preprocessor(decode_image(data, max_pixels=config.max_pixels))
+        image = decode_image(data, max_pixels=config.max_pixels, reduce_for=config.reduce_for)
+        pixels = config.preprocessor(image)
     except ImageDecodeError as exc:
         return PrepareFailure(item, "decode", str(exc))
     except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
