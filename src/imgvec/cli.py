@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -25,6 +24,7 @@ from imgvec.allocator import limit_heap_growth
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.embed.modelspec import DEFAULT_MODEL
+from imgvec.embed.runtime import Precision, Runtime
 from imgvec.errors import ImageDecodeError, ImgvecError
 from imgvec.settings import DEFAULT_INDEX, DEFAULT_STORE, Settings
 from imgvec.stores import KnnIndexOptions, SearchFilter, SearchHit, Store
@@ -57,9 +57,16 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-BatchSize = Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")]
+BatchSize = Annotated[
+    int | None, typer.Option(min=1, max=4096, help="Images per model batch (default: 32 on a CPU, 256 on a GPU).")
+]
 Workers = Annotated[
-    int | None, typer.Option(min=0, help="Decode worker processes (default: cores - 1; 0 = in-process).")
+    int | None,
+    typer.Option(min=0, help="Decode worker processes (default: cores - 1, fewer if memory is short; 0 = in-process)."),
+]
+FullDecode = Annotated[
+    bool,
+    typer.Option(help="Decode every image at full size (the reference preprocessing; slower for large photos)."),
 ]
 RateLimit = Annotated[float | None, typer.Option(min=0.001, help="At most this many files per second.")]
 RetryFailed = Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")]
@@ -97,9 +104,18 @@ def main(
             f"Default: the index's own model, or {DEFAULT_MODEL} for a new index.",
         ),
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(envvar="IMGVEC_THREADS", min=1, help="Torch threads for inference.")
+    threads: Annotated[int | None, typer.Option(envvar="IMGVEC_THREADS", min=1, help="Threads for inference.")] = None,
+    device: Annotated[
+        str, typer.Option(envvar="IMGVEC_DEVICE", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N.")
+    ] = "auto",
+    runtime: Annotated[
+        Runtime | None,
+        typer.Option(envvar="IMGVEC_RUNTIME", help="Image encoder runtime (default: onnx for int8, else torch)."),
     ] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option(envvar="IMGVEC_PRECISION", help="auto: fp16 on a GPU, fp32 on a CPU; int8 runs through onnx."),
+    ] = Precision.AUTO,
     model_config_dir: Annotated[
         str | None,
         typer.Option(envvar="IMGVEC_MODEL_CONFIG_DIR", help="Extra open_clip architecture configs (JSON)."),
@@ -145,6 +161,9 @@ def main(
         index=index,
         model=model,
         threads=threads,
+        device=device,
+        runtime=runtime.value if runtime else None,
+        precision=precision.value,
         cache_dir=cache_dir,
         model_config_dir=model_config_dir,
         s3_endpoint_url=endpoint_url,
@@ -187,7 +206,7 @@ def ingest(
         bool,
         typer.Option("--missing", help="Instead of SOURCE: fill in the index's documents that have no vector yet."),
     ] = False,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     max_files: Annotated[int | None, typer.Option(min=1, help="Stop after this many files.")] = None,
     rate_limit: RateLimit = None,
@@ -195,6 +214,7 @@ def ingest(
     io_concurrency: IoConcurrency = None,
     dry_run: Annotated[bool, typer.Option(help="Show what would be processed and how long; write nothing.")] = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    full_decode: FullDecode = False,
     as_json: AsJson = False,
 ) -> None:
     """Index every image under SOURCE; unchanged files are skipped, and a stopped run continues where it was."""
@@ -211,6 +231,7 @@ def ingest(
         batch_size=batch_size,
         workers=workers,
         max_pixels=max_pixels,
+        full_decode=full_decode,
         max_files=max_files,
         rate_limit=rate_limit,
         retry_failed=retry_failed,
@@ -287,18 +308,22 @@ def _pipeline_options(
     *,
     remote: bool,
     workers: int | None,
+    batch_size: int | None,
     io_concurrency: int | None,
     **options: Any,
 ) -> tuple[Settings, IngestOptions]:
-    from imgvec.pipeline.ingest import IngestOptions, default_workers
+    from imgvec.pipeline.ingest import IngestOptions
+    from imgvec.pipeline.tuning import tune
 
-    workers = default_workers() if workers is None else workers
-    if settings.threads is None:
-        # Inference gets the cores the decode workers leave free: oversubscribed OpenMP threads spin against the
-        # workers and ran a batch ~5x slower on 2 cores.
-        settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
+    try:
+        tuning = tune(settings.runtime_choice(), workers=workers, threads=settings.threads, batch_size=batch_size)
+    except ImgvecError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    settings = replace(settings, threads=tuning.threads)
     reads = io_concurrency if io_concurrency is not None else (32 if remote else 8)
-    return settings, IngestOptions(workers=workers, io_concurrency=reads, **options)
+    return settings, IngestOptions(
+        workers=tuning.workers, batch_size=tuning.batch_size, io_concurrency=reads, **options
+    )
 
 
 def _run_ingest(
@@ -327,12 +352,13 @@ def sync(
     ctx: typer.Context,
     source_location: Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")],
     max_delete: MaxDelete = 50.0,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     rate_limit: RateLimit = None,
     retry_failed: RetryFailed = False,
     io_concurrency: IoConcurrency = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    full_decode: FullDecode = False,
     dry_run: Annotated[bool, typer.Option(help="Show what would be indexed and deleted; write nothing.")] = False,
     as_json: AsJson = False,
 ) -> None:
@@ -347,6 +373,7 @@ def sync(
         batch_size=batch_size,
         workers=workers,
         max_pixels=max_pixels,
+        full_decode=full_decode,
         rate_limit=rate_limit,
         retry_failed=retry_failed,
         io_concurrency=io_concurrency,
@@ -440,12 +467,13 @@ def watch(
     ] = False,
     poll_interval: Annotated[str, typer.Option(metavar="DURATION", help="Seconds between polls.")] = "30s",
     max_delete: MaxDelete = 50.0,
-    batch_size: BatchSize = 32,
+    batch_size: BatchSize = None,
     workers: Workers = None,
     rate_limit: RateLimit = None,
     retry_failed: RetryFailed = False,
     io_concurrency: IoConcurrency = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    full_decode: FullDecode = False,
 ) -> None:
     """Keep the index in step with a folder: new, changed, moved and deleted files, until SIGTERM or Ctrl-C."""
     from imgvec.pipeline.ingest import Ingest
@@ -469,6 +497,7 @@ def watch(
         batch_size=batch_size,
         workers=workers,
         max_pixels=max_pixels,
+        full_decode=full_decode,
         rate_limit=rate_limit,
         retry_failed=retry_failed,
         io_concurrency=io_concurrency,
@@ -842,25 +871,22 @@ def migrate(
     m: MOption = 16,
     ef_construction: EfConstructionOption = 128,
     ef_search: EfSearchOption = 100,
-    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")] = 32,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decode worker processes.")] = None,
-    io_concurrency: Annotated[int, typer.Option(min=0, max=512, help="Image reads in flight.")] = 32,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    io_concurrency: IoConcurrency = None,
     as_json: AsJson = False,
 ) -> None:
     """Copy --from into a new index without its vectors, fill them with the model, switch --alias atomically.
 
     Run the same command again to resume; `imgvec alias rollback ALIAS` switches back."""
-    from imgvec.pipeline.ingest import IngestOptions, default_workers
     from imgvec.pipeline.migrate import migrate as run_migration
     from imgvec.sources.index import IndexDocuments
     from imgvec.stores import open_aliases
 
-    settings: Settings = ctx.obj
-    workers = default_workers() if workers is None else workers
-    if settings.threads is None:
-        settings = replace(settings, threads=max(1, (os.cpu_count() or 1) - workers))
+    settings, options = _pipeline_options(
+        ctx.obj, remote=True, workers=workers, batch_size=batch_size, io_concurrency=io_concurrency
+    )
     fill_settings = replace(settings, index=target_index)
-    options = IngestOptions(batch_size=batch_size, workers=workers, io_concurrency=io_concurrency)
     try:
         index_options = KnnIndexOptions(shards, replicas, engine, m, ef_construction, ef_search)
         source = settings.open_store(source_index)
@@ -872,7 +898,7 @@ def migrate(
         embedder = settings.load_embedder(model)
 
         def fill() -> IngestReport:
-            documents = IndexDocuments(target, settings.s3_options(io_concurrency))
+            documents = IndexDocuments(target, settings.s3_options(options.io_concurrency))
             return _run_ingest(fill_settings, documents, target, embedder, options, display=not as_json)
 
         def step(text: str) -> None:

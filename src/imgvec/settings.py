@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from imgvec.embed.clip import ClipEmbedder
+    from imgvec.embed.runtime import RuntimeChoice
     from imgvec.sources.s3 import S3Options
     from imgvec.stores import OpenSearchOptions, Store
 
@@ -26,7 +27,12 @@ class Settings:
     model: str | None = None
     """None: the model the index was built with, or ViT-B-32/openai for a new index."""
     threads: int | None = None
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (a CUDA GPU when present), cpu, cuda or cuda:N."""
+    runtime: str | None = None
+    """torch or onnx; None: onnx for int8, torch otherwise."""
+    precision: str = "auto"
+    """auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or int8."""
     cache_dir: str | Path | None = None
     model_config_dir: str | None = None
     s3_endpoint_url: str | None = None
@@ -80,4 +86,10 @@ class Settings:
 
         register_model_configs(self.model_config_dir)
         spec = parse_model_spec(model)
-        return ClipEmbedder(spec, device=self.device, threads=self.threads, cache_dir=self.cache_dir)
+        runtime = self.runtime_choice()
+        return ClipEmbedder(spec, runtime=runtime, threads=self.threads, cache_dir=self.cache_dir)
+
+    def runtime_choice(self) -> RuntimeChoice:
+        from imgvec.embed.runtime import choose
+
+        return choose(self.device, self.runtime, self.precision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from imgvec.embed.modelspec import ModelSpec, WeightsKind
+from imgvec.embed.onnx import OnnxImageEncoder
 from imgvec.embed.preprocess import Preprocessor
+from imgvec.embed.runtime import Precision, Runtime, RuntimeChoice, choose
 from imgvec.errors import ModelLoadError, ModelSpecError
 from imgvec.identity import IndexIdentity
 
@@ -46,13 +49,18 @@ def register_model_configs(config_dir: str | os.PathLike[str] | None) -> None:
 
 
 class ClipEmbedder:
-    """A CLIP model loaded through open_clip, producing L2-normalised float32 vectors."""
+    """A CLIP model loaded through open_clip, producing L2-normalised float32 vectors.
+
+    Images run through torch (fp32 on a CPU, fp16 autocast on a GPU) or through the image tower exported to ONNX
+    Runtime (fp32 or int8); texts always run through torch, since a query is one short call. The index identity
+    is the model's, whatever runtime wrote the vectors: they agree to the cosines in docs/performance.md.
+    """
 
     def __init__(
         self,
         spec: ModelSpec,
         *,
-        device: str = "cpu",
+        runtime: RuntimeChoice | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -61,13 +69,25 @@ class ClipEmbedder:
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
-        self.device = device
+        self.runtime = runtime or choose("cpu")
+        self.device = self.runtime.device
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         with _load_lock:
             self._model, self._tokenizer = self._load()
-        self._model.eval().to(device)
+        self._model.eval().to(self.device)
         cfg = _preprocess_cfg(self._model)
         self.preprocessor = Preprocessor.from_open_clip_cfg(cfg)
+        self._onnx: OnnxImageEncoder | None = None
+        if self.runtime.runtime is Runtime.ONNX:
+            with _load_lock:
+                self._onnx = OnnxImageEncoder(
+                    self._model,
+                    image_size=self._input_size(),
+                    precision=self.runtime.precision,
+                    device=self.device,
+                    threads=threads,
+                    cache_dir=self._cache_dir,
+                )
         self.identity = IndexIdentity(
             model=spec.text,
             architecture=spec.architecture,
@@ -85,9 +105,11 @@ class ClipEmbedder:
             )
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx(pixels)
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
             features = self._model.encode_image(batch, normalize=True)
         return features.float().cpu().numpy()
@@ -95,10 +117,22 @@ class ClipEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             tokens = self._tokenizer(list(texts)).to(self.device)
             features = self._model.encode_text(tokens, normalize=True)
         return features.float().cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        """fp16 on a GPU through autocast: matrix products in half precision, normalisations kept in fp32."""
+        import torch
+
+        if self.runtime.precision is Precision.FP16:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _input_size(self) -> tuple[int, int]:
+        size = self.preprocessor.size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -177,8 +211,7 @@ class ClipEmbedder:
     def _output_dimension(self) -> int:
         import torch
 
-        size = self.preprocessor.size
-        height, width = (size, size) if isinstance(size, int) else size
+        height, width = self._input_size()
         with torch.inference_mode():
             probe = torch.zeros(1, 3, height, width, device=self.device)
             return int(self._model.encode_image(probe).shape[-1])

@@ -37,6 +37,7 @@ from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.retry import RetryPolicy
 from imgvec.pipeline.state import FailureRecord, Progress, RunState
+from imgvec.pipeline.tuning import default_workers
 from imgvec.pipeline.workers import Prepared, PrepareFailure, WorkerConfig, init_worker, prepare, read_item
 from imgvec.sources.base import ListingError, Source, SourceItem
 from imgvec.stores.base import Store
@@ -48,11 +49,6 @@ OPTIMIZE_EVERY_BATCHES = 200
 scan thousands of fragments and a 100k-file run slowed from ~80 to ~1 file/s (benchmarks/memory.py)."""
 CACHE_ENTRIES = 10_000
 """Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
-
-
-def default_workers() -> int:
-    """One decode worker per core beyond the first: the main thread's model inference needs a core too."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +74,9 @@ class IngestOptions:
     retry_failed: bool = False
     """Retry files that failed in an earlier run (otherwise they are skipped until they change)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    full_decode: bool = False
+    """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
+    reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""
 
 
 @dataclass(slots=True)
@@ -492,7 +491,9 @@ class Ingest:
         return ThreadPoolExecutor(max_workers=self.options.io_concurrency, thread_name_prefix="imgvec-read")
 
     def _executor(self) -> Executor:
-        config = WorkerConfig(self.source, self.embedder.preprocessor, self.options.max_pixels, self.options.retry)
+        preprocessor = self.embedder.preprocessor
+        reduce_for = None if self.options.full_decode else preprocessor.reduce_for
+        config = WorkerConfig(self.source, preprocessor, self.options.max_pixels, self.options.retry, reduce_for)
         if self.options.workers == 0:
             init_worker(config)
             return ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgvec-decode")
