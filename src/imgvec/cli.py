@@ -26,10 +26,12 @@ from imgvec.embed.decode import DEFAULT_MAX_PIXELS
 from imgvec.embed.modelspec import DEFAULT_MODEL
 from imgvec.embed.runtime import Precision, Runtime
 from imgvec.errors import ImageDecodeError, ImgvecError
+from imgvec.pipeline.estimate import LAMBDA_PRICE_GB_SECOND, LAMBDA_PRICE_PER_MILLION_REQUESTS
 from imgvec.settings import DEFAULT_INDEX, DEFAULT_STORE, Settings
 from imgvec.stores import KnnIndexOptions, SearchFilter, SearchHit, Store
 
 if TYPE_CHECKING:
+    from imgvec.pipeline.estimate import Estimate
     from imgvec.pipeline.ingest import Ingest, IngestOptions, IngestReport
     from imgvec.pipeline.lock import IndexLock
     from imgvec.pipeline.state import Progress as RunProgress
@@ -583,6 +585,100 @@ def _dry_run(
         "nothing was written",
         highlight=False,
     )
+
+
+@app.command()
+def estimate(
+    ctx: typer.Context,
+    source_location: Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")],
+    sample: Annotated[
+        int, typer.Option(min=8, max=10_000, help="Files in the calibration run (a random sample).")
+    ] = 48,
+    price_per_hour: Annotated[
+        float | None, typer.Option(min=0, help="What this machine costs per hour, for a cost figure.")
+    ] = None,
+    lambda_seconds_per_image: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Per-image time of a serverless function (default: measured here, per core)."),
+    ] = None,
+    lambda_memory_gb: Annotated[float, typer.Option(min=0.125, max=10.24, help="Function memory.")] = 2.0,
+    lambda_price_gb_second: Annotated[float, typer.Option(min=0)] = LAMBDA_PRICE_GB_SECOND,
+    lambda_price_per_million_requests: Annotated[float, typer.Option(min=0)] = LAMBDA_PRICE_PER_MILLION_REQUESTS,
+    lambda_images_per_request: Annotated[int, typer.Option(min=1, help="Images one invocation embeds.")] = 1,
+    lambda_concurrency: Annotated[int, typer.Option(min=1, help="Invocations running at once.")] = 100,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    io_concurrency: IoConcurrency = None,
+    full_decode: FullDecode = False,
+    as_json: AsJson = False,
+) -> None:
+    """Count SOURCE's images and bytes, calibrate on a sample, and predict wall time and cost: on this machine,
+    and on a per-image-time model such as AWS Lambda. Writes nothing to the index."""
+    from imgvec.pipeline.estimate import PerImageModel
+    from imgvec.pipeline.estimate import estimate as predict
+    from imgvec.pipeline.plan import plan
+    from imgvec.pipeline.tuning import cores
+    from imgvec.sources import open_source
+
+    remote = source_location.startswith("s3://")
+    settings, options = _pipeline_options(
+        ctx.obj,
+        remote=remote,
+        batch_size=batch_size,
+        workers=workers,
+        io_concurrency=io_concurrency,
+        full_decode=full_decode,
+    )
+    try:
+        store = settings.open_store()
+        source = open_source(source_location, settings.s3_options(options.io_concurrency))
+        embedder = _embedder_for(settings, store)
+        counted = plan(source, store, embedder, options, None, sample_size=sample, prefer_last_run=False)
+    except ImgvecError as exc:
+        raise _fail(str(exc)) from None
+    serverless = PerImageModel(
+        seconds_per_image=lambda_seconds_per_image,
+        memory_gb=lambda_memory_gb,
+        price_gb_second=lambda_price_gb_second,
+        price_per_million_requests=lambda_price_per_million_requests,
+        images_per_request=lambda_images_per_request,
+        concurrency=lambda_concurrency,
+    )
+    result = predict(counted, cores=cores(), price_per_hour=price_per_hour, serverless=serverless, s3_source=remote)
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+        return
+    _print_estimate(result, embedder, options)
+
+
+def _print_estimate(result: Estimate, embedder: Embedder, options: IngestOptions) -> None:
+    found = result.plan
+    out.print(
+        f"images: {found.listed} ({found.listed_bytes / 1e9:.2f} GB); to embed: {found.would_process} "
+        f"({found.would_process_bytes / 1e9:.2f} GB), {found.unchanged} already indexed, "
+        f"{found.listing_errors} listing errors",
+        highlight=False,
+    )
+    if not found.images_per_second:
+        out.print("no rate: nothing to calibrate on (no image to embed, or none decodable)", highlight=False)
+        return
+    runtime = getattr(embedder, "runtime", None)
+    out.print(
+        f"calibration: {found.calibration_files} sampled files at {found.images_per_second:.2f} images/s "
+        f"({runtime.describe() if runtime else 'model'}, {options.workers} decode workers, batch {options.batch_size})",
+        highlight=False,
+    )
+    cost = f", {result.machine_cost:.2f} at the given hourly price" if result.machine_cost is not None else ""
+    out.print(f"this machine ({result.cores} cores): {_duration(result.machine_seconds or 0)}{cost}", highlight=False)
+    if result.per_image_seconds is not None:
+        out.print(
+            f"per-image model: {result.per_image_seconds:.2f} s/image ({result.per_image_basis}): "
+            f"{_duration(result.serverless_seconds or 0)} at the given concurrency; compute "
+            f"{result.serverless_compute_cost or 0:.2f}, requests {result.serverless_request_cost or 0:.2f}",
+            highlight=False,
+        )
+    if result.s3_get_cost is not None:
+        out.print(f"S3 GET requests: {result.s3_get_cost:.2f}", highlight=False)
 
 
 @contextmanager

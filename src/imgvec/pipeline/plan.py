@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import random
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from typing import Any
 
-import numpy as np
-
 from imgvec.embed.base import Embedder
-from imgvec.embed.decode import decode_image
-from imgvec.errors import ImageDecodeError
-from imgvec.pipeline.ingest import LOOKUP_WINDOW, IngestOptions, unchanged
+from imgvec.pipeline.ingest import LOOKUP_WINDOW, Ingest, IngestOptions, unchanged
 from imgvec.pipeline.state import RunState
 from imgvec.sources.base import Source, SourceItem
 from imgvec.stores.base import Store
 
-CALIBRATION_FILES = 16
+CALIBRATION_FILES = 48
+WARM_UP_FILES = 8
 
 
 @dataclass(slots=True)
 class Plan:
+    listed: int = 0
+    listed_bytes: int = 0
     would_process: int = 0
     would_process_bytes: int = 0
     unchanged: int = 0
@@ -29,8 +30,9 @@ class Plan:
     listing_errors: int = 0
     images_per_second: float | None = None
     rate_basis: str = "none"
-    """last-run (the previous run's measured rate) or calibration (a few files decoded and embedded now)."""
+    """last-run (the previous run's measured rate) or calibration (a sample run through the pipeline now)."""
     estimated_seconds: float | None = None
+    calibration_files: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,14 +44,20 @@ def plan(
     embedder: Embedder | None,
     options: IngestOptions,
     state: RunState | None,
+    *,
+    sample_size: int = CALIBRATION_FILES,
+    prefer_last_run: bool = True,
 ) -> Plan:
-    """Count what would be processed; estimate the time from the last run's rate, or by calibrating."""
+    """Count what would be processed, streaming; estimate the time from the last run's rate, or by calibrating on
+    a random sample of the files that would be processed (reservoir sampling: one pass, ``sample_size`` items
+    held, every file equally likely, so one folder of thumbnails cannot stand for a folder of raw scans)."""
     if store.exists():
         identity = store.identity()
         if identity is not None and embedder is not None:
             identity.require_compatible(embedder.identity)
     result = Plan()
     sample: list[SourceItem] = []
+    chooser = random.Random(0)
 
     def on_error(_: object) -> None:
         result.listing_errors += 1
@@ -61,6 +69,8 @@ def plan(
         stored = store.lookup([i.id for i in window]) if store.exists() else {}
         failed = state.known_failures([i.uri for i in window]) if state and not options.retry_failed else {}
         for item in window:
+            result.listed += 1
+            result.listed_bytes += item.file_size
             if unchanged(stored.get(item.id), item):
                 result.unchanged += 1
             elif failed.get(item.uri) == (item.file_size, item.mtime):
@@ -68,29 +78,35 @@ def plan(
             else:
                 result.would_process += 1
                 result.would_process_bytes += item.file_size
-                if len(sample) < CALIBRATION_FILES:
+                if len(sample) < sample_size:
                     sample.append(item)
+                elif (slot := chooser.randrange(result.would_process)) < sample_size:
+                    sample[slot] = item
 
-    last = state.latest() if state else None
+    last = state.latest() if state and prefer_last_run else None
     if last is not None and last[0].rate > 0:
         result.images_per_second, result.rate_basis = last[0].rate, "last-run"
     elif embedder is not None and sample:
-        result.images_per_second, result.rate_basis = _calibrate(source, embedder, sample), "calibration"
+        result.images_per_second = calibrate(source, embedder, options, sample)
+        result.rate_basis, result.calibration_files = "calibration", len(sample)
     if result.images_per_second:
         result.estimated_seconds = result.would_process / result.images_per_second
     return result
 
 
-def _calibrate(source: Source, embedder: Embedder, sample: list[SourceItem]) -> float | None:
-    """Decode and embed a few real files, one after another (a pessimistic, single-core figure)."""
-    began = time.perf_counter()
-    pixels = []
-    for item in sample:
-        try:
-            pixels.append(embedder.preprocessor(decode_image(source.read(item))))
-        except (OSError, ImageDecodeError):
-            continue
-    if not pixels:
-        return None
-    embedder.embed_images(np.stack(pixels))
-    return len(pixels) / (time.perf_counter() - began)
+def calibrate(source: Source, embedder: Embedder, options: IngestOptions, sample: list[SourceItem]) -> float | None:
+    """Images per second of the real pipeline (decode workers, batches, overlap) on ``sample``, writing into a
+    throw-away store: the user's index is not touched. The first few files warm the workers up and are not timed,
+    or a 40-file sample would mostly measure process start-up."""
+    from imgvec.stores.embedded import EmbeddedStore
+
+    warm, timed = sample[: min(WARM_UP_FILES, len(sample) // 4)], sample[min(WARM_UP_FILES, len(sample) // 4) :]
+    with tempfile.TemporaryDirectory(prefix="imgvec-calibrate-") as scratch:
+        run = Ingest(source, EmbeddedStore(scratch, "calibration"), embedder, replace(options, max_files=None))
+        with run.session():
+            run.process(warm)
+            began, before = time.perf_counter(), run.report.succeeded + len(run.report.failures)
+            run.process(timed)
+            done = run.report.succeeded + len(run.report.failures) - before
+            seconds = time.perf_counter() - began
+    return done / seconds if done and seconds > 0 else None

@@ -1,8 +1,11 @@
 """How many decode workers, inference threads and images per batch suit this machine, when the user leaves them out.
 
-Measured on 2 cores (benchmarks/throughput.py, docs/performance.md): the model and the decoders compete for the
-same cores, so the split follows where the work is. A reduced decode of a 12 MP JPEG costs ~60 ms of one core; a
-ViT-B/32 image costs ~150 ms of core time in fp32 and ~100 ms in int8.
+Measured on 2 cores with ViT-B/32 (benchmarks/throughput.py, docs/performance.md): a reduced decode of a 12 MP
+JPEG costs ~60 ms of one core, the model ~150 ms of core time per image in fp32. The model is the bottleneck, so
+it gets every core and the decode workers take their share when they need it: 2 inference threads beside 1 worker
+ran 12 MP photos 1.2-1.4x faster than 1 thread. (A model as small as the tests' tiny one is decode-bound and runs
+~12 % slower that way; no real CLIP model is that small.) ONNX Runtime's pool is told not to spin, so idle model
+threads give their core back.
 """
 
 from __future__ import annotations
@@ -60,9 +63,8 @@ def tune(
     threads: int | None = None,
     batch_size: int | None = None,
 ) -> Tuning:
-    """Fill in what the user left out. Inference threads: on a GPU one thread feeds it; on a CPU the cores the
-    decode workers leave free, and at least one."""
+    """Fill in what the user left out. Inference threads: on a GPU one thread feeds it; on a CPU every core."""
     workers = default_workers() if workers is None else workers
     if threads is None:
-        threads = 1 if choice.on_gpu else max(1, cores() - workers)
+        threads = 1 if choice.on_gpu else cores()
     return Tuning(workers=workers, threads=threads, batch_size=batch_size or choice.batch_size)

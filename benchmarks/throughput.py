@@ -1,0 +1,221 @@
+"""Images per second: the model alone, imgvec end to end, and the simple loop, on the same images and weights.
+
+One run, one machine, same weights (ViT-B-32/random: the compute of ViT-B/32, no download):
+  1. ceiling: the image encoder alone on ready tensors (batches of --batch-size), per runtime, all cores;
+  2. imgvec end to end on 4000x3000 and 1920x1080 JPEGs (list, skip check, read, hash, reduced decode,
+     preprocess in worker processes, embed, write to the embedded store), per runtime, with the automatic
+     workers/threads/batch size; its ratio to (1). Timed after a short warm-up in the same session, so worker
+     start-up and model loading are left out (the full-run time is printed too);
+  3. the naive loop: open, full decode, open_clip's preprocess, encode one image at a time; (2) / (3);
+  4. the CPU-work bound: 1 / (decode cost per image on one core + model cost per image on all cores), i.e. what
+     a perfect pipeline reaches when decode and the model share the same cores; (2) / (4) shows what the
+     pipeline itself loses.
+Files are distinct (each JPEG carries its own comment segment), so the content cache never hits.
+
+    .venv/bin/python benchmarks/throughput.py                  # ~6 min on 2 cores
+    .venv/bin/python benchmarks/throughput.py --runtimes torch --files 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imgvec.embed.decode import decode_image  # noqa: E402
+from imgvec.pipeline.ingest import Ingest, IngestOptions  # noqa: E402
+from imgvec.pipeline.tuning import cores, tune  # noqa: E402
+from imgvec.settings import Settings  # noqa: E402
+from imgvec.sources.local import LocalFolder  # noqa: E402
+from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
+from tests.helpers import encode, textured_photo  # noqa: E402
+
+MODEL = "ViT-B-32/random"
+RUNTIMES = {"torch": {}, "onnx": {"runtime": "onnx"}, "int8": {"precision": "int8"}}
+SIZES = {"12MP": (4000, 3000), "1080p": (1920, 1080)}
+WARM_UP = 8
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The same picture with a JPEG COM segment after SOI: other bytes (another hash), the same decode work."""
+    payload = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def make_folder(root: Path, size: tuple[int, int], count: int) -> Path:
+    bases = [encode(textured_photo(seed, size), quality=90) for seed in range(min(8, count))]
+    for name, total in (("warm", WARM_UP), ("main", count)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(total):
+            (folder / f"{i:05d}.jpg").write_bytes(with_comment(bases[i % len(bases)], f"{name}-{i}"))
+    return root
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's thread count is per process, not per model: set it before each measurement."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def ceiling(embedder, batch_size: int, batches: int) -> float:
+    set_torch_threads(cores())
+    rng = np.random.default_rng(0)
+    pixels = rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32)
+    embedder.embed_images(pixels)  # first call: allocations, kernel choice
+    began = time.perf_counter()
+    for _ in range(batches):
+        embedder.embed_images(pixels)
+    return batch_size * batches / (time.perf_counter() - began)
+
+
+def decode_cost(folder: Path, reduce_for: int | None, files: int = 8) -> float:
+    """Seconds of one core per image: read, hash-free decode, preprocess."""
+    from imgvec.embed.preprocess import Preprocessor
+
+    pre = Preprocessor()
+    paths = sorted((folder / "main").iterdir())[:files]
+    began = time.perf_counter()
+    for path in paths:
+        pre(decode_image(path.read_bytes(), reduce_for=reduce_for))
+    return (time.perf_counter() - began) / len(paths)
+
+
+def end_to_end(
+    settings: Settings, embedder, folder: Path, store_dir: Path, options: IngestOptions
+) -> tuple[float, float]:
+    """(steady images/s, full-run seconds)."""
+    shutil.rmtree(store_dir, ignore_errors=True)
+    source = LocalFolder(folder)
+    store = EmbeddedStore(store_dir, "images")
+    run = Ingest(source, store, embedder, options, source_label=str(folder))
+    began = time.perf_counter()
+    with run.session():
+        run.process(source.scan(lambda _: None, under=folder / "warm"))
+        steady_from, done_before = time.perf_counter(), run.report.embedded
+        run.process(source.scan(lambda _: None, under=folder / "main"))
+        steady = (run.report.embedded - done_before) / (time.perf_counter() - steady_from)
+    if run.report.failures:
+        raise SystemExit(f"unexpected failures: {run.report.failures[:3]}")
+    return steady, time.perf_counter() - began
+
+
+def naive(folder: Path, model_settings: Settings, files: int) -> float:
+    """What a first script does: one file at a time, full decode, torchvision preprocessing, batch of one."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    set_torch_threads(cores())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        embedder = model_settings.load_embedder(MODEL)
+    model = embedder._model
+    preprocess = open_clip.transform.image_transform(224, is_train=False)
+    paths = sorted((folder / "main").iterdir())[:files]
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for path in paths:
+            image = Image.open(io.BytesIO(path.read_bytes())).convert("RGB")
+            model.encode_image(preprocess(image)[None], normalize=True)
+    return len(paths) / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=64, help="images per end-to-end run")
+    parser.add_argument("--naive-files", type=int, default=16)
+    parser.add_argument("--runtimes", default="torch,onnx,int8")
+    parser.add_argument("--sizes", default="12MP,1080p")
+    parser.add_argument("--batches", type=int, default=6, help="batches timed for the ceiling")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads end to end (default: tuned)")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers end to end (default: tuned)")
+    args = parser.parse_args()
+    runtimes = args.runtimes.split(",")
+    sizes = args.sizes.split(",")
+
+    work = Path(tempfile.mkdtemp(prefix="imgvec-throughput-"))
+    base = Settings(store=str(work / "store"), cache_dir=work / "cache", device="cpu")
+    print(f"machine: {platform.processor() or platform.machine()}, {cores()} cores, python {platform.python_version()}")
+    try:
+        folders = {}
+        for label in sizes:
+            began = time.perf_counter()
+            folders[label] = make_folder(work / label, SIZES[label], args.files)
+            files = list((folders[label] / "main").iterdir())
+            mb = sum(p.stat().st_size for p in files) / len(files) / 1e6
+            made = time.perf_counter() - began
+            print(f"images: {args.files} x {label} {SIZES[label]} JPEG, {mb:.1f} MB each ({made:.0f} s to make)")
+
+        results: dict[str, dict[str, float]] = {}
+        for name in runtimes:
+            choice_settings = replace(base, **RUNTIMES[name])
+            tuning = tune(choice_settings.runtime_choice(), workers=args.workers)
+            threads = args.threads or tuning.threads
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                full = replace(choice_settings, threads=cores()).load_embedder(MODEL)
+                piped = replace(choice_settings, threads=threads).load_embedder(MODEL)
+            row = results.setdefault(name, {})
+            row["ceiling"] = ceiling(full, tuning.batch_size, args.batches)
+            print(
+                f"\n[{name}] {piped.runtime.describe()}; end to end: {tuning.workers} decode worker(s), "
+                f"{threads} inference thread(s), batch {tuning.batch_size}"
+            )
+            print(f"  ceiling (model only, {cores()} threads):   {row['ceiling']:6.2f} images/s")
+            options = IngestOptions(batch_size=tuning.batch_size, workers=tuning.workers, io_concurrency=8)
+            set_torch_threads(threads)
+            for label in sizes:
+                steady, total = end_to_end(piped, piped, folders[label], work / "e2e-store", options)
+                bound = 1 / (decode_cost(folders[label], 224) + 1 / row["ceiling"])
+                row[label] = steady
+                row[f"{label}-bound"] = bound
+                print(
+                    f"  end to end {label:>5}:                   {steady:6.2f} images/s "
+                    f"= {steady / row['ceiling']:.2f} x ceiling, {steady / bound:.2f} x CPU-work bound "
+                    f"({bound:.2f}); full run {total:.1f} s for {args.files + WARM_UP}"
+                )
+            del full, piped
+
+        print("\n[naive loop] full decode + open_clip preprocess + batch of 1, torch fp32, all cores")
+        naive_settings = replace(base, threads=cores())
+        for label in sizes:
+            rate = naive(folders[label], naive_settings, args.naive_files)
+            decode_full = decode_cost(folders[label], None)
+            print(
+                f"  {label:>5}: {rate:6.2f} images/s (full decode+preprocess alone: {1 / decode_full:5.1f}/s, "
+                f"reduced: {1 / decode_cost(folders[label], 224):5.1f}/s)"
+            )
+            for name, row in results.items():
+                if label in row:
+                    print(f"         imgvec {name} / naive = {row[label] / rate:5.2f} x")
+
+        if "torch" in results:
+            for name in ("onnx", "int8"):
+                if name in results:
+                    ratio = results[name]["ceiling"] / results["torch"]["ceiling"]
+                    print(f"\nceiling {name} / torch fp32 = {ratio:.2f} x", end="")
+            if "int8" in results and "onnx" in results:
+                print(f"\nceiling int8 / onnx fp32 = {results['int8']['ceiling'] / results['onnx']['ceiling']:.2f} x")
+            print()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        os.sync()
+
+
+if __name__ == "__main__":
+    main()
