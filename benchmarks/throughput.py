@@ -14,15 +14,20 @@ Files are distinct (each JPEG carries its own comment segment), so the content c
 
     .venv/bin/python benchmarks/throughput.py                  # ~6 min on 2 cores
     .venv/bin/python benchmarks/throughput.py --runtimes torch --files 32
+    .venv/bin/python benchmarks/throughput.py --clip-retrieval /tmp/crvenv/bin/clip-retrieval   # adds (5)
+  5. with --clip-retrieval: `clip-retrieval inference` on the same folders and weights (its own venv; see
+     docs/performance.md), imgvec / clip-retrieval.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,6 +140,25 @@ def naive(folder: Path, model_settings: Settings, files: int) -> float:
     return len(paths) / (time.perf_counter() - began)
 
 
+def clip_retrieval(binary: str, folder: Path, checkpoint: Path, work: Path, workers: int) -> tuple[float, float]:
+    """(images/s, its own seconds for the main folder) of `clip-retrieval inference` on the same files and
+    weights. From its own per-batch stats (stats/*.json: model load and warm-up excluded), as the difference
+    between the main folder and the warm-up folder, so its DataLoader start-up cancels out as imgvec's does."""
+    seconds, counts = {}, {}
+    for name in ("warm", "main"):
+        out = work / f"clip-retrieval-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [binary, "inference", "--input_dataset", str(folder / name), "--output_folder", str(out)]
+        command += ["--input_format", "files", "--batch_size", "32", "--num_prepro_workers", str(workers)]
+        command += ["--enable_text", "False", "--enable_metadata", "False", "--use_jit", "False"]
+        command += ["--clip_model", f"open_clip:ViT-B-32/{checkpoint}"]
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        stats = [json.loads(path.read_text()) for path in (out / "stats").glob("*.json")]
+        seconds[name] = sum(s["total_duration"] for s in stats)
+        counts[name] = sum(s["sample_count"] for s in stats)
+    return (counts["main"] - counts["warm"]) / (seconds["main"] - seconds["warm"]), seconds["main"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=64, help="images per end-to-end run")
@@ -144,6 +168,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6, help="batches timed for the ceiling")
     parser.add_argument("--threads", type=int, default=None, help="inference threads end to end (default: tuned)")
     parser.add_argument("--workers", type=int, default=None, help="decode workers end to end (default: tuned)")
+    parser.add_argument(
+        "--clip-retrieval",
+        metavar="BIN",
+        help="a clip-retrieval executable (installed in its own venv: it pins numpy<2, pyarrow<16, open_clip<3)",
+    )
     args = parser.parse_args()
     runtimes = args.runtimes.split(",")
     sizes = args.sizes.split(",")
@@ -203,6 +232,17 @@ def main() -> None:
             for name, row in results.items():
                 if label in row:
                     print(f"         imgvec {name} / naive = {row[label] / rate:5.2f} x")
+
+        if args.clip_retrieval:
+            checkpoint = work / "cache" / "random" / "ViT-B-32-seed0.pt"
+            workers = tune(base.runtime_choice(), workers=args.workers).workers
+            print(f"\n[clip-retrieval inference] same files and weights, batch 32, {workers} preprocessing worker(s)")
+            for label in sizes:
+                rate, total = clip_retrieval(args.clip_retrieval, folders[label], checkpoint, work, workers)
+                print(f"  {label:>5}: {rate:6.2f} images/s (its own batch timings: {total:.1f} s for the main folder)")
+                for name, row in results.items():
+                    if label in row:
+                        print(f"         imgvec {name} / clip-retrieval = {row[label] / rate:5.2f} x")
 
         if "torch" in results:
             for name in ("onnx", "int8"):

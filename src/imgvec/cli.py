@@ -665,20 +665,26 @@ def _print_estimate(result: Estimate, embedder: Embedder, options: IngestOptions
     runtime = getattr(embedder, "runtime", None)
     out.print(
         f"calibration: {found.calibration_files} sampled files at {found.images_per_second:.2f} images/s "
-        f"({runtime.describe() if runtime else 'model'}, {options.workers} decode workers, batch {options.batch_size})",
+        f"({runtime.describe() if runtime else 'model'}, decode workers: {options.workers}, "
+        f"batch {options.batch_size})",
         highlight=False,
     )
-    cost = f", {result.machine_cost:.2f} at the given hourly price" if result.machine_cost is not None else ""
+    cost = f", {_money(result.machine_cost)} at the given hourly price" if result.machine_cost is not None else ""
     out.print(f"this machine ({result.cores} cores): {_duration(result.machine_seconds or 0)}{cost}", highlight=False)
     if result.per_image_seconds is not None:
         out.print(
             f"per-image model: {result.per_image_seconds:.2f} s/image ({result.per_image_basis}): "
             f"{_duration(result.serverless_seconds or 0)} at the given concurrency; compute "
-            f"{result.serverless_compute_cost or 0:.2f}, requests {result.serverless_request_cost or 0:.2f}",
+            f"{_money(result.serverless_compute_cost or 0)}, requests {_money(result.serverless_request_cost or 0)}",
             highlight=False,
         )
     if result.s3_get_cost is not None:
-        out.print(f"S3 GET requests: {result.s3_get_cost:.2f}", highlight=False)
+        out.print(f"S3 GET requests: {_money(result.s3_get_cost)}", highlight=False)
+
+
+def _money(amount: float) -> str:
+    """Cents for big bills; small ones keep enough digits to compare (a 1,200-image test run costs $0.0072)."""
+    return f"${amount:,.2f}" if amount >= 10 else f"${amount:.4f}"
 
 
 @contextmanager
