@@ -9,6 +9,7 @@ cosine >= 0.999. The largest single differences sit on sharp edges. docs/perform
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 
 import numpy as np
@@ -95,3 +96,34 @@ def test_a_truncated_jpeg_still_fails_with_its_reason() -> None:
 
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_image(data[: len(data) // 2], reduce_for=224)
+
+
+def test_ingest_decodes_reduced_unless_told_otherwise(tmp_path, cli_env) -> None:
+    import json
+
+    from imgvec.stores.embedded import EmbeddedStore
+    from tests.helpers import run_cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "big.jpg").write_bytes(encoded("12MP-jpeg"))
+    vectors = {}
+    for name, flags in (("reduced", []), ("full", ["--full-decode"])):
+        store = tmp_path / name
+        args = ["--store", str(store), "--model", "imgvec-tiny/random", "ingest", str(folder), "--json", *flags]
+        result = run_cli(args, cli_env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["embedded"] == 1
+        content_hash = hashlib.sha256(encoded("12MP-jpeg")).hexdigest()
+        vectors[name] = EmbeddedStore(store, "images").vectors_by_hash([content_hash])[content_hash]
+    cosine = float(vectors["reduced"] @ vectors["full"])
+    assert MIN_COSINE <= cosine < 1.0  # close, and really the other path
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_that_is_not_there_is_a_usage_error(tmp_path, cli_env) -> None:
+    from tests.helpers import run_cli
+
+    result = run_cli(["--device", "cuda", "ingest", str(tmp_path)], cli_env)
+    assert result.returncode == 2
+    assert "sees no CUDA GPU" in result.stderr
