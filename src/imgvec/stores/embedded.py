@@ -389,7 +389,11 @@ class EmbeddedStore:
         with_vector = table.count_rows("vector IS NOT NULL")
         if ("vector",) not in indexed and with_vector >= VECTOR_INDEX_MIN_ROWS:
             build_vector_index(table, with_vector)
+        # A fresh connection (and Lance session) after each compaction. Lance keys cache entries by table version
+        # and does not evict them when cleanup deletes that version (lance-format/lance#7718), so one session
+        # grows with every commit. Store-only, 20k → 80k documents: +35 MiB kept, +14 MiB with this.
         self._table = None
+        self._connection = None
 
     def _vector_index(self) -> IndexConfig | None:
         return next((ix for ix in self._open().list_indices() if tuple(ix.columns) == ("vector",)), None)
