@@ -43,6 +43,9 @@ CASES = {
     "progressive-jpeg": lambda: encode(textured_photo(4, (2400, 1600)), quality=90, progressive=True),
     "greyscale-jpeg": lambda: encode(textured_photo(5, (2000, 1500)).convert("L"), quality=90),
     "cmyk-jpeg": lambda: encode(textured_photo(6, (2000, 1500)).convert("CMYK"), quality=90),
+    "camera-mpo": lambda: encode(
+        textured_photo(12, (4000, 3000)), "MPO", save_all=True, append_images=[textured_photo(13, (640, 480))]
+    ),
     "large-png": lambda: encode(textured_photo(7, (3000, 2000)), "PNG", compress_level=1),
     "large-webp": lambda: encode(textured_photo(8, (2048, 1536)), "WEBP", quality=90),
 }
@@ -83,6 +86,13 @@ def test_exif_rotation_survives_a_reduced_decode() -> None:
     assert decode_image(data, reduce_for=224).size == (750, 1000)
     difference = np.abs(reduced(data) - reference(data))
     assert difference.max() <= MAX_ABS
+
+
+def test_a_multi_picture_jpeg_takes_the_dct_path() -> None:
+    image = Image.open(io.BytesIO(encoded("camera-mpo")))
+    assert image.format == "MPO"
+    image.draft(None, (1000, 750))  # what decode_image asks of a JPEG; an MPO honours it too
+    assert image.size == (1000, 750)
 
 
 def test_small_images_are_left_exactly_as_decoded() -> None:

@@ -11,7 +11,7 @@ import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from imgvec.errors import ImageDecodeError
 
@@ -68,7 +68,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_fo
             )
         try:
             image.seek(0)
-            if reduce_for and image.format == "JPEG":
+            # MPO (the multi-picture JPEG many cameras write) is a JPEG subclass: same reduced decode.
+            if reduce_for and isinstance(image, JpegImagePlugin.JpegImageFile):
                 _draft(image, reduce_for * REDUCE_MARGIN)
             image.load()
         except Image.DecompressionBombError as exc:
