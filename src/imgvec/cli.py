@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -157,6 +158,10 @@ def main(
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda record: "open_clip" not in record.pathname)
     warnings.showwarning = _show_warning
+    # Lance's Rust side logs its own maintenance to stderr: e.g. "partition index is 21 but the number of partitions
+    # is 7, skip loading it" each time an index optimize joins small IVF partitions, which is expected and harmless
+    # (search results were checked). Errors still raise; LANCEDB_LOG=warn (or debug) brings the rest back.
+    os.environ.setdefault("LANCEDB_LOG", "warn" if verbose else "error")
     limit_heap_growth()  # before the store's threads start: long runs stay flat (see allocator.py)
     ctx.obj = Settings(
         store=store,
