@@ -6,8 +6,11 @@ For each size: N distinct small JPEGs are written to a temp folder, then the rea
 subprocess (tiny CLIP architecture with random weights: model size does not change how memory scales with the
 number of files) while psutil samples the RSS of the whole process tree (main + decode workers) every 0.1 s.
 Baseline, in the same run: a process that lists the folder into memory first (what a non-streaming crawl holds).
-The figures to quote are the ratios 100k/10k, and the main process's RSS at 50% and 95% of the run's time: the
-crawl's steady state, apart from the end-of-run compaction and vector-index build that the peak includes.
+RSS is indexed by the files processed (read from the run state, as `imgvec progress` reads it), so runs of
+different sizes compare at equal shares of their files. The figures to quote: the main process's RSS at 95% of the
+files (the crawl's steady state), its growth per file within the large run, the peak while files remain, and
+apart from it the peak after the last file: the final commit, compaction and vector-index build, whose size
+follows the number of vectors in the index (an IVF index trains on them), not the crawl.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ TINY = {
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+SHARES = (0.1, 0.25, 0.5, 0.75, 0.95)
 LIST_EVERYTHING = (
     "import sys, psutil; from imgvec.sources import LocalFolder; "
     "items = list(LocalFolder(sys.argv[1]).scan(lambda e: None)); "
@@ -56,31 +61,65 @@ def tree_rss(process: psutil.Process) -> tuple[int, int]:
     return main, main + children
 
 
-def measure_ingest(folder: Path, env: dict[str, str]) -> dict:
+def anonymous(pid: int) -> int:
+    """Anonymous (heap, stacks, arenas) bytes: RSS less the file-backed pages of torch's and Lance's libraries,
+    which the kernel may drop and re-read at will, and which do not depend on the number of files."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def processed(state_dir: Path) -> int:
+    """Files the run has finished with, from the run state a second terminal reads (`imgvec progress`)."""
+    for path in state_dir.glob("*.sqlite"):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+                row = db.execute("SELECT progress FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.Error:
+            return 0
+        if row:
+            return int(json.loads(row[0]).get("processed", 0))
+    return 0
+
+
+def measure_ingest(folder: Path, n: int, env: dict[str, str]) -> dict:
+    """Samples every 0.1 s; RSS is indexed by files processed, so runs of different sizes compare at equal shares."""
     args = [sys.executable, "-m", "imgvec.cli", "--model", "imgvec-tiny/random", "ingest", str(folder), "--json"]
+    state_dir = Path(env["IMGVEC_STORE"]) / "_imgvec"
     began = time.perf_counter()
     child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     handle = psutil.Process(child.pid)
-    peak_main = peak_tree = 0
-    samples: list[tuple[float, int]] = []
+    peak_tree = 0
+    crawl: list[tuple[int, int, int]] = []  # (files processed, main RSS, main anonymous) while files remain
+    end_peak = 0  # main RSS after the last file: final commit, compaction, index builds
+    done = 0
     while child.poll() is None:
         main, tree = tree_rss(handle)
-        peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
-        samples.append((time.perf_counter() - began, main))
+        peak_tree = max(peak_tree, tree)
+        if done < n:
+            done = processed(state_dir) if len(crawl) % 5 == 0 else done
+            crawl.append((done, main, anonymous(child.pid)))
+        else:
+            end_peak = max(end_peak, main)
         time.sleep(0.1)
     seconds = time.perf_counter() - began
     report = json.loads(child.stdout.read())
 
-    def at(share: float) -> int:
-        """Median main RSS over 2% of the run around this share of its time."""
-        window = sorted(rss for t, rss in samples if abs(t / seconds - share) <= 0.01) or [0]
-        return window[len(window) // 2]
+    def at(share: float) -> tuple[int, int]:
+        """Median main RSS and anonymous bytes over the samples within 2% of the files around this share."""
+        window = [(rss, anon) for files, rss, anon in crawl if abs(files / n - share) <= 0.02] or [(0, 0)]
+        return sorted(window)[len(window) // 2]
 
+    shares = {share: at(share) for share in SHARES}
     return {
-        "peak_main": peak_main,
+        "peak_crawl": max((rss for _, rss, _ in crawl), default=0),
+        "peak_end": end_peak,
         "peak_tree": peak_tree,
-        "mid_main": at(0.50),
-        "late_main": at(0.95),
+        "shares": shares,
         "seconds": seconds,
         "embedded": report["embedded"],
     }
@@ -115,26 +154,35 @@ def main() -> None:
                 "IMGVEC_MODEL_CONFIG_DIR": str(work / "configs"),
                 "HF_HUB_OFFLINE": "1",
             }
-            ours = measure_ingest(folder, env)
+            ours = measure_ingest(folder, n, env)
             ours["list_everything"] = measure_list_everything(folder, env)
             results[n] = ours
+            curve = ", ".join(f"{int(k * 100)}% {v[0] / mb:.0f}" for k, v in ours["shares"].items())
+            anon = ", ".join(f"{int(k * 100)}% {v[1] / mb:.0f}" for k, v in ours["shares"].items())
             print(
-                f"{n:>9,} files: imgvec ingest peak RSS {ours['peak_main'] / mb:.0f} MiB main, "
-                f"{ours['peak_tree'] / mb:.0f} MiB with workers; main at 50%/95% of the run "
-                f"{ours['mid_main'] / mb:.0f}/{ours['late_main'] / mb:.0f} MiB; {ours['embedded']:,} embedded in "
-                f"{ours['seconds']:.0f}s ({ours['embedded'] / ours['seconds']:.0f} images/s); "
-                f"baseline list-everything process {ours['list_everything'] / mb:.0f} MiB",
+                f"{n:>9,} files: main RSS by files processed: {curve} MiB (anonymous: {anon} MiB); "
+                f"peak while crawling {ours['peak_crawl'] / mb:.0f} MiB, after the last file (final commit, "
+                f"compaction, indexes) {ours['peak_end'] / mb:.0f} MiB, whole tree with workers "
+                f"{ours['peak_tree'] / mb:.0f} MiB; {ours['embedded']:,} embedded in {ours['seconds']:.0f}s "
+                f"({ours['embedded'] / ours['seconds']:.0f} images/s); baseline list-everything process "
+                f"{ours['list_everything'] / mb:.0f} MiB",
                 flush=True,
             )
         small, large = min(results), max(results)
         if small != large:
             a, b = results[small], results[large]
+
+            def ratio(key: str, index: int = 0) -> float:
+                return b["shares"][0.95][index] / a["shares"][0.95][index] if key == "late" else b[key] / a[key]
+
             print(
-                f"ratio {large:,}/{small:,} files: imgvec peak RSS x{b['peak_main'] / a['peak_main']:.2f} (main), "
-                f"steady state (95% of the run) x{b['late_main'] / a['late_main']:.2f}, "
-                f"x{b['peak_tree'] / a['peak_tree']:.2f} (with workers); "
-                f"list-everything baseline x{b['list_everything'] / a['list_everything']:.2f}"
+                f"ratio {large:,}/{small:,} files: main RSS at 95% of the files x{ratio('late'):.2f} "
+                f"(anonymous x{ratio('late', 1):.2f}); peak while crawling x{ratio('peak_crawl'):.2f}; "
+                f"peak after the last file x{ratio('peak_end'):.2f}; whole tree x{ratio('peak_tree'):.2f}; "
+                f"list-everything baseline x{ratio('list_everything'):.2f}"
             )
+            growth = (b["shares"][0.95][0] - b["shares"][0.25][0]) / (0.7 * large)
+            print(f"growth within the {large:,} run, 25% → 95% of the files: {growth / 1024:.2f} KiB per file")
 
 
 if __name__ == "__main__":
