@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,11 +28,14 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from imgvec.pipeline.state import RunState
+
 TINY = {
     "embed_dim": 512,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+INDEX = "images"  # the CLI's default index
 SHARES = (0.1, 0.25, 0.5, 0.75, 0.95)
 LIST_EVERYTHING = (
     "import sys, psutil; from imgvec.sources import LocalFolder; "
@@ -73,23 +75,25 @@ def anonymous(pid: int) -> int:
     return 0
 
 
-def processed(state_dir: Path) -> int:
-    """Files the run has finished with, from the run state a second terminal reads (`imgvec progress`)."""
-    for path in state_dir.glob("*.sqlite"):
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
-                row = db.execute("SELECT progress FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        except sqlite3.Error:
-            return 0
-        if row:
-            return int(json.loads(row[0]).get("processed", 0))
-    return 0
+class ProcessedFiles:
+    """Files the run has finished with, read through the run state as `imgvec progress` reads it from a second
+    terminal; opened once the ingest has created it."""
+
+    def __init__(self, store: Path) -> None:
+        self.path = store / "_imgvec"
+        self.state: RunState | None = None
+
+    def __call__(self) -> int:
+        if self.state is None and (self.path / f"{INDEX}.sqlite").exists():
+            self.state = RunState.for_index(self.path, INDEX)
+        latest = self.state.latest() if self.state else None
+        return latest[0].processed if latest else 0
 
 
 def measure_ingest(folder: Path, n: int, env: dict[str, str]) -> dict:
     """Samples every 0.1 s; RSS is indexed by files processed, so runs of different sizes compare at equal shares."""
     args = [sys.executable, "-m", "imgvec.cli", "--model", "imgvec-tiny/random", "ingest", str(folder), "--json"]
-    state_dir = Path(env["IMGVEC_STORE"]) / "_imgvec"
+    processed = ProcessedFiles(Path(env["IMGVEC_STORE"]))
     began = time.perf_counter()
     child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     handle = psutil.Process(child.pid)
@@ -103,7 +107,7 @@ def measure_ingest(folder: Path, n: int, env: dict[str, str]) -> dict:
         # The run state is saved once a second, and the end-of-run optimize can start before it says n: the last
         # 1% of the files counts as the end, so the vector-index build never passes for a crawl peak.
         if done < 0.99 * n:
-            done = processed(state_dir) if len(crawl) % 5 == 0 else done
+            done = processed() if len(crawl) % 5 == 0 else done
             crawl.append((done, main, anonymous(child.pid)))
         else:
             end_peak = max(end_peak, main)

@@ -211,7 +211,7 @@ def test_long_runs_compact_the_store_as_they_go(
 
 
 ARROW_POOL = (
-    "import sys; from imgvec.allocator import limit_heap_growth; limit_heap_growth(); "
+    "from imgvec.allocator import limit_heap_growth; limit_heap_growth(); "
     "import lancedb, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
 )
 
