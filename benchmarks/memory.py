@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from imgvec.pipeline.state import RunState
+from imgvec.pipeline.journal import RunJournal
 
 TINY = {
     "embed_dim": 512,
@@ -81,11 +81,11 @@ class ProcessedFiles:
 
     def __init__(self, store: Path) -> None:
         self.path = store / "_imgvec"
-        self.state: RunState | None = None
+        self.state: RunJournal | None = None
 
     def __call__(self) -> int:
         if self.state is None and (self.path / f"{INDEX}.sqlite").exists():
-            self.state = RunState.for_index(self.path, INDEX)
+            self.state = RunJournal.for_index(self.path, INDEX)
         latest = self.state.latest() if self.state else None
         return latest[0].processed if latest else 0
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from imgvec.documents import ImageDocument
 from imgvec.identity import IndexIdentity
-from imgvec.stores import embedded
+from imgvec.stores import embedded, embedded_indexes
 from imgvec.stores.base import SearchFilter
 from imgvec.stores.embedded import EmbeddedStore
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.index == "pq":
-        embedded.FLAT_INDEX_MAX_ROWS = 0
+        embedded_indexes.FLAT_INDEX_MAX_ROWS = 0
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((2000, DIM), dtype=np.float32) if args.distribution == "clustered" else None
     workdir = Path(tempfile.mkdtemp(prefix="imgvec-bench-", dir=args.dir))

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imgvec.embed.decode import decode_image  # noqa: E402
-from imgvec.pipeline.ingest import Ingest, IngestOptions  # noqa: E402
+from imgvec.pipeline.indexer import Indexer  # noqa: E402
+from imgvec.pipeline.options import PipelineOptions  # noqa: E402
 from imgvec.pipeline.tuning import cores, tune  # noqa: E402
 from imgvec.settings import Settings  # noqa: E402
 from imgvec.sources.local import LocalFolder  # noqa: E402
@@ -101,13 +102,13 @@ def decode_cost(folder: Path, reduce_for: int | None, files: int = 8) -> float:
 
 
 def end_to_end(
-    settings: Settings, embedder, folder: Path, store_dir: Path, options: IngestOptions
+    settings: Settings, embedder, folder: Path, store_dir: Path, options: PipelineOptions
 ) -> tuple[float, float]:
     """(steady images/s, full-run seconds)."""
     shutil.rmtree(store_dir, ignore_errors=True)
     source = LocalFolder(folder)
     store = EmbeddedStore(store_dir, "images")
-    run = Ingest(source, store, embedder, options, source_label=str(folder))
+    run = Indexer(source, store, embedder, options, label=str(folder))
     began = time.perf_counter()
     with run.session():
         run.process(source.scan(lambda _: None, under=folder / "warm"))
@@ -206,7 +207,7 @@ def main() -> None:
                 f"{threads} inference thread(s), batch {tuning.batch_size}"
             )
             print(f"  ceiling (model only, {cores()} threads):   {row['ceiling']:6.2f} images/s")
-            options = IngestOptions(batch_size=tuning.batch_size, workers=tuning.workers, io_concurrency=8)
+            options = PipelineOptions(batch_size=tuning.batch_size, workers=tuning.workers, io_concurrency=8)
             set_torch_threads(threads)
             for label in sizes:
                 steady, total = end_to_end(piped, piped, folders[label], work / "e2e-store", options)

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgvec.documents import Failure
 from imgvec.errors import IdentityMismatchError, SourceError
 from imgvec.identity import IndexIdentity
-from imgvec.pipeline.ingest import IngestOptions, ingest
+from imgvec.pipeline.indexer import index_source
+from imgvec.pipeline.options import PipelineOptions
 from imgvec.search import search_image, search_text
-from imgvec.sources import ListingError, LocalFolder
+from imgvec.sources import LocalFolder
 from imgvec.stores import SearchFilter
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import encode, photo
@@ -45,7 +47,7 @@ def make_folder(root: Path) -> Path:
     return root
 
 
-THREADS = IngestOptions(workers=0)
+THREADS = PipelineOptions(workers=0)
 BAD = {"truncated.jpg", "empty.png", "random.jpg", "notes-named.jpg"}
 
 
@@ -60,7 +62,7 @@ def store(tmp_path: Path) -> EmbeddedStore:
 
 
 def test_walk_lists_images_once_despite_symlink_loop(folder: Path) -> None:
-    errors: list[ListingError] = []
+    errors: list[Failure] = []
     items = list(LocalFolder(folder).scan(errors.append))
     names = sorted(i.file_name for i in items)
     assert names == sorted([Path(p).name for p in GOOD] + list(BAD))
@@ -78,7 +80,7 @@ def test_missing_or_non_folder_source_is_clear(tmp_path: Path) -> None:
 
 
 def test_ingest_indexes_good_files_and_records_bad_ones(folder: Path, store: EmbeddedStore, tiny_embedder) -> None:
-    report = ingest(LocalFolder(folder), store, tiny_embedder, IngestOptions(batch_size=3, workers=1))
+    report = index_source(LocalFolder(folder), store, tiny_embedder, PipelineOptions(batch_size=3, workers=1))
     assert report.seen == len(GOOD) + len(BAD)
     assert report.embedded == len(GOOD)
     failed = {Path(f.file_path).name: f for f in report.failures}
@@ -100,25 +102,25 @@ def test_ingest_indexes_good_files_and_records_bad_ones(folder: Path, store: Emb
 
 
 def test_second_run_skips_unchanged_and_reembeds_changed(folder: Path, store: EmbeddedStore, tiny_embedder) -> None:
-    ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
-    again = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
+    again = index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     assert (again.embedded, again.unchanged) == (0, len(GOOD))
 
     changed = folder / "top.jpeg"
     changed.write_bytes(encode(photo(1234)))
     os.utime(changed, (1_700_000_000, 1_700_000_000))
-    third = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    third = index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     assert (third.embedded, third.unchanged) == (1, len(GOOD) - 1)
     assert store.stats().documents == len(GOOD)
 
 
 def test_max_files_stops_early(folder: Path, store: EmbeddedStore, tiny_embedder) -> None:
-    report = ingest(LocalFolder(folder), store, tiny_embedder, IngestOptions(max_files=3, workers=0))
+    report = index_source(LocalFolder(folder), store, tiny_embedder, PipelineOptions(max_files=3, workers=0))
     assert report.seen == 3
 
 
 def test_query_image_comes_back_first(folder: Path, store: EmbeddedStore, tiny_embedder) -> None:
-    ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     for rel in ("a/beach.jpg", "a/b/c/city.webp", "d/phone.heic"):
         hits = search_image(store, tiny_embedder, folder / rel, k=5)
         assert hits[0].document["file_path"] == str(folder / rel)
@@ -133,7 +135,7 @@ def test_query_image_comes_back_first(folder: Path, store: EmbeddedStore, tiny_e
 def test_other_model_is_refused_before_any_work(folder: Path, store: EmbeddedStore, tiny_embedder) -> None:
     store.ensure_index(IndexIdentity("legacy/unknown", "legacy", "unknown", 1024))
     with pytest.raises(IdentityMismatchError, match=r"1024-dim.*imgvec-tiny/random \(512-dim"):
-        ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+        index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     assert store.stats().documents == 0
 
 
@@ -141,14 +143,14 @@ def test_unreadable_file_is_a_read_failure(folder: Path, store: EmbeddedStore, t
     if os.geteuid() == 0:
         # root reads through permissions; a dangling symlink is unreadable for everyone
         (folder / "gone.jpg").symlink_to(folder / "deleted-target.jpg")
-        report = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+        report = index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
         failed = {Path(f.file_path).name: f for f in report.failures}
         assert failed["gone.jpg"].stage == "list"
         assert "cannot stat" in failed["gone.jpg"].reason
     else:
         locked = folder / "top.jpeg"
         locked.chmod(0)
-        report = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+        report = index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
         failed = {Path(f.file_path).name: f for f in report.failures}
         assert failed["top.jpeg"].stage == "read"
     assert report.embedded >= len(GOOD) - 1
@@ -157,7 +159,7 @@ def test_unreadable_file_is_a_read_failure(folder: Path, store: EmbeddedStore, t
 def test_vectors_match_embedding_the_file_directly(folder: Path, store: EmbeddedStore, tiny_embedder) -> None:
     from imgvec.embed.decode import decode_image
 
-    ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     path = folder / "a" / "beach.jpg"
     direct = tiny_embedder.embed_images(tiny_embedder.preprocessor(decode_image(path.read_bytes()))[None])[0]
     stored = store._open().search().where(f"file_path = '{path}'").limit(1).to_arrow()["vector"][0].as_py()
@@ -167,15 +169,15 @@ def test_vectors_match_embedding_the_file_directly(folder: Path, store: Embedded
 def test_small_lookup_windows_and_batches_give_the_same_result(
     folder: Path, store: EmbeddedStore, tiny_embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imgvec.pipeline import ingest as ingest_module
+    from imgvec.pipeline import indexer as indexer_module
 
-    monkeypatch.setattr(ingest_module, "LOOKUP_WINDOW", 2)
+    monkeypatch.setattr(indexer_module, "LOOKUP_WINDOW", 2)
     progress: list[int] = []
-    report = ingest(
+    report = index_source(
         LocalFolder(folder),
         store,
         tiny_embedder,
-        IngestOptions(batch_size=1, workers=0),
+        PipelineOptions(batch_size=1, workers=0),
         on_progress=lambda p: progress.append(p.processed),
     )
     assert report.embedded == len(GOOD) and len(report.failures) == len(BAD)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from imgvec.documents import ImageDocument, StoredState, document_id
+from imgvec.documents import ImageDocument, StoredFile, document_id
 from imgvec.errors import SourceError
 from imgvec.identity import IndexIdentity
-from imgvec.pipeline.ingest import unchanged
+from imgvec.pipeline.skip import unchanged
 from imgvec.sources import LocationReader, ObjectLocation, SourceItem, parse_s3_url
 from imgvec.stores.embedded import EmbeddedStore
 
@@ -57,13 +57,13 @@ def _item(size: int = 10, mtime: float = 1.0, etag: str | None = None) -> Source
 
 
 def test_unchanged_prefers_the_etag_where_there_is_one() -> None:
-    stored = StoredState(file_size=10, mtime=1.0, content_hash="h", has_vector=True, etag="e1")
+    stored = StoredFile(file_size=10, mtime=1.0, content_hash="h", has_vector=True, etag="e1")
     assert unchanged(stored, _item(etag="e1", mtime=99.0))  # re-uploaded, same bytes: nothing to do
     assert not unchanged(stored, _item(etag="e2"))  # same size and time, other content
     assert unchanged(stored, _item())  # a source without ETags: size + mtime
     assert not unchanged(stored, _item(size=11, etag="e1"))
     assert not unchanged(None, _item())
-    assert not unchanged(StoredState(10, 1.0, "h", has_vector=False, etag="e1"), _item(etag="e1"))
+    assert not unchanged(StoredFile(10, 1.0, "h", has_vector=False, etag="e1"), _item(etag="e1"))
 
 
 def test_an_index_made_before_the_etag_column_gains_it(tmp_path) -> None:
@@ -84,7 +84,8 @@ def test_an_index_made_before_the_etag_column_gains_it(tmp_path) -> None:
     reopened = EmbeddedStore(tmp_path, "old")
     reopened.ensure_index(identity)  # what every writer does first
     vector = np.ones(512, dtype=np.float32) / np.sqrt(512)
-    doc = ImageDocument("a.jpg", "/p/a.jpg", "jpg", 3, 1.0, content_hash="h", etag="e", model="m", vector=vector)
+    item = SourceItem("/p/a.jpg", "/p/a.jpg", "a.jpg", "jpg", 3, 1.0, etag="e")
+    doc = ImageDocument(item, vector, content_hash="h", model="m")
     reopened.upsert([doc])
     assert reopened.lookup([document_id("/p/a.jpg")])[document_id("/p/a.jpg")].etag == "e"
     assert pa.types.is_string(db.open_table("old").schema.field("etag").type)

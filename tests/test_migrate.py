@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imgvec.documents import ImageDocument
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.identity import IndexIdentity
-from imgvec.stores.embedded import EmbeddedAliases, EmbeddedStore
+from imgvec.stores.embedded import EmbeddedStore
+from imgvec.stores.embedded_aliases import EmbeddedAliases
 from tests.helpers import photo, run_cli
 
 MODEL = ["--model", "imgvec-tiny/random"]
@@ -28,10 +29,7 @@ def worker_documents(store_dir: Path, index: str, identity: IndexIdentity, folde
     files.append(broken)
     store = EmbeddedStore(store_dir, index)
     store.ensure_index(identity)
-    docs = [
-        ImageDocument(file_name=p.name, file_path=str(p), file_extension="jpg", file_size=p.stat().st_size, mtime=0.0)
-        for p in files
-    ]
+    docs = [ImageDocument(SourceItem.of_path(str(p), p.stat().st_size, 0.0)) for p in files]
     if identity.dimension == 1024:  # a couple of the old sample vectors
         docs[0].vector = [1.0] * 1024
         docs[0].model = identity.model
@@ -112,14 +110,14 @@ def test_migrate_switches_the_alias_resumes_and_rolls_back(cli_env, tmp_path: Pa
 
 
 def test_migrate_refuses_to_switch_when_vectors_are_missing_without_a_reason(tiny_embedder, tmp_path: Path):
-    from imgvec.pipeline.ingest import IngestReport
     from imgvec.pipeline.migrate import MigrationError, migrate
+    from imgvec.pipeline.report import RunReport
 
     worker_documents(tmp_path, "old", OLD, tmp_path / "nas")
     source, target = EmbeddedStore(tmp_path, "old"), EmbeddedStore(tmp_path, "new")
     aliases = EmbeddedAliases(tmp_path)
     try:
-        migrate(source, target, aliases, "current", tiny_embedder.identity, lambda: IngestReport())
+        migrate(source, target, aliases, alias="current", identity=tiny_embedder.identity, fill=lambda: RunReport())
     except MigrationError as error:
         assert "6 documents have no vector but only 0 are recorded" in str(error)
     else:

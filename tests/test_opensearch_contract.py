@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgvec.documents import ImageDocument
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.errors import IdentityMismatchError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores import opensearch as opensearch_store
+from imgvec.stores import opensearch_bulk
 from imgvec.stores.base import SearchFilter
-from imgvec.stores.opensearch import OpenSearchAliases, OpenSearchStore
+from imgvec.stores.opensearch import OpenSearchStore
+from imgvec.stores.opensearch_aliases import OpenSearchAliases
 from imgvec.stores.opensearch_client import OpenSearchOptions, connect
 from imgvec.stores.opensearch_mapping import KnnIndexOptions, index_body
 from tests.opensearch_contract import SPEC_FILE, RecordedCluster, SpecValidator, load_spec, recording_connection
@@ -71,16 +73,8 @@ def unit_vector(seed: int) -> np.ndarray:
 
 
 def doc(n: int, vector: bool = True) -> ImageDocument:
-    return ImageDocument(
-        file_name=f"img{n}.jpg",
-        file_path=f"/nas/photos/img{n}.jpg",
-        file_extension="jpg",
-        file_size=1000 + n,
-        mtime=1_700_000_000.0 + n,
-        content_hash=f"{n:064x}",
-        model=CLIP.model,
-        vector=unit_vector(n) if vector else None,
-    )
+    item = SourceItem.of_path(f"/nas/photos/img{n}.jpg", 1000 + n, 1_700_000_000.0 + n)
+    return ImageDocument(item, unit_vector(n) if vector else None, content_hash=f"{n:064x}", model=CLIP.model)
 
 
 def bulk_ok(request) -> tuple[int, Any]:
@@ -126,7 +120,7 @@ def test_create_index_sends_a_valid_knn_mapping(cluster: RecordedCluster, engine
     cluster.on("HEAD", f"/{INDEX}", (404, None))
     cluster.on("PUT", f"/{INDEX}", (200, {"acknowledged": True, "shards_acknowledged": True, "index": INDEX}))
     store = store_for(cluster)
-    store.ensure_index(CLIP, KnnIndexOptions(shards=3, replicas=0, engine=engine, m=24, ef_construction=200))
+    store.ensure_index(CLIP, config=KnnIndexOptions(shards=3, replicas=0, engine=engine, m=24, ef_construction=200))
     (create,) = cluster.of("indices.create")
     vector = create.body["mappings"]["properties"]["image_vector"]
     assert vector["type"] == "knn_vector" and vector["dimension"] == 512
@@ -182,7 +176,7 @@ def test_verify_passes_an_index_imgvec_created_and_names_a_model_mismatch(cluste
 
 
 def test_upsert_updates_by_id_with_the_vector_and_records_partial_failures(cluster: RecordedCluster, monkeypatch):
-    monkeypatch.setattr(opensearch_store, "BULK_BACKOFF", 0.0)
+    monkeypatch.setattr(opensearch_bulk, "BULK_BACKOFF", 0.0)
     existing_index(cluster, ours())
     docs = [doc(1), doc(2), doc(3)]
     attempts = {"n": 0}
@@ -234,7 +228,7 @@ def test_upsert_updates_by_id_with_the_vector_and_records_partial_failures(clust
 
 
 def test_bulk_requests_are_sized_by_bytes(cluster: RecordedCluster, monkeypatch):
-    monkeypatch.setattr(opensearch_store, "BULK_BYTES", 64 * 1024)
+    monkeypatch.setattr(opensearch_bulk, "BULK_BYTES", 64 * 1024)
     existing_index(cluster, ours())
     cluster.on("POST", "/_bulk", bulk_ok)
     assert store_for(cluster).upsert([doc(n) for n in range(40)]) == {}
@@ -639,7 +633,8 @@ def test_unreachable_cluster_is_one_clear_error():
 
 
 def test_ingest_missing_fills_worker_documents_in_place(cluster: RecordedCluster, tiny_embedder, tmp_path: Path):
-    from imgvec.pipeline.ingest import Ingest, IngestOptions
+    from imgvec.pipeline.indexer import Indexer
+    from imgvec.pipeline.options import PipelineOptions
     from imgvec.sources.index import IndexDocuments
 
     files = []
@@ -676,8 +671,8 @@ def test_ingest_missing_fills_worker_documents_in_place(cluster: RecordedCluster
     cluster.on("POST", "/_bulk", bulk_ok)
     cluster.on("POST", f"/{INDEX}/_refresh", (200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}))
     store = store_for(cluster)
-    report = Ingest(
-        IndexDocuments(store), store, tiny_embedder, IngestOptions(workers=0, batch_size=8, io_concurrency=2)
+    report = Indexer(
+        IndexDocuments(store), store, tiny_embedder, PipelineOptions(workers=0, batch_size=8, io_concurrency=2)
     ).run()
     assert report.embedded == 3 and [f.file_path for f in report.failures] == [str(tmp_path / "broken.jpg")]
     updates = {

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from imgvec.documents import ImageDocument
-from imgvec.pipeline.ingest import Ingest, IngestOptions
+from imgvec.documents import ImageDocument, SourceItem
+from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.migrate import migrate, rollback
+from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.sync import SyncResult, reconcile
 from imgvec.pipeline.watch import Watcher, WatchOptions
 from imgvec.sources.index import IndexDocuments
 from imgvec.sources.local import LocalFolder
-from imgvec.stores.opensearch import OpenSearchAliases, OpenSearchStore
+from imgvec.stores.opensearch import OpenSearchStore
+from imgvec.stores.opensearch_aliases import OpenSearchAliases
 from imgvec.stores.opensearch_client import OpenSearchOptions, connect
 from tests.helpers import photo
 
@@ -54,7 +56,7 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
         photo(n).save(folder / f"photo{n}.jpg")
 
     first = OpenSearchStore(client, f"{prefix}-v1", serverless=serverless)
-    report = Ingest(LocalFolder(str(folder)), first, tiny_embedder, IngestOptions(workers=0)).run()
+    report = Indexer(LocalFolder(str(folder)), first, tiny_embedder, PipelineOptions(workers=0)).run()
     assert report.embedded == 6 and first.verify(tiny_embedder.identity) == []
     hits = first.search(tiny_embedder.embed_texts(["a photo"])[0], 3)
     assert len(hits) == 3 and all(-1.0 <= h.score <= 1.0 for h in hits)
@@ -62,10 +64,10 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
     # a worker document without a vector, filled in place
     extra = folder / "late.jpg"
     photo(99).save(extra)
-    first.upsert([ImageDocument(extra.name, str(extra), "jpg", extra.stat().st_size, 0.0, doc_id=f"worker-{prefix}")])
+    first.upsert([ImageDocument(SourceItem.of_path(str(extra), extra.stat().st_size, 0.0, doc_id=f"worker-{prefix}"))])
     first.optimize()
     assert first.stats().without_vector == 1
-    filled = Ingest(IndexDocuments(first), first, tiny_embedder, IngestOptions(workers=0)).run()
+    filled = Indexer(IndexDocuments(first), first, tiny_embedder, PipelineOptions(workers=0)).run()
     assert filled.embedded + filled.cache_hits == 1
     first.optimize()
     assert first.stats().without_vector == 0
@@ -77,9 +79,9 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
         first,
         second,
         aliases,
-        alias,
-        tiny_embedder.identity,
-        lambda: Ingest(IndexDocuments(second), second, tiny_embedder, IngestOptions(workers=0)).run(),
+        alias=alias,
+        identity=tiny_embedder.identity,
+        fill=lambda: Indexer(IndexDocuments(second), second, tiny_embedder, PipelineOptions(workers=0)).run(),
     )
     assert result.switched and result.target_stats.with_vector == 7
     assert aliases.target(alias) == second.index
@@ -106,7 +108,7 @@ def test_sync_and_watch_delete_and_move_documents_in_the_cluster(cluster, tiny_e
         return {fields["file_path"] for _, fields in store.documents()}
 
     def sync_once() -> SyncResult:
-        run = Ingest(source, store, tiny_embedder, IngestOptions(workers=0))
+        run = Indexer(source, store, tiny_embedder, PipelineOptions(workers=0))
         with run.session():
             return reconcile(run, source)
 
@@ -116,7 +118,7 @@ def test_sync_and_watch_delete_and_move_documents_in_the_cluster(cluster, tiny_e
     assert sync_once().deleted == 2
     assert paths() == {str(p) for p in folder.glob("*.jpg")}
 
-    run = Ingest(source, store, tiny_embedder, IngestOptions(workers=0))
+    run = Indexer(source, store, tiny_embedder, PipelineOptions(workers=0))
     watcher = Watcher(source, run, WatchOptions(settle_seconds=0.3, initial_sync=False), log=lambda _: None)
     thread = threading.Thread(target=watcher.run)
     thread.start()

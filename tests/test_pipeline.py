@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgvec.pipeline.ingest import IngestOptions, ingest
+from imgvec.pipeline.indexer import index_source
+from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.lock import IndexBusyError, IndexLock
 from imgvec.pipeline.metrics import prometheus_text
+from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
-from imgvec.pipeline.state import RunState
 from imgvec.sources import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import CRASH_SIZE, CrashingPreprocessor, encode, photo
 
-THREADS = IngestOptions(workers=0, batch_size=4)
+THREADS = PipelineOptions(workers=0, batch_size=4)
 
 
 @pytest.fixture
@@ -31,8 +32,8 @@ def store(tmp_path: Path) -> EmbeddedStore:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> RunState:
-    return RunState(tmp_path / "state" / "images.sqlite")
+def state(tmp_path: Path) -> RunJournal:
+    return RunJournal(tmp_path / "state" / "images.sqlite")
 
 
 def test_identical_bytes_reuse_the_stored_vector(tmp_path: Path, store: EmbeddedStore, tiny_embedder) -> None:
@@ -40,14 +41,14 @@ def test_identical_bytes_reuse_the_stored_vector(tmp_path: Path, store: Embedded
     folder.mkdir()
     for i in range(5):
         (folder / f"p{i}.jpg").write_bytes(encode(photo(300 + i)))
-    first = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    first = index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     assert (first.embedded, first.cache_hits) == (5, 0)
 
     shutil.copy(folder / "p0.jpg", folder / "copy-of-p0.jpg")  # a copy
     (folder / "p1.jpg").rename(folder / "renamed-p1.jpg")  # a rename: new path, same bytes
     (folder / "twin-a.jpg").write_bytes(encode(photo(400)))  # two identical new files in one run
     shutil.copy(folder / "twin-a.jpg", folder / "twin-b.jpg")
-    second = ingest(LocalFolder(folder), store, tiny_embedder, THREADS)
+    second = index_source(LocalFolder(folder), store, tiny_embedder, THREADS)
     assert second.cache_hits == 3 and second.embedded == 1
     vectors = {
         row["file_name"]: np.asarray(row["vector"])
@@ -58,28 +59,30 @@ def test_identical_bytes_reuse_the_stored_vector(tmp_path: Path, store: Embedded
 
 
 def test_failures_are_recorded_skipped_then_retried(
-    tmp_path: Path, store: EmbeddedStore, state: RunState, tiny_embedder
+    tmp_path: Path, store: EmbeddedStore, state: RunJournal, tiny_embedder
 ) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "good.jpg").write_bytes(encode(photo(1)))
     bad = folder / "bad.jpg"
     bad.write_bytes(b"not an image at all")
-    report = ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state)
+    report = index_source(LocalFolder(folder), store, tiny_embedder, THREADS, journal=state)
     assert [(f.file_path, f.stage) for f in report.failures] == [(str(bad), "decode")]
     records = state.failures()
     assert [(r.file_path, r.stage, r.attempts) for r in records] == [(str(bad), "decode", 1)]
     assert "not a recognised image format" in records[0].reason
 
-    again = ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state)
+    again = index_source(LocalFolder(folder), store, tiny_embedder, THREADS, journal=state)
     assert (again.known_failures, again.unchanged, len(again.failures)) == (1, 1, 0)
 
-    forced = ingest(LocalFolder(folder), store, tiny_embedder, IngestOptions(workers=0, retry_failed=True), state=state)
+    forced = index_source(
+        LocalFolder(folder), store, tiny_embedder, PipelineOptions(workers=0, retry_failed=True), journal=state
+    )
     assert len(forced.failures) == 1 and state.failures()[0].attempts == 2
 
     bad.write_bytes(encode(photo(2)))  # fixed: it changed, so it is tried again without any flag
     os.utime(bad, (1_800_000_000, 1_800_000_000))
-    fixed = ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state)
+    fixed = index_source(LocalFolder(folder), store, tiny_embedder, THREADS, journal=state)
     assert fixed.embedded == 1 and not fixed.failures
     assert state.failures() == []
 
@@ -130,7 +133,7 @@ def test_lock_allows_one_holder_and_frees_on_release(tmp_path: Path) -> None:
 
 
 def test_run_state_records_progress_and_metrics(
-    tmp_path: Path, store: EmbeddedStore, state: RunState, tiny_embedder
+    tmp_path: Path, store: EmbeddedStore, state: RunJournal, tiny_embedder
 ) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -138,7 +141,7 @@ def test_run_state_records_progress_and_metrics(
         (folder / f"p{i}.jpg").write_bytes(encode(photo(500 + i)))
     (folder / "bad.png").write_bytes(b"")
     lock = IndexLock(tmp_path / "state" / "images.lock")
-    ingest(LocalFolder(folder), store, tiny_embedder, THREADS, state=state, lock=lock)
+    index_source(LocalFolder(folder), store, tiny_embedder, THREADS, journal=state, lock=lock)
     progress, metrics = state.latest(lock)
     assert progress.state == "finished"
     assert (progress.processed, progress.succeeded, progress.failed, progress.skipped) == (7, 6, 1, 0)
@@ -157,8 +160,8 @@ def test_run_state_records_progress_and_metrics(
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
 
 
-def test_a_run_recorded_running_without_its_lock_reads_as_interrupted(tmp_path: Path, state: RunState) -> None:
-    from imgvec.pipeline.state import Progress
+def test_a_run_recorded_running_without_its_lock_reads_as_interrupted(tmp_path: Path, state: RunJournal) -> None:
+    from imgvec.pipeline.report import Progress
 
     state.start_run("/photos", pid=999_999)
     state.save(Progress(state="running", processed=3), {})
@@ -179,8 +182,8 @@ def test_a_file_that_kills_its_worker_fails_alone(
     (folder / "crash-me.jpg").write_bytes(encode(photo(799, CRASH_SIZE)))
     crashing = copy.copy(tiny_embedder)
     crashing.preprocessor = CrashingPreprocessor(tiny_embedder.preprocessor)
-    options = IngestOptions(workers=1, batch_size=4, io_concurrency=io_concurrency)
-    report = ingest(LocalFolder(folder), store, crashing, options)
+    options = PipelineOptions(workers=1, batch_size=4, io_concurrency=io_concurrency)
+    report = index_source(LocalFolder(folder), store, crashing, options)
     assert [(Path(f.file_path).name, f.stage) for f in report.failures] == [("crash-me.jpg", "decode")]
     assert "worker died" in report.failures[0].reason
     assert report.embedded == 10 and store.stats().documents == 10
@@ -189,9 +192,9 @@ def test_a_file_that_kills_its_worker_fails_alone(
 def test_long_runs_compact_the_store_as_they_go(
     tmp_path: Path, store: EmbeddedStore, tiny_embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imgvec.pipeline import ingest as ingest_module
+    from imgvec.pipeline import writer as writer_module
 
-    monkeypatch.setattr(ingest_module, "OPTIMIZE_EVERY_BATCHES", 4)
+    monkeypatch.setattr(writer_module, "OPTIMIZE_EVERY_BATCHES", 4)
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(18):
@@ -204,7 +207,7 @@ def test_long_runs_compact_the_store_as_they_go(
         original(self)
 
     monkeypatch.setattr(EmbeddedStore, "optimize", counting_optimize)
-    report = ingest(LocalFolder(folder), store, tiny_embedder, IngestOptions(workers=0, batch_size=1))
+    report = index_source(LocalFolder(folder), store, tiny_embedder, PipelineOptions(workers=0, batch_size=1))
     assert report.embedded == 18
     assert optimized == [4, 8, 12, 16, 18]  # every 4 batches during the run, and once at the end
     assert store._open().stats()["fragment_stats"]["num_fragments"] < 18  # one commit per batch, compacted

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from imgvec.pipeline.state import RunState
+from imgvec.pipeline.journal import RunJournal
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import assert_children_exit, encode, photo, run_cli
 
@@ -57,7 +57,7 @@ def documents(env: dict[str, str]) -> int:
 
 def run_recorded(state_file: Path) -> bool:
     """The run has written its row (the state file alone exists a moment earlier)."""
-    return state_file.exists() and RunState(state_file).latest() is not None
+    return state_file.exists() and RunJournal(state_file).latest() is not None
 
 
 def progress(env: dict[str, str]) -> dict:

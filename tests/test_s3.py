@@ -16,8 +16,9 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from imgvec.documents import document_id
-from imgvec.pipeline.ingest import IngestOptions, ingest
-from imgvec.pipeline.state import RunState
+from imgvec.pipeline.indexer import index_source
+from imgvec.pipeline.journal import RunJournal
+from imgvec.pipeline.options import PipelineOptions
 from imgvec.sources import LocationReader, S3Bucket, S3Options, SourceItem
 from imgvec.sources.s3 import describe_s3_error
 from imgvec.stores.embedded import EmbeddedStore
@@ -139,7 +140,7 @@ def test_an_object_deleted_between_list_and_get_is_one_failure(server, aws_env, 
     source = VanishingBucket("s3://vanishing/", S3Options(endpoint_url=server.endpoint))
     source.victim = "p3.jpg"
     store = EmbeddedStore(tmp_path / "store", "images")
-    report = ingest(source, store, tiny_embedder, IngestOptions(workers=0, batch_size=4, io_concurrency=4))
+    report = index_source(source, store, tiny_embedder, PipelineOptions(workers=0, batch_size=4, io_concurrency=4))
     assert report.embedded == 5
     assert [(f.file_path, f.stage) for f in report.failures] == [("s3://vanishing/p3.jpg", "read")]
     assert "no longer exists" in report.failures[0].reason
@@ -206,7 +207,7 @@ def _outage(server: SeaweedServer, env: dict[str, str], seen_at_outage: list[int
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (state_dir / "images.sqlite").exists():
-            latest = RunState.for_index(state_dir, "images").latest()
+            latest = RunJournal.for_index(state_dir, "images").latest()
             if latest is not None and latest[0].succeeded >= 8:
                 seen_at_outage.append(latest[0].succeeded)
                 break

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgvec.documents import ImageDocument
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores import SearchFilter, open_store
-from imgvec.stores import embedded as embedded_module
+from imgvec.stores import SearchFilter, embedded_indexes, open_store
 from imgvec.stores.embedded import EmbeddedStore
 
 CLIP_512 = IndexIdentity("ViT-B-32/openai", "ViT-B-32", "openai", 512)
@@ -29,16 +28,8 @@ def unit(rng: np.random.Generator, n: int, dim: int = 512) -> np.ndarray:
 
 
 def doc(path: str, vector: np.ndarray | None, **fields: object) -> ImageDocument:
-    name = path.rsplit("/", 1)[-1]
-    return ImageDocument(
-        file_name=name,
-        file_path=path,
-        file_extension=name.rsplit(".", 1)[-1],
-        file_size=int(fields.pop("file_size", 100)),
-        mtime=float(fields.pop("mtime", 1.0)),
-        vector=vector,
-        **fields,
-    )
+    item = SourceItem.of_path(path, int(fields.pop("file_size", 100)), float(fields.pop("mtime", 1.0)))
+    return ImageDocument(item, vector, **fields)
 
 
 @pytest.fixture
@@ -154,14 +145,14 @@ def test_missing_index_and_bad_locations_are_clear(tmp_path: Path) -> None:
 def test_ann_index_is_built_and_used(
     store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, flat_max: int, kind: str
 ) -> None:
-    monkeypatch.setattr(embedded_module, "FLAT_INDEX_MAX_ROWS", flat_max)
-    monkeypatch.setattr(embedded_module, "VECTOR_INDEX_MIN_ROWS", 2_000)
-    monkeypatch.setattr(embedded_module, "ID_INDEX_MIN_ROWS", 2_000)
+    monkeypatch.setattr(embedded_indexes, "FLAT_INDEX_MAX_ROWS", flat_max)
+    monkeypatch.setattr(embedded_indexes, "VECTOR_INDEX_MIN_ROWS", 2_000)
+    monkeypatch.setattr(embedded_indexes, "ID_INDEX_MIN_ROWS", 2_000)
     rng = np.random.default_rng(5)
     vectors = unit(rng, 3_000)
     store.upsert([doc(f"/p/{i}.jpg", v) for i, v in enumerate(vectors)])
     store.optimize()
-    index = store._vector_index()
+    index = embedded_indexes.vector_index(store._open())
     assert index is not None and index.index_type == kind
     assert {tuple(ix.columns) for ix in store._open().list_indices()} >= {("id",), ("vector",)}
     for i in (0, 1234, 2999):
@@ -182,18 +173,18 @@ def test_rows_stay_findable_as_later_optimizes_reshape_the_index(
     "partition index is N but the number of partitions is M, skip loading it", shows up only after hundreds of
     small commits, too slow for here; a 25k-document store-only run that logged it found 300 of 300 sampled
     rows as their own top hit.)"""
-    monkeypatch.setattr(embedded_module, "VECTOR_INDEX_MIN_ROWS", 2_000)
-    monkeypatch.setattr(embedded_module, "ID_INDEX_MIN_ROWS", 2_000)
+    monkeypatch.setattr(embedded_indexes, "VECTOR_INDEX_MIN_ROWS", 2_000)
+    monkeypatch.setattr(embedded_indexes, "ID_INDEX_MIN_ROWS", 2_000)
     rng = np.random.default_rng(11)
     vectors = unit(rng, 6_000)
     store.upsert([doc(f"/p/{i}.jpg", v) for i, v in enumerate(vectors[:3_000])])
     store.optimize()
-    assert store._vector_index() is not None
+    assert embedded_indexes.vector_index(store._open()) is not None
     for start in range(3_000, 6_000, 1_000):  # three optimizes after the build, as an ingest makes them
         for batch in range(start, start + 1_000, 100):
             store.upsert([doc(f"/p/{i}.jpg", vectors[i]) for i in range(batch, batch + 100)])
         store.optimize()
-    stats = store._open().index_stats(store._vector_index().name)
+    stats = store._open().index_stats(embedded_indexes.vector_index(store._open()).name)
     assert stats.num_indexed_rows == 6_000 and stats.num_unindexed_rows == 0
     for i in rng.choice(6_000, 150, replace=False):
         assert store.search(vectors[i], 1)[0].document["file_path"] == f"/p/{i}.jpg"
@@ -201,7 +192,7 @@ def test_rows_stay_findable_as_later_optimizes_reshape_the_index(
 
 WRITER = """
 import sys, numpy as np
-from imgvec.documents import ImageDocument
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.identity import IndexIdentity
 from imgvec.stores.embedded import EmbeddedStore
 store = EmbeddedStore(sys.argv[1], "images")
@@ -209,8 +200,7 @@ store.ensure_index(IndexIdentity("ViT-B-32/openai", "ViT-B-32", "openai", 512))
 rng = np.random.default_rng(0)
 for batch in range(10_000):
     v = rng.standard_normal((500, 512)).astype(np.float32)
-    store.upsert([ImageDocument(f"{batch}-{i}.jpg", f"/p/{batch}-{i}.jpg", "jpg", 1, 0.0, vector=v[i])
-                  for i in range(500)])
+    store.upsert([ImageDocument(SourceItem.of_path(f"/p/{batch}-{i}.jpg", 1, 0.0), v[i]) for i in range(500)])
     print(batch, flush=True)
 """
 

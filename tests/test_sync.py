@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgvec.documents import ImageDocument
+from imgvec.documents import Failure, ImageDocument, SourceItem
 from imgvec.pipeline.sync import ListingRecord
-from imgvec.sources.base import ListingError, SourceItem
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import encode, photo, run_cli
 
@@ -107,9 +106,7 @@ def test_documents_imgvec_did_not_write_are_left_alone(tmp_path: Path, cli_env: 
     assert sync(cli_env, root)[0] == 0
     store = EmbeddedStore(cli_env["IMGVEC_STORE"], "images")
     gone = str(root / "worker-wrote-this.jpg")
-    store.upsert(
-        [ImageDocument("worker-wrote-this.jpg", gone, "jpg", 10, 0.0, doc_id="worker-42", vector=np.ones(512))]
-    )
+    store.upsert([ImageDocument(SourceItem.of_path(gone, 10, 0.0, doc_id="worker-42"), np.ones(512))])
     code, report = sync(cli_env, root)
     assert code == 0 and report["sync"]["deleted"] == 0 and report["sync"]["in_scope"] == 1
     assert matches(cli_env, root, gone)
@@ -120,7 +117,7 @@ def test_nothing_is_deleted_under_a_folder_the_listing_could_not_read() -> None:
     try:
         items = [SourceItem(f"/p/ok/{i}.jpg", f"/p/ok/{i}.jpg", f"{i}.jpg", "jpg", 1, 0.0) for i in range(3)]
         assert [i.uri for i in record.record(items)] == [i.uri for i in items] and record.complete
-        record.on_error(ListingError("/p/locked", "cannot list folder: Permission denied"))
+        record.on_error(Failure.listing("/p/locked", "cannot list folder: Permission denied"))
         assert record.unseen(["/p/ok/1.jpg", "/p/ok/9.jpg"]) == {"/p/ok/9.jpg"}
         assert not record.readable("/p/locked/a.jpg") and not record.readable("/p/locked")
         assert record.readable("/p/locked-not/a.jpg") and record.readable("/p/ok/9.jpg")

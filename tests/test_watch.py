@@ -20,10 +20,11 @@ import psutil
 import pytest
 from watchdog.events import DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent, FileOpenedEvent
 
-from imgvec.cli import parse_duration
+from imgvec.cli.options import parse_duration
 from imgvec.errors import StoreError
 from imgvec.pipeline import watch as watch_module
-from imgvec.pipeline.ingest import Ingest, IngestOptions
+from imgvec.pipeline.indexer import Indexer
+from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.watch import ChangeTracker, Watcher, WatchOptions
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
@@ -143,9 +144,9 @@ def progress(env: dict[str, str]) -> dict:
 
 def metric(env: dict[str, str], name: str) -> int:
     state = Path(env["IMGVEC_STORE"]) / "_imgvec" / "images.sqlite"
-    from imgvec.pipeline.state import RunState
+    from imgvec.pipeline.journal import RunJournal
 
-    latest = RunState(state).latest()
+    latest = RunJournal(state).latest()
     assert latest is not None
     return int(latest[1][name])
 
@@ -387,13 +388,13 @@ def test_a_store_outage_is_logged_retried_and_caught_up(tmp_path: Path, tiny_emb
     write_photo(root / "a.jpg", 90)
     folder = LocalFolder(root)
     store = FlakyStore(EmbeddedStore(tmp_path / "store", "images"))
-    run = Ingest(folder, store, tiny_embedder, IngestOptions(workers=0))
+    run = Indexer(folder, store, tiny_embedder, PipelineOptions(workers=0))
     lines: list[str] = []
     watcher = Watcher(folder, run, WatchOptions(settle_seconds=0.3), log=lines.append)
     thread = threading.Thread(target=watcher.run)
     thread.start()
     env = {"IMGVEC_STORE": str(tmp_path / "store")}
-    health = lambda: watcher.ingest.progress.health or {}  # noqa: E731
+    health = lambda: watcher.indexer.progress.health or {}  # noqa: E731
     try:
         wait_for(lambda: index_matches(env, root), what="the initial reconcile")
         store.down = True

@@ -2,16 +2,14 @@
 
 LanceDB's Rust runtime allocates from many threads, and glibc gives each thread group its own heap arena; an
 ingest commits thousands of small versions, and the freed pages stay scattered over those arenas instead of going
-back to the system. Measured with the store alone (benchmarks/memory.py has the end-to-end run): 715 MiB after
-22k upserted documents with glibc's defaults, 446 MiB with two arenas and large blocks mapped directly, and flat
-from there. The same settings as MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072, applied at run time because
-the environment is read only when the process starts.
+back to the system. Two arenas and large blocks mapped directly keep it flat (figures in docs/architecture.md,
+"Memory and long runs"). The same settings as MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072, applied at run
+time because the environment is read only when the process starts.
 
-PyArrow brings its own allocator, mimalloc, which reserves a 1 GiB region at the first Arrow allocation and kept
-48-66 MiB resident there in the same store-only run (Arrow's own pool never held more than 138 KiB live), with a
-step each time the vector index was built or merged. With Arrow on the system allocator, under the settings above,
-the process starts 46 MiB smaller and grew 13 MiB instead of 36 MiB over 32k documents. ARROW_DEFAULT_MEMORY_POOL is
-read when Arrow first allocates, so it is set here, before anything imports pyarrow; a user's own setting wins.
+PyArrow brings its own allocator, mimalloc, which reserves a large region at the first Arrow allocation and keeps
+pages resident there long after Arrow's own pool has freed them, stepping up each time the vector index is built
+or merged. Arrow goes on the system allocator instead. ARROW_DEFAULT_MEMORY_POOL is read when Arrow first
+allocates, so it is set here, before anything imports pyarrow; a user's own setting wins.
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
-"""The document imgvec stores per image.
+"""What imgvec knows of one image file: as listed (``SourceItem``), as stored (``ImageDocument``, ``StoredFile``),
+and as failed (``Failure``).
 
-The first eight fields are exactly those the organisation's file-index worker already writes to OpenSearch,
-so a document imgvec writes and one the worker wrote are the same shape and can live in one index.
+The first eight stored fields are exactly those the organisation's file-index worker already writes to OpenSearch,
+so a document imgvec writes and one the worker wrote are the same shape and can live in one index. Both stores
+serialise a document from ``DOCUMENT_FIELDS`` and nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +26,12 @@ METADATA_FIELDS = (
     "s3_url",
     "indexed_at",
 )
+"""The file-index worker's fields."""
+DOCUMENT_FIELDS = (*METADATA_FIELDS, "mtime", "content_hash", "etag", "model")
+"""Every stored field but the id and the vector, in the stores' column order."""
+MIN_VECTOR_NORM = 1e-6
+"""Below this a vector is a failed embedding (CLIP's are unit length): it would match nothing, or everything, and
+OpenSearch's cosine space rejects a zero vector outright."""
 
 
 def document_id(uri: str) -> str:
@@ -33,37 +43,92 @@ def document_id(uri: str) -> str:
     return hashlib.sha1(uri.encode("utf-8")).hexdigest()
 
 
-@dataclass(slots=True)
-class ImageDocument:
-    """One image: where it lives, what it was when read, and its vector (None until embedded)."""
+def extension_of(name: str) -> str:
+    """Lower case, without the dot: ``IMG_1.JPG`` → ``jpg``."""
+    _, dot, ext = name.rpartition(".")
+    return ext.lower() if dot else ""
 
-    file_name: str
+
+def usable_vector(vector: np.ndarray) -> bool:
+    """The one rule for a vector worth storing: finite and not (near) zero."""
+    norm = float(np.linalg.norm(vector))
+    return bool(np.isfinite(norm)) and norm >= MIN_VECTOR_NORM
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    """One image file as listed, before it is read. ``uri`` is what identifies it across runs."""
+
+    uri: str
     file_path: str
+    file_name: str
     file_extension: str
+    """Lower case, without the dot: ``jpg``."""
     file_size: int
     mtime: float
     bucket: str | None = None
     file_key: str | None = None
     s3_url: str | None = None
-    content_hash: str | None = None
     etag: str | None = None
-    model: str | None = None
-    vector: np.ndarray | None = None
-    indexed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """The object's ETag where the source has one (S3): a change of content that size and mtime can miss."""
     doc_id: str | None = None
-    """The id of a document that already exists under another id (one the file-index worker wrote)."""
+    """Set when the item is a document already in the index (``ingest --missing``): its vector goes there."""
 
-    @property
-    def uri(self) -> str:
-        return self.s3_url or self.file_path
+    @classmethod
+    def of_path(cls, path: str, file_size: int, mtime: float, *, doc_id: str | None = None) -> SourceItem:
+        """A file on a local or mounted disk, whose path is its identity."""
+        name = os.path.basename(path)
+        return cls(path, path, name, extension_of(name), file_size, mtime, doc_id=doc_id)
 
     @property
     def id(self) -> str:
+        """The document id the item is stored under."""
         return self.doc_id or document_id(self.uri)
 
 
+@dataclass(slots=True)
+class ImageDocument:
+    """One image in an index: the item it was read as, plus what embedding added (None until embedded)."""
+
+    item: SourceItem
+    vector: np.ndarray | None = None
+    content_hash: str | None = None
+    model: str | None = None
+    indexed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def id(self) -> str:
+        return self.item.id
+
+    @property
+    def uri(self) -> str:
+        return self.item.uri
+
+    @property
+    def file_path(self) -> str:
+        return self.item.file_path
+
+    def fields(self) -> dict[str, Any]:
+        """The stored fields, named and ordered as ``DOCUMENT_FIELDS``."""
+        item = self.item
+        return {
+            "file_name": item.file_name,
+            "file_path": item.file_path,
+            "file_extension": item.file_extension,
+            "file_size": item.file_size,
+            "bucket": item.bucket,
+            "file_key": item.file_key,
+            "s3_url": item.s3_url,
+            "indexed_at": self.indexed_at.astimezone(UTC),
+            "mtime": item.mtime,
+            "content_hash": self.content_hash,
+            "etag": item.etag,
+            "model": self.model,
+        }
+
+
 @dataclass(frozen=True, slots=True)
-class StoredState:
+class StoredFile:
     """What the store remembers of a file, enough to decide whether it must be embedded again."""
 
     file_size: int
@@ -71,3 +136,35 @@ class StoredState:
     content_hash: str | None
     has_vector: bool
     etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One file that could not be indexed, at one stage, with the reason a person reads."""
+
+    file_path: str
+    stage: str
+    """list, read, decode, embed or write."""
+    reason: str
+    uri: str = ""
+    """The file's identity (``SourceItem.uri``); empty: the same as ``file_path``."""
+    file_size: int | None = None
+    mtime: float | None = None
+    """Size and mtime when it failed: the file is skipped until these change (or ``--retry-failed``)."""
+    attempts: int = 1
+
+    @classmethod
+    def of(cls, item: SourceItem, stage: str, reason: str) -> Failure:
+        return cls(item.file_path, stage, reason, item.uri, item.file_size, item.mtime)
+
+    @classmethod
+    def listing(cls, path: str, reason: str) -> Failure:
+        """A folder or file the listing could not enter or stat; the listing goes on."""
+        return cls(path, "list", reason, path)
+
+    @property
+    def key(self) -> str:
+        return self.uri or self.file_path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file_path": self.file_path, "stage": self.stage, "reason": self.reason}

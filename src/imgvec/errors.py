@@ -2,7 +2,7 @@
 
 Set-up problems (a wrong model for the index, a store that cannot be opened, a bad flag) stop a run with one
 message that says what to do; they subclass these.  Per-file problems never stop a run: they become failure
-records with a reason (see ``pipeline.ingest.Failure``), built from ``ImageDecodeError`` and friends.
+records with a reason (``documents.Failure``), built from ``ImageDecodeError`` and friends.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 
 class ImgvecError(Exception):
     """Base class: the CLI prints these as one clear line instead of a traceback."""
+
+
+class UsageError(ImgvecError, ValueError):
+    """Flags that cannot be honoured together or on this machine (exit code 2, like a bad flag)."""
 
 
 class IdentityMismatchError(ImgvecError, ValueError):

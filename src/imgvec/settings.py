@@ -1,6 +1,7 @@
 """One typed settings object, built once by the CLI (flags > environment > defaults) and passed down.
 
-Nothing below the CLI reads the environment for these, so tests and the service can build a Settings directly.
+Nothing below the CLI reads the environment for these, so tests and any other front end can build a Settings
+directly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Run metrics: counts, per-stage time, embedding latency percentiles, rates; and their Prometheus text form."""
+"""Run metrics: timings kept here, counts read from the report; one snapshot feeds progress, the run journal and
+the Prometheus text."""
 
 from __future__ import annotations
 
@@ -8,18 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from imgvec.pipeline.report import Progress, RunReport
+
+STAGES = ("list", "read", "decode", "embed", "write")
+
 
 @dataclass(slots=True)
 class Metrics:
-    images_processed: int = 0
-    images_embedded: int = 0
-    images_failed: int = 0
-    images_skipped: int = 0
-    cache_hits: int = 0
-    batches: int = 0
-    stage_seconds: dict[str, float] = field(
-        default_factory=lambda: {"list": 0.0, "read": 0.0, "decode": 0.0, "embed": 0.0, "write": 0.0}
-    )
+    """Where the time went: seconds per stage, and model time per image (a bounded window, for percentiles)."""
+
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     _embed_per_image: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def record_embed(self, seconds: float, images: int) -> None:
@@ -27,25 +26,52 @@ class Metrics:
         if images:
             self._embed_per_image.append(seconds / images)
 
-    def snapshot(self) -> dict[str, Any]:
-        attempted = self.images_embedded + self.cache_hits + self.images_failed
-        samples = np.asarray(self._embed_per_image) if self._embed_per_image else None
-        return {
-            "images_processed": self.images_processed,
-            "images_embedded": self.images_embedded,
-            "images_failed": self.images_failed,
-            "images_skipped": self.images_skipped,
-            "cache_hits": self.cache_hits,
-            "batches": self.batches,
-            "embedding_seconds_per_image_mean": float(samples.mean()) if samples is not None else None,
-            "embedding_seconds_per_image_p95": float(np.percentile(samples, 95)) if samples is not None else None,
-            "success_rate": (self.images_embedded + self.cache_hits) / attempted if attempted else None,
-            "error_rate": self.images_failed / attempted if attempted else None,
-            "cache_hit_rate": self.cache_hits / (self.images_embedded + self.cache_hits)
-            if self.images_embedded + self.cache_hits
-            else None,
-            "stage_seconds": dict(self.stage_seconds),
-        }
+    def embed_percentiles(self) -> tuple[float | None, float | None]:
+        """(mean, p95) of model seconds per image, or Nones before the first batch."""
+        if not self._embed_per_image:
+            return None, None
+        samples = np.asarray(self._embed_per_image)
+        return float(samples.mean()), float(np.percentile(samples, 95))
+
+
+def snapshot(
+    report: RunReport, metrics: Metrics, progress: Progress, *, elapsed: float, total: int | None
+) -> dict[str, Any]:
+    """Bring ``progress`` up to date and return the metrics snapshot, both from the report's counts and the timings.
+
+    ``total``: the background count of the source once it has finished, else None.
+    """
+    report.seconds = elapsed
+    progress.succeeded, progress.failed, progress.skipped = report.succeeded, report.failed, report.skipped
+    progress.processed = report.processed
+    progress.cache_hits, progress.deleted, progress.moved = report.cache_hits, report.deleted, report.moved
+    progress.rate = (report.succeeded + report.failed) / max(elapsed, 1e-9)
+    progress.total = total
+    if progress.state == "finished" and total is None:
+        progress.total = progress.processed  # the run outpaced the background count: it saw everything
+    if total is not None:
+        progress.remaining = max(0, total - progress.processed)
+        progress.eta_seconds = progress.remaining / progress.rate if progress.rate > 0 else None
+    if progress.state != "running":
+        progress.remaining = 0 if progress.state == "finished" else progress.remaining
+        progress.eta_seconds = 0.0 if progress.state == "finished" else None
+
+    attempted = report.succeeded + report.failed
+    mean, p95 = metrics.embed_percentiles()
+    return {
+        "images_processed": report.processed,
+        "images_embedded": report.embedded,
+        "images_failed": report.failed,
+        "images_skipped": report.skipped,
+        "cache_hits": report.cache_hits,
+        "batches": report.batches,
+        "embedding_seconds_per_image_mean": mean,
+        "embedding_seconds_per_image_p95": p95,
+        "success_rate": report.succeeded / attempted if attempted else None,
+        "error_rate": report.failed / attempted if attempted else None,
+        "cache_hit_rate": report.cache_hits / report.succeeded if report.succeeded else None,
+        "stage_seconds": dict(metrics.stage_seconds),
+    }
 
 
 _COUNTERS = {

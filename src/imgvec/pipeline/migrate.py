@@ -13,9 +13,8 @@ from typing import Any
 
 from imgvec.errors import ImgvecError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.pipeline.ingest import IngestReport
+from imgvec.pipeline.report import RunReport
 from imgvec.stores.base import Aliases, IndexStats, Store
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
 
 
 class MigrationError(ImgvecError):
@@ -24,26 +23,26 @@ class MigrationError(ImgvecError):
 
 @dataclass(slots=True)
 class MigrationReport:
-    source: str
+    origin: str
     target: str
     alias: str
     copied: int = 0
-    source_stats: IndexStats | None = None
+    origin_stats: IndexStats | None = None
     target_stats: IndexStats | None = None
-    fill: IngestReport | None = None
+    fill: RunReport | None = None
     previous: str | None = None
     switched: bool = False
     steps: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "from": self.source,
+            "from": self.origin,
             "to": self.target,
             "alias": self.alias,
             "copied": self.copied,
-            "source": self.source_stats.as_dict() if self.source_stats else None,
+            "source": self.origin_stats.as_dict() if self.origin_stats else None,
             "target": self.target_stats.as_dict() if self.target_stats else None,
-            "failed": len(self.fill.failures) + self.fill.known_failures if self.fill else 0,
+            "failed": self.fill.failed + self.fill.known_failures if self.fill else 0,
             "alias_was": self.previous,
             "switched": self.switched,
             "steps": self.steps,
@@ -51,42 +50,45 @@ class MigrationReport:
 
 
 def migrate(
-    source: Store,
+    origin: Store,
     target: Store,
     aliases: Aliases,
+    *,
     alias: str,
     identity: IndexIdentity,
-    fill: Callable[[], IngestReport],
-    options: KnnIndexOptions | None = None,
+    fill: Callable[[], RunReport],
+    config: object | None = None,
     on_step: Callable[[str], None] = lambda _step: None,
 ) -> MigrationReport:
-    """``fill`` runs ``ingest --missing`` on ``target``: the caller builds it (model, workers, state, signals)."""
-    report = MigrationReport(source.index, target.index, alias)
+    """Copy ``origin`` into ``target``, fill the vectors with ``fill`` (an ``ingest --missing`` on ``target`` that
+    the caller builds: model, workers, journal, signals), then switch ``alias``. ``config``: the backend's settings
+    for a new index (``Store.ensure_index``)."""
+    report = MigrationReport(origin.index, target.index, alias)
 
     def step(text: str) -> None:
         report.steps.append(text)
         on_step(text)
 
-    if not source.exists():
-        raise IndexNotFoundError(f"no index {source.index!r} to migrate from")
-    if source.index == target.index:
+    if not origin.exists():
+        raise IndexNotFoundError(f"no index {origin.index!r} to migrate from")
+    if origin.index == target.index:
         raise StoreError("--from and --to name the same index")
-    report.source_stats = source.stats()
+    report.origin_stats = origin.stats()
     created = not target.exists()
-    target.ensure_index(identity, _with_origin(options, source.index))
+    target.ensure_index(identity, migrated_from=origin.index, config=config)
     step(f"{'created' if created else 'reusing'} {target.index!r} for {identity.describe()}")
 
-    if target.stats().documents < report.source_stats.documents:
-        report.copied = target.copy_from(source.index)
+    if target.stats().documents < report.origin_stats.documents:
+        report.copied = target.copy_from(origin.index)
         target.optimize()
-        step(f"copied {report.copied} documents from {source.index!r} without their vectors")
+        step(f"copied {report.copied} documents from {origin.index!r} without their vectors")
     else:
         step("documents already copied")
 
     report.fill = fill()
     step(
         f"filled vectors: {report.fill.embedded} embedded, {report.fill.cache_hits} reused, "
-        f"{len(report.fill.failures) + report.fill.known_failures} failed"
+        f"{report.fill.failed + report.fill.known_failures} failed"
     )
     if report.fill.interrupted:
         raise MigrationError("stopped while filling vectors; the alias was not switched: run the same command again")
@@ -115,22 +117,16 @@ def rollback(aliases: Aliases, alias: str, open_index: Callable[[str], Store]) -
     return current, origin
 
 
-def _with_origin(options: KnnIndexOptions | None, origin: str) -> KnnIndexOptions:
-    from dataclasses import replace
-
-    return replace(options or KnnIndexOptions(), migrated_from=origin)
-
-
 def _not_ready(report: MigrationReport) -> list[str]:
-    source, target, fill = report.source_stats, report.target_stats, report.fill
-    assert source is not None and target is not None and fill is not None
+    origin, target, fill = report.origin_stats, report.target_stats, report.fill
+    assert origin is not None and target is not None and fill is not None
     problems = []
-    if target.documents != source.documents:
+    if target.documents != origin.documents:
         problems.append(
-            f"{report.target!r} holds {target.documents} documents, {report.source!r} {source.documents} "
+            f"{report.target!r} holds {target.documents} documents, {report.origin!r} {origin.documents} "
             "(on Serverless new documents take up to a minute to become countable)"
         )
-    recorded = len(fill.failures) + fill.known_failures
+    recorded = fill.failed + fill.known_failures
     if target.without_vector > recorded:
         problems.append(
             f"{target.without_vector} documents have no vector but only {recorded} are recorded as failed "

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import random
-import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from typing import Any
 
+from imgvec.documents import SourceItem
 from imgvec.embed.base import Embedder
-from imgvec.pipeline.ingest import LOOKUP_WINDOW, Ingest, IngestOptions, unchanged
-from imgvec.pipeline.state import RunState
-from imgvec.sources.base import Source, SourceItem
+from imgvec.pipeline.indexer import LOOKUP_WINDOW, Indexer
+from imgvec.pipeline.journal import RunJournal
+from imgvec.pipeline.options import PipelineOptions
+from imgvec.pipeline.skip import Verdict, judge
+from imgvec.sources.base import Source
 from imgvec.stores.base import Store
 
 CALIBRATION_FILES = 48
 WARM_UP_FILES = 8
+
+ScratchStore = Callable[[], AbstractContextManager[Store]]
+"""Opens a throw-away store for a calibration run, removed on exit: the user's index is never written."""
 
 
 @dataclass(slots=True)
@@ -42,15 +49,17 @@ def plan(
     source: Source,
     store: Store,
     embedder: Embedder | None,
-    options: IngestOptions,
-    state: RunState | None,
+    options: PipelineOptions,
+    journal: RunJournal | None,
     *,
+    scratch_store: ScratchStore | None = None,
     sample_size: int = CALIBRATION_FILES,
     prefer_last_run: bool = True,
 ) -> Plan:
     """Count what would be processed, streaming; estimate the time from the last run's rate, or by calibrating on
     a random sample of the files that would be processed (reservoir sampling: one pass, ``sample_size`` items
-    held, every file equally likely, so one folder of thumbnails cannot stand for a folder of raw scans)."""
+    held, every file equally likely, so one folder of thumbnails cannot stand for a folder of raw scans).
+    Without ``scratch_store`` nothing is calibrated."""
     if store.exists():
         identity = store.identity()
         if identity is not None and embedder is not None:
@@ -66,14 +75,13 @@ def plan(
     if options.max_files is not None:
         listing = islice(listing, options.max_files)
     while window := list(islice(listing, LOOKUP_WINDOW)):
-        stored = store.lookup([i.id for i in window]) if store.exists() else {}
-        failed = state.known_failures([i.uri for i in window]) if state and not options.retry_failed else {}
-        for item in window:
+        verdicts = judge(window, store, journal, retry_failed=options.retry_failed)
+        for item, verdict in zip(window, verdicts, strict=True):
             result.listed += 1
             result.listed_bytes += item.file_size
-            if unchanged(stored.get(item.id), item):
+            if verdict is Verdict.UNCHANGED:
                 result.unchanged += 1
-            elif failed.get(item.uri) == (item.file_size, item.mtime):
+            elif verdict is Verdict.FAILED_BEFORE:
                 result.known_failures += 1
             else:
                 result.would_process += 1
@@ -83,30 +91,30 @@ def plan(
                 elif (slot := chooser.randrange(result.would_process)) < sample_size:
                     sample[slot] = item
 
-    last = state.latest() if state and prefer_last_run else None
+    last = journal.latest() if journal and prefer_last_run else None
     if last is not None and last[0].rate > 0:
         result.images_per_second, result.rate_basis = last[0].rate, "last-run"
-    elif embedder is not None and sample:
-        result.images_per_second = calibrate(source, embedder, options, sample)
+    elif embedder is not None and sample and scratch_store is not None:
+        with scratch_store() as scratch:
+            result.images_per_second = calibrate(source, scratch, embedder, options, sample)
         result.rate_basis, result.calibration_files = "calibration", len(sample)
     if result.images_per_second:
         result.estimated_seconds = result.would_process / result.images_per_second
     return result
 
 
-def calibrate(source: Source, embedder: Embedder, options: IngestOptions, sample: list[SourceItem]) -> float | None:
-    """Images per second of the real pipeline (decode workers, batches, overlap) on ``sample``, writing into a
-    throw-away store: the user's index is not touched. The first few files warm the workers up and are not timed,
-    or a 40-file sample would mostly measure process start-up."""
-    from imgvec.stores.embedded import EmbeddedStore
-
+def calibrate(
+    source: Source, scratch: Store, embedder: Embedder, options: PipelineOptions, sample: list[SourceItem]
+) -> float | None:
+    """Images per second of the real pipeline (decode workers, batches, overlap) on ``sample``, writing into the
+    ``scratch`` store. The first few files warm the workers up and are not timed, or a 40-file sample would mostly
+    measure process start-up."""
     warm, timed = sample[: min(WARM_UP_FILES, len(sample) // 4)], sample[min(WARM_UP_FILES, len(sample) // 4) :]
-    with tempfile.TemporaryDirectory(prefix="imgvec-calibrate-") as scratch:
-        run = Ingest(source, EmbeddedStore(scratch, "calibration"), embedder, replace(options, max_files=None))
-        with run.session():
-            run.process(warm)
-            began, before = time.perf_counter(), run.report.succeeded + len(run.report.failures)
-            run.process(timed)
-            done = run.report.succeeded + len(run.report.failures) - before
-            seconds = time.perf_counter() - began
+    run = Indexer(source, scratch, embedder, replace(options, max_files=None))
+    with run.session():
+        run.process(warm)
+        began, before = time.perf_counter(), run.report.succeeded + run.report.failed
+        run.process(timed)
+        done = run.report.succeeded + run.report.failed - before
+        seconds = time.perf_counter() - began
     return done / seconds if done and seconds > 0 else None

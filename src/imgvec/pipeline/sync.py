@@ -13,8 +13,8 @@ Deletion is where a reconcile can do harm, so it is careful:
   ``max_delete_percent`` of them would go: that is what an unmounted NAS share or an expired credential looks
   like, and re-embedding a million photos afterwards costs hours.
 
-The listed locations are kept in a private on-disk SQLite database, not a Python set: a million paths would cost
-~100 MB, and a pass must stay flat in memory like the rest of the pipeline.
+The listed locations are kept in a private on-disk SQLite database, not a Python set: a pass must stay flat in
+memory like the rest of the pipeline, however many paths it lists.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from imgvec.documents import document_id
-from imgvec.pipeline.ingest import Ingest
-from imgvec.sources.base import ListingError, Source, SourceItem
+from imgvec.documents import Failure, SourceItem, document_id
+from imgvec.pipeline.indexer import Indexer
+from imgvec.sources.base import Source
 from imgvec.stores.base import SearchFilter, Store
 
 CHUNK = 1024
@@ -75,8 +75,8 @@ class ListingRecord:
         self._add_seen(buffer)
         self.complete = True
 
-    def on_error(self, error: ListingError) -> None:
-        self.unreadable.append(error.path)
+    def on_error(self, failure: Failure) -> None:
+        self.unreadable.append(failure.file_path)
 
     def _add_seen(self, buffer: list[tuple[str]]) -> None:
         self._db.executemany("INSERT OR IGNORE INTO seen (uri) VALUES (?)", buffer)
@@ -152,29 +152,30 @@ def deletion_refused(result: SyncResult, record: ListingRecord, location: str, m
     return None
 
 
-def reconcile(ingest: Ingest, source: Source, *, max_delete_percent: float = 50.0) -> SyncResult:
-    """Add and re-embed through ``ingest`` (inside its session), then delete what the source no longer has."""
+def reconcile(indexer: Indexer, source: Source, *, max_delete_percent: float = 50.0) -> SyncResult:
+    """Add and re-embed through ``indexer`` (inside its session), then delete what the source no longer has."""
     record = ListingRecord()
     try:
 
-        def on_error(error: ListingError) -> None:
-            record.on_error(error)
-            ingest.record_listing_error(error)
+        def on_error(failure: Failure) -> None:
+            record.on_error(failure)
+            indexer.record_listing_error(failure)
 
-        ingest.process(record.record(source.scan(on_error)))
+        indexer.process(record.record(source.scan(on_error)))
         if not record.complete:
             return SyncResult(refused="stopped before the listing finished: nothing was deleted")
-        result = judge_stale(record, ingest.store, source, max_delete_percent)
+        result = judge_stale(record, indexer.store, source, max_delete_percent)
         if result.refused is None:
             for rows in record.stale_chunks():
-                ingest.store.delete([doc_id for doc_id, _ in rows])
+                indexer.writer.delete([doc_id for doc_id, _ in rows])
                 result.deleted += len(rows)
-            ingest.report.deleted += result.deleted
-            if ingest.state is not None:  # the deleted documents' failures, and those of files that had none
-                _clear_failures_of_vanished(ingest, source.scope, record)
+            # the deleted documents' failures, and those of files that never had a document
+            failed = indexer.writer.recorded_failures(source.scope)
+            for start in range(0, len(failed), CHUNK):
+                indexer.writer.forget_failures(sorted(record.unseen(failed[start : start + CHUNK])))
             if result.deleted:
-                ingest.store.optimize()
-        ingest.save(force=True)
+                indexer.writer.optimize()
+        indexer.save(force=True)
         return result
     finally:
         record.close()
@@ -196,12 +197,3 @@ def judge_stale(record: ListingRecord, store: Store, source: Source, max_delete_
     result = SyncResult(in_scope=find_stale(store, source.scope, record), stale=record.stale_count())
     result.refused = deletion_refused(result, record, source.location, max_delete_percent)
     return result
-
-
-def _clear_failures_of_vanished(ingest: Ingest, scope: str, record: ListingRecord) -> None:
-    """A broken file that was deleted has no document to delete, but its failure record must go too."""
-    assert ingest.state is not None
-    failed = [f.uri for f in ingest.state.failures() if f.file_path.startswith(scope) and f.stage != "list"]
-    for start in range(0, len(failed), CHUNK):
-        chunk = failed[start : start + CHUNK]
-        ingest.state.clear_failures(sorted(record.unseen(chunk)))

@@ -1,11 +1,10 @@
 """How many decode workers, inference threads and images per batch suit this machine, when the user leaves them out.
 
-Measured on 2 cores with ViT-B/32 (benchmarks/throughput.py, docs/performance.md): a reduced decode of a 12 MP
-JPEG costs ~60 ms of one core, the model ~150 ms of core time per image in fp32. The model is the bottleneck, so
-it gets every core and the decode workers take their share when they need it: 2 inference threads beside 1 worker
-ran 12 MP photos 1.2-1.4x faster than 1 thread. (A model as small as the tests' tiny one is decode-bound and runs
-~12 % slower that way; no real CLIP model is that small.) ONNX Runtime's pool is told not to spin, so idle model
-threads give their core back.
+On a CPU a real CLIP model costs more per image than the reduced decode of a camera JPEG, so the model is the
+bottleneck: it gets every core and the decode workers take their share when they need it (measured by
+benchmarks/throughput.py; figures in docs/performance.md). A model as small as the tests' tiny one is decode-bound
+instead; no real CLIP model is that small. ONNX Runtime's pool is told not to spin, so idle model threads give
+their core back.
 """
 
 from __future__ import annotations

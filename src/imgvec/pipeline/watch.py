@@ -4,10 +4,7 @@
                     ─→ Watcher, every tick: moved files keep their vectors, the rest go through the
                        pipeline (skip unchanged → read → decode → embed → write), vanished files are deleted
 
-Decisions are made from what the filesystem holds when a change settles, not from the event's name: events
-coalesce, arrive out of order, and are lost on network shares, but a stat at processing time is the truth. The
-one thing an event adds is where a moved file came from, so its document moves with its vector instead of being
-read and embedded again.
+Decisions are made from what the filesystem holds when a change settles (changes.py says why).
 
 A watched folder that vanishes (an unmounted NAS share, a deleted or renamed folder) is "unavailable", never
 "empty": nothing is deleted; when it comes back the watch restarts and a reconcile pass catches up on whatever
@@ -17,31 +14,21 @@ changed meanwhile.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from stat import S_ISDIR
 
-from watchdog.events import (
-    EVENT_TYPE_CLOSED_NO_WRITE,
-    EVENT_TYPE_CREATED,
-    EVENT_TYPE_DELETED,
-    EVENT_TYPE_MOVED,
-    EVENT_TYPE_OPENED,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from imgvec.documents import document_id
+from imgvec.documents import SourceItem, document_id
 from imgvec.errors import IdentityMismatchError, SourceError
-from imgvec.pipeline.ingest import Ingest, document_for, unchanged
+from imgvec.pipeline.changes import Change, ChangeTracker
+from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.sync import owned_uri, reconcile
-from imgvec.sources.base import SourceItem, extension_of
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.base import SearchFilter
 
@@ -52,8 +39,6 @@ OPTIMIZE_EVERY_SECONDS = 600.0
 """Compact the store this often while changes trickle in (each small write or delete adds a version)."""
 FUTURE_MTIME_SLACK = 60.0
 """A NAS clock ahead of ours gives mtimes in the future; past this slack the recency check ignores them."""
-IGNORED_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
-"""Opening or reading a file changes nothing, and imgvec's own reads would otherwise feed back as changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,118 +56,15 @@ class WatchOptions:
     max_delete_percent: float = 50.0
 
 
-@dataclass(slots=True)
-class Change:
-    path: str
-    is_dir: bool
-    last_event: float
-    moved_from: str | None = None
-    """Where the file (or folder) was before a move: its documents hold vectors to keep."""
-    also_delete: set[str] = field(default_factory=set)
-    """Old locations (of moves) whose documents go once this change is applied."""
-
-
-class ChangeTracker(FileSystemEventHandler):
-    """Coalesces events per path (called on the observer's thread) until the path has been quiet."""
-
-    def __init__(
-        self, root: str, extensions: frozenset[str], settle_seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.root = root
-        self.extensions = extensions
-        self.settle_seconds = settle_seconds
-        self.clock = clock
-        self.last_event_at: float | None = None
-        """Wall-clock time of the latest relevant event (health)."""
-        self._pending: dict[str, Change] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        if event.event_type in IGNORED_EVENTS:
-            return
-        src = os.fsdecode(event.src_path)
-        if src == self.root:  # the root itself: its availability is checked by the watcher
-            return
-        with self._lock:
-            if event.event_type == EVENT_TYPE_MOVED:
-                self._moved(src, os.fsdecode(event.dest_path), is_dir=event.is_directory)
-            elif event.is_directory:
-                # A folder's own "modified" only says its entries changed, and those come as their own events.
-                if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_DELETED):
-                    self._touch(src, is_dir=True)
-            elif self._is_image(src):
-                self._touch(src, is_dir=False)
-
-    def _moved(self, src: str, dst: str, *, is_dir: bool) -> None:
-        if dst == self.root or not dst.startswith(self.root + os.sep):  # moved out of the tree: gone
-            if is_dir or self._is_image(src):
-                self._touch(src, is_dir=is_dir)
-            return
-        if not is_dir and not self._is_image(dst):
-            if self._is_image(src):
-                self._touch(src, is_dir=False)  # renamed to a non-image name: its document goes
-            return
-        earlier = self._pending.pop(src, None)
-        change = self._touch(dst, is_dir=is_dir)
-        if is_dir or self._is_image(src):
-            change.moved_from = earlier.moved_from if earlier is not None and earlier.moved_from else src
-            change.also_delete.add(src)
-        if earlier is not None:
-            change.also_delete |= earlier.also_delete
-
-    def _touch(self, path: str, *, is_dir: bool) -> Change:
-        now = self.clock()
-        self.last_event_at = time.time()
-        change = self._pending.get(path)
-        if change is None or change.is_dir != is_dir:
-            change = self._pending[path] = Change(path, is_dir, now)
-        change.last_event = now
-        return change
-
-    def _is_image(self, path: str) -> bool:
-        return extension_of(os.path.basename(path)) in self.extensions
-
-    def settled(self) -> list[Change]:
-        """Take the changes that have been quiet for the settle time, folders first."""
-        now = self.clock()
-        with self._lock:
-            ready = [c for c in self._pending.values() if now - c.last_event >= self.settle_seconds]
-            for change in ready:
-                del self._pending[change.path]
-        return sorted(ready, key=lambda c: (not c.is_dir, c.path))
-
-    def is_pending(self, path: str) -> bool:
-        with self._lock:
-            return path in self._pending
-
-    def requeue(self, change: Change) -> None:
-        """Back in the queue (its file is still being written), unless a newer event has replaced it."""
-        with self._lock:
-            newer = self._pending.get(change.path)
-            if newer is None:
-                change.last_event = self.clock()
-                self._pending[change.path] = change
-            else:
-                newer.also_delete |= change.also_delete
-                newer.moved_from = newer.moved_from or change.moved_from
-
-    def clear(self) -> None:
-        with self._lock:
-            self._pending.clear()
-
-
 class Watcher:
     """Runs until ``stop()``: events → pipeline, plus reconcile passes at start, on schedule and after a remount."""
 
     def __init__(
-        self, folder: LocalFolder, ingest: Ingest, options: WatchOptions, log: Callable[[str], None] = print
+        self, folder: LocalFolder, indexer: Indexer, options: WatchOptions, log: Callable[[str], None] = print
     ) -> None:
         self.folder = folder
-        self.ingest = ingest
+        self.indexer = indexer
+        self.writer = indexer.writer
         self.options = options
         self.log = log
         self.root = str(folder.root)
@@ -201,15 +83,14 @@ class Watcher:
         self._last_error: str | None = None
 
     def stop(self) -> None:
-        self.ingest.stop()
+        self.indexer.stop()
 
     @property
     def stopping(self) -> bool:
-        return self.ingest.stopping
+        return self.indexer.stopping
 
     def run(self) -> None:
-        self.ingest.progress.mode = "watch"
-        with self.ingest.session():
+        with self.indexer.session(mode="watch"):
             try:
                 self._start_observer()  # before the first pass: a change made during it is not missed
                 self._heartbeat(force=True)
@@ -218,7 +99,7 @@ class Watcher:
                 while not self.stopping:
                     self._heartbeat()
                     self._guarded(self._tick)
-                    self.ingest.wait(self._pause())
+                    self.indexer.wait(self._pause())
             finally:
                 self._stop_observer()
                 self._heartbeat(force=True)
@@ -334,11 +215,11 @@ class Watcher:
         self._next_reconcile = time.monotonic() + every if every else None
 
     def _reconcile(self, why: str) -> None:
-        before = (self.ingest.report.succeeded, len(self.ingest.report.failures))
-        result = reconcile(self.ingest, self.folder, max_delete_percent=self.options.max_delete_percent)
+        report = self.indexer.report
+        before = (report.succeeded, report.failed)
+        result = reconcile(self.indexer, self.folder, max_delete_percent=self.options.max_delete_percent)
         self._last_reconcile_at = _now_iso()
-        added = self.ingest.report.succeeded - before[0]
-        failed = len(self.ingest.report.failures) - before[1]
+        added, failed = report.succeeded - before[0], report.failed - before[1]
         self.log(f"reconcile ({why}): {added} indexed, {result.deleted} deleted, {failed} failed")
         if result.refused and not self.stopping:
             self.log(f"reconcile ({why}): {result.refused}")
@@ -355,7 +236,7 @@ class Watcher:
         for change in changes:
             if change.is_dir:
                 if os.path.isdir(change.path):
-                    for item in self.folder.scan(self.ingest.record_listing_error, under=change.path):
+                    for item in self.folder.scan(self.indexer.record_listing_error, under=change.path):
                         if self.tracker.is_pending(item.uri):
                             continue  # it has a change of its own, maybe with the origin of a move: wait for it
                         upserts[item.uri] = item
@@ -378,67 +259,36 @@ class Watcher:
             gone |= change.also_delete
         items = list(upserts.values())
         if moved_from:
-            items = self._move_documents(items, moved_from)
-        self.ingest.process(items)
+            items = self.writer.move(items, moved_from)
+        self.indexer.process(items)
         if not self.stopping and self._root_now() is not None:  # deletions only while the tree is really there
             gone = {p for p in gone if p not in upserts and not os.path.lexists(p)}
             self._delete(gone, gone_folders, origins=set(moved_from.values()))
         self._heartbeat(force=True)  # a second terminal sees each applied group at once
 
-    def _move_documents(self, items: list[SourceItem], moved_from: dict[str, str]) -> list[SourceItem]:
-        """Write moved files' documents with the vectors stored for their old paths; returns the items that
-        still need the pipeline (no old document, or the file changed on the way)."""
-        store = self.ingest.store
-        old = store.lookup([document_id(src) for src in moved_from.values()])
-        hashes: dict[str, str] = {}
-        for item in items:
-            src = moved_from.get(item.uri)
-            state = old.get(document_id(src)) if src else None
-            if state is not None and state.content_hash and unchanged(state, item):  # the skip rule of ingest
-                hashes[item.uri] = state.content_hash
-        if not hashes:
-            return items
-        vectors = store.vectors_by_hash(sorted(set(hashes.values())))
-        model = self.ingest.embedder.identity.model
-        documents = [
-            document_for(item, hashes[item.uri], vectors[hashes[item.uri]], model)
-            for item in items
-            if item.uri in hashes and hashes[item.uri] in vectors
-        ]
-        rejected = store.upsert(documents) if documents else {}
-        moved = {doc.uri for doc in documents if doc.id not in rejected}
-        self.ingest.report.moved += len(moved)
-        if self.ingest.state is not None:
-            self.ingest.state.clear_failures(sorted(moved))
-        return [item for item in items if item.uri not in moved]
-
     def _delete(self, files: set[str], folders: set[str], origins: set[str]) -> None:
         """Delete the documents of vanished files and folders; ``origins`` (old paths of moves) are not counted as
         deletions: their files were moved, not deleted."""
-        store = self.ingest.store
         uris = {document_id(path): path for path in files}
         # A folder moved back or recreated keeps its documents: its files arrive as changes of their own.
         vanished = sorted(folder for folder in folders if not os.path.isdir(folder))
         for folder in vanished:
-            for doc_id, fields in store.documents(where=SearchFilter(path_prefix=folder + os.sep)):
+            for doc_id, fields in self.indexer.store.documents(where=SearchFilter(path_prefix=folder + os.sep)):
                 uri = owned_uri(doc_id, fields)
                 if uri is not None and not os.path.lexists(uri):
                     uris[doc_id] = uri
-        present = store.lookup(sorted(uris))
-        if present:
-            store.delete(sorted(present))
-            self.ingest.report.deleted += sum(1 for doc_id in present if uris[doc_id] not in origins)
-        if self.ingest.state is not None:
-            self.ingest.state.clear_failures(sorted(files))
-            for folder in vanished:  # also the failures of files that never had a document
-                self.ingest.state.clear_failures_under(folder + os.sep)
+        present = sorted(self.indexer.store.lookup(sorted(uris)))
+        self.writer.delete(present, counted=sum(1 for doc_id in present if uris[doc_id] not in origins))
+        self.writer.forget_failures(sorted(files))
+        for folder in vanished:  # also the failures of files that never had a document
+            self.writer.forget_failures_under(folder + os.sep)
 
     def _optimize_now_and_then(self) -> None:
-        report = self.ingest.report
+        report = self.indexer.report
         written = report.succeeded + report.deleted + report.moved
         if written == self._written_at_optimize or time.monotonic() - self._last_optimize < OPTIMIZE_EVERY_SECONDS:
             return
-        self.ingest.store.optimize()
+        self.writer.optimize()
         self._last_optimize = time.monotonic()
         self._written_at_optimize = written
 
@@ -446,8 +296,7 @@ class Watcher:
 
     def _heartbeat(self, *, force: bool = False) -> None:
         last_event = self.tracker.last_event_at
-        self.ingest.progress.remaining = len(self.tracker)
-        self.ingest.progress.health = {
+        health = {
             "source_available": self._available,
             "observer": "polling" if self.options.polling else "inotify",
             "pending_changes": len(self.tracker),
@@ -457,7 +306,7 @@ class Watcher:
             "errors_in_a_row": self._errors_in_a_row,
             "last_error": self._last_error,
         }
-        self.ingest.save(force=force)
+        self.indexer.show_health(health, len(self.tracker), force=force)
 
 
 def _mount_point(path: str) -> str:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgvec.documents import Failure, SourceItem
 from imgvec.embed.decode import decode_image
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.errors import ImageDecodeError
 from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
-from imgvec.sources.base import Source, SourceItem
+from imgvec.sources.base import Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +42,6 @@ class Prepared:
     content_hash: str
     read_seconds: float
     decode_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class PrepareFailure:
-    item: SourceItem
-    stage: str
-    reason: str
 
 
 _config: WorkerConfig | None = None
@@ -77,23 +71,23 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="imgvec-parent-watch", daemon=True).start()
 
 
-def read_item(source: Source, item: SourceItem, retry: RetryPolicy) -> bytes | PrepareFailure:
+def read_item(source: Source, item: SourceItem, retry: RetryPolicy) -> bytes | Failure:
     """The item's bytes, transient errors retried; a lasting failure is returned as the item's failure."""
     try:
         return retry.call(lambda: source.read(item), is_transient_os_error)
     except OSError as exc:
-        return PrepareFailure(item, "read", f"cannot read file: {exc.strerror or exc}")
+        return Failure.of(item, "read", f"cannot read file: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - a source's own error type is still one file's failure
-        return PrepareFailure(item, "read", f"cannot read: {exc}")
+        return Failure.of(item, "read", f"cannot read: {exc}")
 
 
-def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0.0) -> Prepared | PrepareFailure:
+def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0.0) -> Prepared | Failure:
     config = _config
     assert config is not None, "init_worker was not called"
     began = time.perf_counter()
     if data is None:
         read = read_item(config.source, item, config.retry)
-        if isinstance(read, PrepareFailure):
+        if isinstance(read, Failure):
             return read
         data = read
     read_done = time.perf_counter()
@@ -102,9 +96,9 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
         image = decode_image(data, max_pixels=config.max_pixels, reduce_for=config.reduce_for)
         pixels = config.preprocessor(image)
     except ImageDecodeError as exc:
-        return PrepareFailure(item, "decode", str(exc))
+        return Failure.of(item, "decode", str(exc))
     except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
-        return PrepareFailure(item, "decode", f"cannot decode image: {exc}")
+        return Failure.of(item, "decode", f"cannot decode image: {exc}")
     return Prepared(
         item=item,
         pixels=pixels,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from imgvec.sources.base import IMAGE_EXTENSIONS, ListingError, Source, SourceItem
+from imgvec.documents import SourceItem
+from imgvec.sources.base import IMAGE_EXTENSIONS, Source
 from imgvec.sources.local import LocalFolder
 from imgvec.sources.locations import ObjectLocation, parse_s3_url
 from imgvec.sources.reader import LocationReader
@@ -18,7 +19,6 @@ def open_source(location: str, s3: S3Options | None = None) -> Source:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "ListingError",
     "LocalFolder",
     "LocationReader",
     "ObjectLocation",

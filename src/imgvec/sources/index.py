@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from imgvec.documents import Failure, SourceItem, extension_of
 from imgvec.errors import SourceError
-from imgvec.sources.base import OnListingError, SourceItem, extension_of
+from imgvec.sources.base import OnListingError
 from imgvec.sources.reader import LocationReader
 from imgvec.sources.s3 import S3Options
 from imgvec.stores.base import Store
@@ -33,12 +34,10 @@ class IndexDocuments:
         raise SourceError("an index lists documents, not files: sync a folder or an s3:// location instead")
 
     def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
-        from imgvec.sources.base import ListingError
-
         for doc_id, fields in self.store.documents(without_vector=True):
             item = item_of_document(doc_id, fields)
             if item is None:
-                on_error(ListingError(f"document {doc_id}", "has no s3_url, bucket+file_key or file_path to read"))
+                on_error(Failure.listing(f"document {doc_id}", "has no s3_url, bucket+file_key or file_path to read"))
                 continue
             yield item
 

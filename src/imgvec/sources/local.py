@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from stat import S_ISREG
 
+from imgvec.documents import Failure, SourceItem, extension_of
 from imgvec.errors import SourceError
-from imgvec.sources.base import IMAGE_EXTENSIONS, ListingError, OnListingError, SourceItem, extension_of
+from imgvec.sources.base import IMAGE_EXTENSIONS, OnListingError
 
 
 class LocalFolder:
@@ -43,7 +44,7 @@ class LocalFolder:
             try:
                 info = folder.stat()
             except OSError as exc:
-                on_error(ListingError(str(folder), f"cannot stat folder: {exc.strerror or exc}"))
+                on_error(Failure.listing(str(folder), f"cannot stat folder: {exc.strerror or exc}"))
                 continue
             key = (info.st_dev, info.st_ino)
             if key in visited:
@@ -53,7 +54,7 @@ class LocalFolder:
                 with os.scandir(folder) as entries:
                     children = sorted(entries, key=lambda e: e.name)
             except OSError as exc:
-                on_error(ListingError(str(folder), f"cannot list folder: {exc.strerror or exc}"))
+                on_error(Failure.listing(str(folder), f"cannot list folder: {exc.strerror or exc}"))
                 continue
             subfolders = []
             for entry in children:
@@ -69,9 +70,9 @@ class LocalFolder:
                 try:
                     stat = entry.stat(follow_symlinks=True)
                 except OSError as exc:
-                    on_error(ListingError(entry.path, f"cannot stat file: {exc.strerror or exc}"))
+                    on_error(Failure.listing(entry.path, f"cannot stat file: {exc.strerror or exc}"))
                     continue
-                yield _file_item(entry.path, entry.name, extension, stat)
+                yield SourceItem.of_path(entry.path, stat.st_size, stat.st_mtime)
             stack.extend(reversed(subfolders))
 
     def item(self, path: str) -> SourceItem | None:
@@ -86,19 +87,8 @@ class LocalFolder:
             return None
         if not S_ISREG(stat.st_mode):
             return None
-        return _file_item(path, name, extension, stat)
+        return SourceItem.of_path(path, stat.st_size, stat.st_mtime)
 
     def read(self, item: SourceItem) -> bytes:
         with open(item.file_path, "rb") as handle:
             return handle.read()
-
-
-def _file_item(path: str, name: str, extension: str, stat: os.stat_result) -> SourceItem:
-    return SourceItem(
-        uri=path,
-        file_path=path,
-        file_name=name,
-        file_extension=extension,
-        file_size=stat.st_size,
-        mtime=stat.st_mtime,
-    )

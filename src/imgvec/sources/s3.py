@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from imgvec.documents import Failure, SourceItem, extension_of
 from imgvec.errors import SourceError
-from imgvec.sources.base import IMAGE_EXTENSIONS, ListingError, OnListingError, SourceItem, extension_of
+from imgvec.sources.base import IMAGE_EXTENSIONS, OnListingError
 from imgvec.sources.locations import ObjectLocation, parse_s3_url
 
 S3Client = Any
@@ -120,7 +121,7 @@ class S3Bucket:
                     if item is not None:
                         yield item
         except (BotoCoreError, ClientError) as exc:  # after retries: recorded; the run finishes what it has
-            on_error(ListingError(self.location, describe_s3_error(exc, "listing stopped")))
+            on_error(Failure.listing(self.location, describe_s3_error(exc, "listing stopped")))
 
     def _item(self, entry: dict[str, Any]) -> SourceItem | None:
         key: str = entry["Key"]

@@ -7,12 +7,10 @@ from pathlib import Path
 from imgvec.errors import StoreError
 from imgvec.stores.base import Aliases, IndexStats, SearchFilter, SearchHit, Store
 from imgvec.stores.opensearch_client import OpenSearchOptions
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
 
 __all__ = [
     "Aliases",
     "IndexStats",
-    "KnnIndexOptions",
     "OpenSearchOptions",
     "SearchFilter",
     "SearchHit",
@@ -40,17 +38,18 @@ def open_store(location: str, index: str, opensearch: OpenSearchOptions | None =
         return OpenSearchStore(connect(options), index, serverless=options.serverless, label=options.safe_url())
     if "://" in location:
         raise StoreError(f"--store {location}: unknown scheme; give a directory or an http(s):// URL")
-    from imgvec.stores.embedded import EmbeddedAliases, EmbeddedStore
+    from imgvec.stores.embedded import EmbeddedStore
+    from imgvec.stores.embedded_aliases import EmbeddedAliases
 
     return EmbeddedStore(Path(location), EmbeddedAliases(location).target(index) or index)
 
 
 def open_aliases(location: str, opensearch: OpenSearchOptions | None = None) -> Aliases:
     if is_remote(location):
-        from imgvec.stores.opensearch import OpenSearchAliases
+        from imgvec.stores.opensearch_aliases import OpenSearchAliases
         from imgvec.stores.opensearch_client import connect
 
         return OpenSearchAliases(connect(opensearch or OpenSearchOptions(url=location)))
-    from imgvec.stores.embedded import EmbeddedAliases
+    from imgvec.stores.embedded_aliases import EmbeddedAliases
 
     return EmbeddedAliases(location)

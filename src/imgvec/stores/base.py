@@ -1,4 +1,4 @@
-"""The store protocol: everything the pipeline, the CLI and the service may ask of an index.
+"""The store protocol: everything the pipeline and the front ends may ask of an index.
 
 Kept this small on purpose (lancedb's table API is the model) so that a second backend, OpenSearch, is a
 few hundred lines rather than a rewrite, and the pipeline never learns which one it talks to.
@@ -12,9 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgvec.documents import ImageDocument, StoredState
+from imgvec.documents import ImageDocument, StoredFile
 from imgvec.identity import IndexIdentity
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +66,15 @@ class Store(Protocol):
         """What the index's vectors mean, or None for an index imgvec did not create."""
         ...
 
-    def ensure_index(self, identity: IndexIdentity, options: KnnIndexOptions | None = None) -> None:
+    def ensure_index(
+        self, identity: IndexIdentity, *, migrated_from: str | None = None, config: object | None = None
+    ) -> None:
         """Create the index for ``identity``, or check that the existing one matches it.
-        ``options`` tune a new OpenSearch index (the embedded store keeps only ``migrated_from``)."""
+
+        ``migrated_from``: the index a migration copies from, recorded for ``alias rollback``. ``config``: the
+        backend's own settings for a new index (OpenSearch: ``KnnIndexOptions``); a backend that has none takes
+        None, and refuses another backend's.
+        """
         ...
 
     def verify(self, expected: IndexIdentity | None = None) -> list[str]:
@@ -87,7 +92,7 @@ class Store(Protocol):
 
     def delete(self, ids: Sequence[str]) -> None: ...
 
-    def lookup(self, ids: Sequence[str]) -> dict[str, StoredState]:
+    def lookup(self, ids: Sequence[str]) -> dict[str, StoredFile]:
         """What the store holds for these ids (missing ids are absent), to skip unchanged files."""
         ...
 
@@ -102,7 +107,7 @@ class Store(Protocol):
         streamed: ``ingest --missing`` and the deletions of ``sync`` and ``watch``."""
         ...
 
-    def copy_from(self, source_index: str) -> int:
+    def copy_from(self, origin_index: str) -> int:
         """Copy another index of this backend here, without its vectors (a migration's first step)."""
         ...
 

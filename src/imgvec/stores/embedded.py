@@ -9,38 +9,27 @@ still waiting for one; nulls never take part in a search.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from imgvec.documents import ImageDocument, StoredState
+from imgvec.documents import DOCUMENT_FIELDS, ImageDocument, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
+from imgvec.stores.embedded_indexes import build_missing_indexes, tune_search
 
 if TYPE_CHECKING:
     import lancedb
     import lancedb.table
-    from lancedb.index import IndexConfig
 
 IDENTITY_KEY = b"imgvec.identity"
 ORIGIN_KEY = b"imgvec.migrated_from"
-VECTOR_INDEX_MIN_ROWS = 100_000
-"""Below this an exact scan answers in tens of milliseconds and is never wrong; above it, build IVF."""
-FLAT_INDEX_MAX_ROWS = 2_000_000
-"""IVF_FLAT (exact distances inside the probed partitions) up to here; IVF-PQ with exact re-rank above."""
-ID_INDEX_MIN_ROWS = 10_000
-PROBE_SHARE = 0.04
-"""Share of the √n IVF partitions each query probes; recall@10 >= 0.99 in benchmarks/store.py."""
-PQ_REFINE_FACTOR = 50
 METADATA_CACHE_BYTES = 64 * 2**20
 KEEP_VERSIONS_FOR = timedelta(minutes=10)
 """Superseded versions are deleted after this. Lance keeps them 7 days by default, doubling the disk of a
@@ -53,22 +42,28 @@ ADDED_COLUMNS = (("etag", pa.string()),)
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+COLUMN_TYPES = {
+    "file_name": pa.string(),
+    "file_path": pa.string(),
+    "file_extension": pa.string(),
+    "file_size": pa.int64(),
+    "bucket": pa.string(),
+    "file_key": pa.string(),
+    "s3_url": pa.string(),
+    "indexed_at": pa.timestamp("us", tz="UTC"),
+    "mtime": pa.float64(),
+    "content_hash": pa.string(),
+    "etag": pa.string(),
+    "model": pa.string(),
+}
+"""The Arrow type of each of ``DOCUMENT_FIELDS``."""
+
+
 def _schema(identity: IndexIdentity, migrated_from: str | None = None) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
-            pa.field("file_name", pa.string()),
-            pa.field("file_path", pa.string()),
-            pa.field("file_extension", pa.string()),
-            pa.field("file_size", pa.int64()),
-            pa.field("bucket", pa.string()),
-            pa.field("file_key", pa.string()),
-            pa.field("s3_url", pa.string()),
-            pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
-            pa.field("mtime", pa.float64()),
-            pa.field("content_hash", pa.string()),
-            pa.field("etag", pa.string()),
-            pa.field("model", pa.string()),
+            *(pa.field(name, COLUMN_TYPES[name]) for name in DOCUMENT_FIELDS),
             pa.field("vector", pa.list_(pa.float32(), identity.dimension), nullable=True),
         ],
         metadata={IDENTITY_KEY: identity.to_json().encode()}
@@ -101,10 +96,10 @@ class EmbeddedStore:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
                 # Without a consistency interval a handle never sees other processes' commits: a long-lived
-                # reader (the HTTP service, a second terminal) would report stale counts forever.
-                # Lance caches the metadata of every version it has seen; an ingest commits one version per batch,
-                # so uncapped it grew ~50 KiB per file (1.6 GiB at 10k files). The cap keeps RSS flat; the index
-                # cache, which search latency depends on, keeps its default.
+                # reader (a second terminal, a process that runs for days) would report stale counts forever.
+                # Lance caches the metadata of every version it has seen, and an ingest commits one version per
+                # batch: uncapped, memory grew with every file (docs/architecture.md). The cap keeps RSS flat; the
+                # index cache, which search latency depends on, keeps its default.
                 self._connection = lancedb.connect(
                     self.path,
                     read_consistency_interval=timedelta(0),
@@ -164,7 +159,11 @@ class EmbeddedStore:
                 problems.append(str(exc))
         return problems
 
-    def ensure_index(self, identity: IndexIdentity, options: KnnIndexOptions | None = None) -> None:
+    def ensure_index(
+        self, identity: IndexIdentity, *, migrated_from: str | None = None, config: object | None = None
+    ) -> None:
+        if config is not None:
+            raise StoreError(f"the embedded store takes no index settings (given {type(config).__name__})")
         if self.exists():
             current = self.identity()
             if current is None:
@@ -175,8 +174,7 @@ class EmbeddedStore:
             current.require_compatible(identity)
             self._upgrade(self._open())
             return
-        origin = options.migrated_from if options else None
-        self._table = self._db(create=True).create_table(self.index, schema=_schema(identity, origin))
+        self._table = self._db(create=True).create_table(self.index, schema=_schema(identity, migrated_from))
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -215,41 +213,28 @@ class EmbeddedStore:
                 identity.require_dimension(vector.shape[0])
             elif vector.shape[0] != dimension:
                 raise IdentityMismatchError(f"refusing {vector.shape[0]}-dim vector for a {dimension}-dim index")
-            norm = float(np.linalg.norm(vector))
-            # A zero or NaN vector is a failed embedding, never a value to store: it would match nothing
-            # (or everything) and OpenSearch's cosine space rejects it outright.
-            if not np.isfinite(norm) or norm == 0.0:
+            if not usable_vector(vector):
                 raise StoreError(f"refusing a zero or non-finite vector for {doc.file_path}")
             block[row] = vector
             missing[row] = False
-        columns = {
-            "id": [d.id for d in documents],
-            "file_name": [d.file_name for d in documents],
-            "file_path": [d.file_path for d in documents],
-            "file_extension": [d.file_extension for d in documents],
-            "file_size": [d.file_size for d in documents],
-            "bucket": [d.bucket for d in documents],
-            "file_key": [d.file_key for d in documents],
-            "s3_url": [d.s3_url for d in documents],
-            "indexed_at": [d.indexed_at.astimezone(UTC) for d in documents],
-            "mtime": [d.mtime for d in documents],
-            "content_hash": [d.content_hash for d in documents],
-            "etag": [d.etag for d in documents],
-            "model": [d.model for d in documents],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), dimension, mask=pa.array(missing)),
-        }
+        rows = [doc.fields() for doc in documents]
+        columns: dict[str, Any] = {"id": [doc.id for doc in documents]}
+        columns |= {name: [row[name] for row in rows] for name in DOCUMENT_FIELDS}
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(block.reshape(-1)), dimension, mask=pa.array(missing)
+        )
         return pa.table(columns, schema=schema)
 
     # -- reads --------------------------------------------------------------------------------------
 
-    def lookup(self, ids: Sequence[str]) -> dict[str, StoredState]:
+    def lookup(self, ids: Sequence[str]) -> dict[str, StoredFile]:
         if not ids or not self.exists():
             return {}
         table = self._open()
         columns = ["id", "file_size", "mtime", "content_hash", "vector"]
         if "etag" in table.schema.names:  # an index from before the column, not yet opened by a writer
             columns.append("etag")
-        found: dict[str, StoredState] = {}
+        found: dict[str, StoredFile] = {}
         for chunk in _chunks(ids, LOOKUP_CHUNK):
             rows = (
                 table.search()
@@ -260,7 +245,7 @@ class EmbeddedStore:
             )
             vectors = rows.column("vector").is_valid().to_pylist()
             for i, row in enumerate(rows.drop_columns(["vector"]).to_pylist()):
-                found[row["id"]] = StoredState(
+                found[row["id"]] = StoredFile(
                     file_size=row["file_size"],
                     mtime=row["mtime"],
                     content_hash=row["content_hash"],
@@ -316,11 +301,11 @@ class EmbeddedStore:
             for row in query.limit(None).to_arrow().to_pylist():
                 yield row["id"], row
 
-    def copy_from(self, source_index: str) -> int:
+    def copy_from(self, origin_index: str) -> int:
         table = self._open()
         copied = 0
         rows: list[dict[str, Any]] = []
-        for _, row in EmbeddedStore(self.path, source_index).documents():
+        for _, row in EmbeddedStore(self.path, origin_index).documents():
             rows.append(row)
             if len(rows) >= LOOKUP_CHUNK:
                 copied += self._insert_rows(table, rows)
@@ -345,13 +330,7 @@ class EmbeddedStore:
         if identity is not None:
             identity.require_dimension(query_vector.shape[0])
         query = table.search(query_vector, vector_column_name="vector").distance_type("cosine")
-        vector_index = self._vector_index()
-        if vector_index is not None:
-            partitions = max(1, int(vector_index.num_indexed_rows**0.5))
-            query = query.nprobes(max(20, round(PROBE_SHARE * partitions)))
-            if vector_index.index_type != "IvfFlat":
-                # PQ distances are approximate: re-rank a wide candidate set on the exact vectors.
-                query = query.refine_factor(PQ_REFINE_FACTOR)
+        query = tune_search(query, table)
         condition = _filter_sql(where)
         if condition:
             query = query.where(condition, prefilter=True)
@@ -376,42 +355,14 @@ class EmbeddedStore:
     # -- housekeeping -------------------------------------------------------------------------------
 
     def optimize(self) -> None:
-        from lancedb.index import BTree
-
         table = self._open()
         table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR)  # compacts, folds new rows into indexes
-        indexed = {tuple(ix.columns) for ix in table.list_indices()}
-        rows = table.count_rows()
-        if rows >= ID_INDEX_MIN_ROWS:
-            for column in ("id", "content_hash"):  # skip checks and the content cache look rows up by these
-                if (column,) not in indexed:
-                    table.create_index(column, config=BTree(), replace=True)
-        with_vector = table.count_rows("vector IS NOT NULL")
-        if ("vector",) not in indexed and with_vector >= VECTOR_INDEX_MIN_ROWS:
-            build_vector_index(table, with_vector)
+        build_missing_indexes(table)
         # A fresh connection (and Lance session) after each compaction. Lance keys cache entries by table version
         # and does not evict them when cleanup deletes that version (lance-format/lance#7718), so one session
-        # grows with every commit. Store-only, 20k → 80k documents: +35 MiB kept, +14 MiB with this.
+        # grows with every commit (figures in docs/architecture.md).
         self._table = None
         self._connection = None
-
-    def _vector_index(self) -> IndexConfig | None:
-        return next((ix for ix in self._open().list_indices() if tuple(ix.columns) == ("vector",)), None)
-
-
-def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
-    """IVF with ~sqrt(n) partitions: FLAT (exact within partitions) while the copy of the vectors it keeps is
-    affordable, PQ (64 bytes a vector, re-ranked exactly at query time) beyond that."""
-    from lancedb.index import IvfFlat, IvfPq
-
-    partitions = max(16, int(rows**0.5))
-    if rows <= FLAT_INDEX_MAX_ROWS:
-        config = IvfFlat(distance_type="cosine", num_partitions=partitions)
-    else:
-        dimension = table.schema.field("vector").type.list_size
-        sub_vectors = dimension // 8 if dimension % 8 == 0 else 1
-        config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors)
-    table.create_index("vector", config=config, replace=True)
 
 
 def _filter_sql(where: SearchFilter | None) -> str | None:
@@ -429,34 +380,3 @@ def _filter_sql(where: SearchFilter | None) -> str | None:
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-class EmbeddedAliases:
-    """Aliases of one embedded store in ``_imgvec/aliases.json``, replaced atomically (write, fsync, rename)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.file = Path(path).expanduser() / "_imgvec" / "aliases.json"
-
-    def _read(self) -> dict[str, str]:
-        try:
-            return dict(json.loads(self.file.read_text()))
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read aliases from {self.file}: {exc}") from exc
-
-    def target(self, alias: str) -> str | None:
-        return self._read().get(alias)
-
-    def switch(self, alias: str, index: str) -> str | None:
-        aliases = self._read()
-        previous = aliases.get(alias)
-        aliases[alias] = index
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.file.with_suffix(".tmp")
-        with open(temporary, "w") as handle:
-            json.dump(aliases, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.file)
-        return previous

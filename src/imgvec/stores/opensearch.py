@@ -8,39 +8,32 @@ module or in ``opensearch_mapping``, and the contract tests check each one again
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgvec.documents import ImageDocument, StoredState
+from imgvec.documents import ImageDocument, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
+from imgvec.stores.opensearch_bulk import BULK_DOCUMENTS, BulkItem, send_bulk
+from imgvec.stores.opensearch_client import request
 from imgvec.stores.opensearch_mapping import (
     VECTOR_FIELD,
     KnnIndexOptions,
     identity_of,
     index_body,
     mapping_problems,
-    migrated_from,
+    origin_of,
+    search_filter,
     vector_fields,
 )
 
 if TYPE_CHECKING:
     from opensearchpy import OpenSearch
 
-BULK_DOCUMENTS = 500
-BULK_BYTES = 8 * 2**20
-"""Under the 10 MiB request cap of some managed instance types; 512 floats as JSON are ~5 KiB a document."""
-BULK_RETRIES = 6
-BULK_BACKOFF = 1.0
-BULK_MAX_BACKOFF = 60.0
 PAGE_SIZE = 500
 PIT_KEEP_ALIVE = "5m"
 STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag"]
@@ -51,31 +44,6 @@ COPY_SCRIPT = (
 """_reindex's ``source._source`` takes only fields to keep (the spec's ``Fields``): the old vectors are dropped here."""
 SORT_CANDIDATES = ("doc_id", "file_key", "file_path", "s3_url")
 """Keyword fields unique per document, to page a foreign index with search_after (first one present wins)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BulkItem:
-    doc_id: str
-    action: dict[str, Any]
-    """The action line: ``{"update": {"_index", "_id"}}``, ``{"index": {"_index"}}``, ``{"delete": ...}``."""
-    source: dict[str, Any] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(json.dumps(self.action)) + (len(json.dumps(self.source)) if self.source is not None else 0) + 2
-
-
-def _chunks_by_size(items: list[BulkItem]) -> Iterator[list[BulkItem]]:
-    chunk: list[BulkItem] = []
-    size = 0
-    for item in items:
-        if chunk and (len(chunk) >= BULK_DOCUMENTS or size + item.size > BULK_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += item.size
-    if chunk:
-        yield chunk
 
 
 class OpenSearchStore:
@@ -109,12 +77,16 @@ class OpenSearchStore:
         return self._identity
 
     def origin(self) -> str | None:
-        return migrated_from(self.mapping())
+        return origin_of(self.mapping())
 
     def verify(self, expected: IndexIdentity | None = None) -> list[str]:
         return mapping_problems(self.mapping(), expected)
 
-    def ensure_index(self, identity: IndexIdentity, options: KnnIndexOptions | None = None) -> None:
+    def ensure_index(
+        self, identity: IndexIdentity, *, migrated_from: str | None = None, config: object | None = None
+    ) -> None:
+        if config is not None and not isinstance(config, KnnIndexOptions):
+            raise StoreError(f"an OpenSearch index takes KnnIndexOptions, not {type(config).__name__}")
         if self.exists():
             mapping = self.mapping()
             current = identity_of(mapping)
@@ -127,7 +99,9 @@ class OpenSearchStore:
             current.require_compatible(identity)
             self._identity = current
             return
-        body = index_body(identity, options or KnnIndexOptions(), serverless=self.serverless)
+        body = index_body(
+            identity, config or KnnIndexOptions(), migrated_from=migrated_from, serverless=self.serverless
+        )
         self._call(self.client.indices.create, index=self.index, body=body)
         self._identity = identity
 
@@ -180,65 +154,19 @@ class OpenSearchStore:
             raise StoreError(f"{len(failed)} deletes failed, e.g. {next(iter(failed.values()))}")
 
     def _source(self, doc: ImageDocument, identity: IndexIdentity | None) -> dict[str, Any]:
-        source: dict[str, Any] = {
-            "doc_id": doc.id,
-            "file_name": doc.file_name,
-            "file_path": doc.file_path,
-            "file_extension": doc.file_extension,
-            "file_size": doc.file_size,
-            "bucket": doc.bucket,
-            "file_key": doc.file_key,
-            "s3_url": doc.s3_url,
-            "indexed_at": doc.indexed_at.astimezone(UTC).isoformat(),
-            "mtime": doc.mtime,
-            "content_hash": doc.content_hash,
-            "etag": doc.etag,
-            "model": doc.model,
-        }
+        source: dict[str, Any] = {"doc_id": doc.id, **doc.fields()}
+        source["indexed_at"] = source["indexed_at"].isoformat()
         if doc.vector is not None:
             vector = np.asarray(doc.vector, dtype=np.float32).reshape(-1)
             if identity is not None:
                 identity.require_dimension(vector.shape[0])
-            norm = float(np.linalg.norm(vector))
-            if not np.isfinite(norm) or norm == 0.0:  # cosinesimil rejects zero vectors; NaN is a failed embedding
+            if not usable_vector(vector):  # cosinesimil rejects zero vectors; NaN is a failed embedding
                 raise StoreError(f"refusing a zero or non-finite vector for {doc.file_path}")
             source[VECTOR_FIELD] = vector.tolist()
         return {key: value for key, value in source.items() if value is not None}
 
     def _bulk(self, items: list[BulkItem]) -> dict[str, str]:
-        """Bulk requests sized by count and bytes; rejected items retried on 429 with exponential backoff.
-
-        Not opensearch-py's ``streaming_bulk``: when it retries a 429 it reorders its results and, for an
-        ``index`` without ``_id`` (Serverless), nothing in a result says which document it was. Bulk responses list
-        items in request order, so here each result maps back to its document id exactly.
-        Returns the documents rejected for good, by id, with the cluster's reason.
-        """
-        rejected: dict[str, str] = {}
-        pending = items
-        for attempt in range(BULK_RETRIES + 1):
-            throttled: list[BulkItem] = []
-            for chunk in _chunks_by_size(pending):
-                lines: list[dict[str, Any]] = []
-                for item in chunk:
-                    lines.append(item.action)
-                    if item.source is not None:
-                        lines.append(item.source)
-                response = self._call(self.client.bulk, body=lines)
-                for item, result in zip(chunk, response["items"], strict=True):
-                    outcome = next(iter(result.values()))
-                    status = int(outcome.get("status", 500))
-                    if status == 429 and attempt < BULK_RETRIES:
-                        throttled.append(item)
-                    elif not 200 <= status < 300:
-                        error = outcome.get("error")
-                        if isinstance(error, dict):
-                            error = f"{error.get('type')}: {error.get('reason')}"
-                        rejected[item.doc_id] = f"HTTP {status}: {error}"
-            if not throttled:
-                break
-            pending = throttled
-            time.sleep(min(BULK_MAX_BACKOFF, BULK_BACKOFF * 2**attempt) * random.uniform(0.5, 1.0))
-        return rejected
+        return send_bulk(lambda lines: self._call(self.client.bulk, body=lines), items)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -260,7 +188,7 @@ class OpenSearchStore:
             found.setdefault(doc_id, []).append((hit["_id"], hit["_source"]))
         return found
 
-    def lookup(self, ids: Sequence[str]) -> dict[str, StoredState]:
+    def lookup(self, ids: Sequence[str]) -> dict[str, StoredFile]:
         if not ids or not self.exists():
             return {}
         ids = list(ids)
@@ -278,7 +206,7 @@ class OpenSearchStore:
         for hit in states:
             source = hit["_source"]
             doc_id = source.get("doc_id") or hit["_id"]
-            found[doc_id] = StoredState(
+            found[doc_id] = StoredFile(
                 file_size=int(source.get("file_size") or 0),
                 mtime=float(source.get("mtime") or 0.0),
                 content_hash=source.get("content_hash"),
@@ -411,14 +339,14 @@ class OpenSearchStore:
 
     # -- migration ----------------------------------------------------------------------------------
 
-    def copy_from(self, source_index: str, *, poll_seconds: float = 5.0) -> int:
+    def copy_from(self, origin_index: str, *, poll_seconds: float = 5.0) -> int:
         """Copy another index's documents here without its vectors; returns how many were copied.
 
         ``_reindex`` runs inside the cluster (kept ids, a ``doc_id`` added by script); Serverless has none,
         so there the documents stream through imgvec with point-in-time paging and bulk writes.
         """
-        source = OpenSearchStore(self.client, source_index, serverless=self.serverless, label=self.label)
-        excluded = sorted(vector_fields(source.mapping())) or [VECTOR_FIELD]
+        origin = OpenSearchStore(self.client, origin_index, serverless=self.serverless, label=self.label)
+        excluded = sorted(vector_fields(origin.mapping())) or [VECTOR_FIELD]
         if self.serverless:
             if self._count(None):
                 raise StoreError(
@@ -427,14 +355,14 @@ class OpenSearchStore:
                 )
             copied = 0
             batch: list[BulkItem] = []
-            for doc_id, fields in source.documents():
+            for doc_id, fields in origin.documents():
                 batch.append(BulkItem(doc_id, {"index": {"_index": self.index}}, {**fields, "doc_id": doc_id}))
                 if len(batch) >= BULK_DOCUMENTS:
                     copied += self._copy_batch(batch)
                     batch = []
             return copied + self._copy_batch(batch)
         body = {
-            "source": {"index": source_index},
+            "source": {"index": origin_index},
             "dest": {"index": self.index, "op_type": "create"},  # a re-run keeps the vectors filled since
             "conflicts": "proceed",
             "script": {"lang": "painless", "source": COPY_SCRIPT, "params": {"drop": excluded}},
@@ -449,7 +377,7 @@ class OpenSearchStore:
         failures = response.get("failures") or []
         if status.get("error") or failures:
             cause = status.get("error") or failures[0]
-            raise StoreError(f"_reindex from {source_index!r} failed: {cause}")
+            raise StoreError(f"_reindex from {origin_index!r} failed: {cause}")
         return int(response.get("created", 0))
 
     def _copy_batch(self, batch: list[BulkItem]) -> int:
@@ -466,70 +394,4 @@ class OpenSearchStore:
             self._call(self.client.indices.refresh, index=self.index)
 
     def _call(self, method: Any, **kwargs: Any) -> Any:
-        """One request; a transport failure becomes a StoreError naming the cluster and what to check."""
-        from opensearchpy import AuthenticationException, AuthorizationException, ConnectionError, TransportError
-
-        try:
-            return method(**kwargs)
-        except AuthenticationException:
-            raise StoreError(f"{self.label} refused the credentials (401): check the user/password or AWS keys") from (
-                None
-            )
-        except AuthorizationException as exc:
-            raise StoreError(f"{self.label}: not allowed (403) for index {self.index!r}: {_reason(exc)}") from None
-        except ConnectionError as exc:
-            raise StoreError(f"cannot reach {self.label}: {exc.info or exc.error}") from None
-        except TransportError as exc:
-            if exc.status_code in (400, 404, 409):
-                raise  # callers decide what those mean
-            raise StoreError(f"{self.label} answered HTTP {exc.status_code}: {_reason(exc)}") from None
-
-
-class OpenSearchAliases:
-    """Aliases in one cluster. A switch is a single ``_aliases`` call, so readers never see no index."""
-
-    def __init__(self, client: OpenSearch) -> None:
-        self.client = client
-
-    def target(self, alias: str) -> str | None:
-        from opensearchpy import NotFoundError
-
-        try:
-            response = self.client.indices.get_alias(name=alias)
-        except NotFoundError:
-            return None
-        names = sorted(response)
-        if len(names) > 1:
-            raise StoreError(f"alias {alias!r} points to {len(names)} indexes ({', '.join(names)}); imgvec expects one")
-        return names[0] if names else None
-
-    def switch(self, alias: str, index: str) -> str | None:
-        previous = self.target(alias)
-        actions: list[dict[str, Any]] = []
-        if previous is not None:
-            actions.append({"remove": {"index": previous, "alias": alias}})
-        actions.append({"add": {"index": index, "alias": alias}})
-        self.client.indices.update_aliases(body={"actions": actions})
-        return previous
-
-
-def search_filter(where: SearchFilter | None) -> dict[str, Any] | None:
-    if where is None:
-        return None
-    clauses: list[dict[str, Any]] = []
-    if where.extensions:
-        clauses.append({"terms": {"file_extension": [e.lower().lstrip(".") for e in where.extensions]}})
-    if where.path_prefix:
-        clauses.append({"prefix": {"file_path": where.path_prefix}})
-    return {"bool": {"filter": clauses}} if clauses else None
-
-
-def _reason(exc: Any) -> str:
-    info = getattr(exc, "info", None)
-    if isinstance(info, dict):
-        error = info.get("error")
-        if isinstance(error, dict):
-            return str(error.get("reason") or error.get("type"))
-        if error:
-            return str(error)
-    return str(getattr(exc, "error", exc))
+        return request(method, self.label, self.index, **kwargs)

@@ -113,3 +113,33 @@ def connect(options: OpenSearchOptions, connection_class: type | None = None) ->
         retry_on_timeout=True,
         http_compress=True,
     )
+
+
+def request(method: Any, label: str, index: str, /, **kwargs: Any) -> Any:
+    """One request (``kwargs`` go to ``method``); a transport failure becomes a StoreError naming the cluster
+    (``label``) and what to check."""
+    from opensearchpy import AuthenticationException, AuthorizationException, ConnectionError, TransportError
+
+    try:
+        return method(**kwargs)
+    except AuthenticationException:
+        raise StoreError(f"{label} refused the credentials (401): check the user/password or AWS keys") from None
+    except AuthorizationException as exc:
+        raise StoreError(f"{label}: not allowed (403) for index {index!r}: {_reason(exc)}") from None
+    except ConnectionError as exc:
+        raise StoreError(f"cannot reach {label}: {exc.info or exc.error}") from None
+    except TransportError as exc:
+        if exc.status_code in (400, 404, 409):
+            raise  # callers decide what those mean
+        raise StoreError(f"{label} answered HTTP {exc.status_code}: {_reason(exc)}") from None
+
+
+def _reason(exc: Any) -> str:
+    info = getattr(exc, "info", None)
+    if isinstance(info, dict):
+        error = info.get("error")
+        if isinstance(error, dict):
+            return str(error.get("reason") or error.get("type"))
+        if error:
+            return str(error)
+    return str(getattr(exc, "error", exc))

@@ -12,6 +12,7 @@ from typing import Any
 
 from imgvec.errors import StoreError
 from imgvec.identity import IndexIdentity
+from imgvec.stores.base import SearchFilter
 
 VECTOR_FIELD = "image_vector"
 META_KEY = "imgvec"
@@ -34,8 +35,6 @@ class KnnIndexOptions:
     m: int = 16
     ef_construction: int = 128
     ef_search: int = 100
-    migrated_from: str | None = None
-    """The index a migration copied from: ``imgvec alias rollback`` switches back to it."""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -45,8 +44,11 @@ class KnnIndexOptions:
                 raise StoreError(f"--{name.replace('_', '-')} must be at least 2")
 
 
-def index_body(identity: IndexIdentity, options: KnnIndexOptions, *, serverless: bool = False) -> dict[str, Any]:
-    """The ``PUT /<index>`` body: metadata fields typed, the vector as HNSW cosine, the identity in ``_meta``."""
+def index_body(
+    identity: IndexIdentity, options: KnnIndexOptions, *, migrated_from: str | None = None, serverless: bool = False
+) -> dict[str, Any]:
+    """The ``PUT /<index>`` body: metadata fields typed, the vector as HNSW cosine, the identity in ``_meta`` (with
+    the index a migration copied from, which ``imgvec alias rollback`` switches back to)."""
     method: dict[str, Any] = {
         "name": "hnsw",
         "space_type": SPACE_TYPE,
@@ -69,8 +71,8 @@ def index_body(identity: IndexIdentity, options: KnnIndexOptions, *, serverless:
     properties["indexed_at"] = {"type": "date"}
     properties[VECTOR_FIELD] = {"type": "knn_vector", "dimension": identity.dimension, "method": method}
     meta: dict[str, Any] = {"identity": identity.to_json()}
-    if options.migrated_from:
-        meta["migrated_from"] = options.migrated_from
+    if migrated_from:
+        meta["migrated_from"] = migrated_from
     return {"settings": {"index": index_settings}, "mappings": {"_meta": {META_KEY: meta}, "properties": properties}}
 
 
@@ -79,7 +81,7 @@ def identity_of(mapping: dict[str, Any]) -> IndexIdentity | None:
     return IndexIdentity.from_json(raw) if raw else None
 
 
-def migrated_from(mapping: dict[str, Any]) -> str | None:
+def origin_of(mapping: dict[str, Any]) -> str | None:
     return ((mapping.get("_meta") or {}).get(META_KEY) or {}).get("migrated_from")
 
 
@@ -133,3 +135,14 @@ def mapping_problems(mapping: dict[str, Any], expected: IndexIdentity | None = N
         if kind not in (None, "keyword"):
             problems.append(f"{name!r} is of type {kind!r}; exact lookups need keyword")
     return problems
+
+
+def search_filter(where: SearchFilter | None) -> dict[str, Any] | None:
+    if where is None:
+        return None
+    clauses: list[dict[str, Any]] = []
+    if where.extensions:
+        clauses.append({"terms": {"file_extension": [e.lower().lstrip(".") for e in where.extensions]}})
+    if where.path_prefix:
+        clauses.append({"prefix": {"file_path": where.path_prefix}})
+    return {"bool": {"filter": clauses}} if clauses else None

@@ -1,7 +1,7 @@
-"""Run state in SQLite beside the index: the current run's progress and metrics, and every failed file.
+"""The run journal: SQLite beside the index, holding each run's progress and metrics, and every failed file.
 
 Per-item success lives in the store itself (each batch is one atomic upsert, and the next run skips files whose
-size and mtime match). This database holds what the store cannot: which files failed and why, and where the
+size and mtime match). The journal holds what the store cannot: which files failed and why, and where the
 run stands, readable from a second terminal while the run goes on (WAL mode: readers never block the writer).
 """
 
@@ -11,11 +11,13 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgvec.documents import Failure
 from imgvec.pipeline.lock import IndexLock
+from imgvec.pipeline.report import Progress
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -45,53 +47,7 @@ CREATE TABLE IF NOT EXISTS failures (
 
 
 @dataclass(slots=True)
-class Progress:
-    """Where a run stands. Field names are the `imgvec progress --json` contract."""
-
-    state: str = "running"
-    """running, finished, interrupted (stopped by a signal or killed), or failed (a set-up error)."""
-    processed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-    remaining: int | None = None
-    rate: float = 0.0
-    eta_seconds: float | None = None
-    started_at: str = ""
-    total: int | None = None
-    cache_hits: int = 0
-    pid: int | None = None
-    source: str = ""
-    mode: str = "batch"
-    """batch (ingest, sync), or watch: a service that runs until stopped, with ``health`` beside it."""
-    deleted: int = 0
-    """Documents removed because their files are gone (sync, watch)."""
-    moved: int = 0
-    """Documents moved to a file's new path with their vector kept (watch)."""
-    health: dict[str, Any] | None = None
-    """watch only: source_available, observer, pending_changes, last_change_at, last_reconcile_at, heartbeat_at,
-    errors_in_a_row, last_error."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class FailureRecord:
-    file_path: str
-    stage: str
-    reason: str
-    uri: str = ""
-    file_size: int | None = None
-    mtime: float | None = None
-    attempts: int = 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"file_path": self.file_path, "stage": self.stage, "reason": self.reason}
-
-
-@dataclass(slots=True)
-class RunState:
+class RunJournal:
     path: Path
     _db: sqlite3.Connection = field(init=False, repr=False)
     run_id: int | None = field(default=None, init=False)
@@ -105,7 +61,7 @@ class RunState:
         self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
-    def for_index(cls, state_dir: Path, index: str) -> RunState:
+    def for_index(cls, state_dir: Path, index: str) -> RunJournal:
         return cls(state_dir / f"{index}.sqlite")
 
     def close(self) -> None:
@@ -143,7 +99,7 @@ class RunState:
 
     # -- failures -----------------------------------------------------------------------------------
 
-    def record_failures(self, failures: Iterable[FailureRecord]) -> None:
+    def record_failures(self, failures: Iterable[Failure]) -> None:
         now = time.time()
         with self._transaction():
             self._db.executemany(
@@ -151,7 +107,7 @@ class RunState:
                 "VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(uri) DO UPDATE SET stage = excluded.stage, "
                 "reason = excluded.reason, file_size = excluded.file_size, mtime = excluded.mtime, "
                 "attempts = failures.attempts + 1, updated_at = excluded.updated_at",
-                [(f.uri or f.file_path, f.file_path, f.stage, f.reason, f.file_size, f.mtime, now) for f in failures],
+                [(f.key, f.file_path, f.stage, f.reason, f.file_size, f.mtime, now) for f in failures],
             )
 
     def clear_failures(self, uris: Iterable[str]) -> None:
@@ -175,9 +131,9 @@ class RunState:
                 found[uri] = (size, mtime)
         return found
 
-    def failures(self) -> list[FailureRecord]:
+    def failures(self) -> list[Failure]:
         return [
-            FailureRecord(file_path=p, stage=s, reason=r, uri=u, file_size=z, mtime=m, attempts=a)
+            Failure(file_path=p, stage=s, reason=r, uri=u, file_size=z, mtime=m, attempts=a)
             for u, p, s, r, z, m, a in self._db.execute(
                 "SELECT uri, file_path, stage, reason, file_size, mtime, attempts FROM failures ORDER BY file_path"
             )

@@ -1,0 +1,3 @@
+from imgvec.cli import app
+
+app()

@@ -1,0 +1,252 @@
+"""Commands that index: ingest, sync, watch, estimate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from imgvec import runs
+from imgvec.cli.app import app
+from imgvec.cli.base import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, command
+from imgvec.cli.options import RUNNING, TUNING, AsJson, MaxDelete, parse_duration
+from imgvec.cli.render import (
+    ProgressDisplay,
+    fail,
+    format_estimate,
+    format_plan,
+    format_sync_plan,
+    log_line,
+    print_json,
+    print_lines,
+    print_report,
+    step,
+    warn,
+)
+from imgvec.errors import UsageError
+from imgvec.pipeline.estimate import LAMBDA_PRICE_GB_SECOND, LAMBDA_PRICE_PER_MILLION_REQUESTS
+from imgvec.runs import PipelineFlags
+from imgvec.settings import Settings
+
+Source = Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")]
+
+
+@command(app, pipeline=(*RUNNING, "max_files"))
+def ingest(
+    ctx: typer.Context,
+    source_location: Annotated[
+        str | None,
+        typer.Argument(metavar="[SOURCE]", help="A folder (indexed recursively) or s3://bucket/prefix."),
+    ] = None,
+    missing: Annotated[
+        bool,
+        typer.Option("--missing", help="Instead of SOURCE: fill in the index's documents that have no vector yet."),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be processed and how long; write nothing.")] = False,
+    as_json: AsJson = False,
+    *,
+    pipeline: PipelineFlags,
+) -> None:
+    """Index every image under SOURCE; unchanged files are skipped, and a stopped run continues where it was."""
+    from imgvec.pipeline.plan import plan
+
+    if (source_location is None) == (not missing):
+        raise UsageError("give a SOURCE folder or s3:// URL, or --missing (not both)")
+    remote = missing or (source_location or "").startswith("s3://")
+    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=remote)
+    store = settings.open_store()
+    if missing:
+        source = runs.missing_vectors(settings, store, options)
+    else:
+        source = runs.open_source(settings, source_location or "", options)
+    if not dry_run:
+        runs.refuse_if_busy(settings)  # before loading a model for nothing
+    embedder = runs.embedder_for(settings, store)
+    if dry_run:
+        journal = runs.existing_journal(settings)
+        result = plan(source, store, embedder, options, journal, scratch_store=runs.scratch_store)
+        if as_json:
+            print_json(result.as_dict())
+        else:
+            print_lines([format_plan(result)])
+        return
+    display = ProgressDisplay(enabled=not as_json)
+    run = runs.indexer(settings, source, store, embedder, options, label=source.location, on_progress=display.update)
+    with runs.stop_on_signals(run, step), display:
+        report = run.run()
+    print_report(report, _destination(settings), as_json)
+    if report.interrupted:
+        raise fail(
+            "stopped; every batch committed so far is kept: run the same command again to continue", EXIT_INTERRUPTED
+        )
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
+
+
+@command(app, pipeline=RUNNING, aborted="aborted; committed batches are kept and nothing was deleted")
+def sync(
+    ctx: typer.Context,
+    source_location: Source,
+    max_delete: MaxDelete = 50.0,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be indexed and deleted; write nothing.")] = False,
+    as_json: AsJson = False,
+    *,
+    pipeline: PipelineFlags,
+) -> None:
+    """One reconcile pass: index new and changed files, and delete the documents of files that are gone."""
+    from imgvec.pipeline.plan import plan
+    from imgvec.pipeline.sync import count_stale, reconcile
+
+    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=source_location.startswith("s3://"))
+    store = settings.open_store()
+    source = runs.open_source(settings, source_location, options)
+    _ = source.scope  # an unsyncable source fails here, before a model loads
+    if not dry_run:
+        runs.refuse_if_busy(settings)
+    embedder = runs.embedder_for(settings, store)
+    if dry_run:
+        result = plan(
+            source, store, embedder, options, runs.existing_journal(settings), scratch_store=runs.scratch_store
+        )
+        stale = count_stale(source, store, max_delete_percent=max_delete)
+        if as_json:
+            print_json({**result.as_dict(), "sync": stale.as_dict()})
+            return
+        print_lines([format_sync_plan(result, stale, source.location)])
+        if stale.refused:
+            warn(stale.refused)
+        return
+    display = ProgressDisplay(enabled=not as_json)
+    label = f"sync {source.location}"
+    run = runs.indexer(settings, source, store, embedder, options, label=label, on_progress=display.update)
+    with runs.stop_on_signals(run, step), display, run.session(), run.counting():
+        result = reconcile(run, source, max_delete_percent=max_delete)
+    print_report(run.report, _destination(settings), as_json, sync=result)
+    if run.report.interrupted:
+        raise fail("stopped; every batch committed so far is kept, nothing was deleted", EXIT_INTERRUPTED)
+    if result.refused:
+        raise fail(result.refused, EXIT_ERROR)
+    raise typer.Exit(EXIT_OK if run.report.ok else EXIT_PARTIAL)
+
+
+@command(app, pipeline=RUNNING, aborted="aborted; committed batches are kept")
+def watch(
+    ctx: typer.Context,
+    folder: Annotated[str, typer.Argument(metavar="DIR", help="The folder to watch (recursively).")],
+    settle: Annotated[
+        str,
+        typer.Option(metavar="DURATION", help="Handle a file once it has been quiet this long (a copy in progress)."),
+    ] = "2s",
+    reconcile_every: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="Also run a full reconcile pass this often (1h, 30m): changes no "
+            "event reported (network shares) are caught up.",
+        ),
+    ] = None,
+    initial_sync: Annotated[
+        bool, typer.Option(help="Reconcile at start, catching up on what changed while nothing watched.")
+    ] = True,
+    polling: Annotated[
+        bool, typer.Option(help="Poll the tree instead of inotify (NFS/SMB shares changed by other machines).")
+    ] = False,
+    poll_interval: Annotated[str, typer.Option(metavar="DURATION", help="Seconds between polls.")] = "30s",
+    max_delete: MaxDelete = 50.0,
+    *,
+    pipeline: PipelineFlags,
+) -> None:
+    """Keep the index in step with a folder: new, changed, moved and deleted files, until SIGTERM or Ctrl-C."""
+    from imgvec.pipeline.watch import Watcher, WatchOptions
+    from imgvec.sources import LocalFolder
+
+    try:
+        watch_options = WatchOptions(
+            settle_seconds=parse_duration(settle),
+            reconcile_every=parse_duration(reconcile_every) if reconcile_every else None,
+            initial_sync=initial_sync,
+            polling=polling,
+            poll_interval=parse_duration(poll_interval),
+            max_delete_percent=max_delete,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=False)
+    store = settings.open_store()
+    source = LocalFolder(folder)
+    runs.refuse_if_busy(settings)
+    embedder = runs.embedder_for(settings, store)
+    run = runs.indexer(settings, source, store, embedder, options, label=f"watch {source.location}")
+    watcher = Watcher(source, run, watch_options, log=log_line)
+    log_line(f"watching {source.location} → {_destination(settings)}")
+    with runs.stop_on_signals(watcher, step):
+        watcher.run()
+    report = run.report
+    log_line(
+        f"stopped: {report.embedded} embedded, {report.cache_hits} reused, {report.moved} moved, "
+        f"{report.deleted} deleted, {report.failed} failed"
+    )
+
+
+@command(app, pipeline=TUNING)
+def estimate(
+    ctx: typer.Context,
+    source_location: Source,
+    sample: Annotated[
+        int, typer.Option(min=8, max=10_000, help="Files in the calibration run (a random sample).")
+    ] = 48,
+    price_per_hour: Annotated[
+        float | None, typer.Option(min=0, help="What this machine costs per hour, for a cost figure.")
+    ] = None,
+    lambda_seconds_per_image: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Per-image time of a serverless function (default: measured here, per core)."),
+    ] = None,
+    lambda_memory_gb: Annotated[float, typer.Option(min=0.125, max=10.24, help="Function memory.")] = 2.0,
+    lambda_price_gb_second: Annotated[float, typer.Option(min=0)] = LAMBDA_PRICE_GB_SECOND,
+    lambda_price_per_million_requests: Annotated[float, typer.Option(min=0)] = LAMBDA_PRICE_PER_MILLION_REQUESTS,
+    lambda_images_per_request: Annotated[int, typer.Option(min=1, help="Images one invocation embeds.")] = 1,
+    lambda_concurrency: Annotated[int, typer.Option(min=1, help="Invocations running at once.")] = 100,
+    as_json: AsJson = False,
+    *,
+    pipeline: PipelineFlags,
+) -> None:
+    """Count SOURCE's images and bytes, calibrate on a sample, and predict wall time and cost: on this machine,
+    and on a per-image-time model such as AWS Lambda. Writes nothing to the index."""
+    from imgvec.pipeline.estimate import PerImageModel
+    from imgvec.pipeline.estimate import estimate as predict
+    from imgvec.pipeline.plan import plan
+    from imgvec.pipeline.tuning import cores
+
+    remote = source_location.startswith("s3://")
+    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=remote)
+    store = settings.open_store()
+    source = runs.open_source(settings, source_location, options)
+    embedder = runs.embedder_for(settings, store)
+    counted = plan(
+        source,
+        store,
+        embedder,
+        options,
+        None,
+        scratch_store=runs.scratch_store,
+        sample_size=sample,
+        prefer_last_run=False,
+    )
+    serverless = PerImageModel(
+        seconds_per_image=lambda_seconds_per_image,
+        memory_gb=lambda_memory_gb,
+        price_gb_second=lambda_price_gb_second,
+        price_per_million_requests=lambda_price_per_million_requests,
+        images_per_request=lambda_images_per_request,
+        concurrency=lambda_concurrency,
+    )
+    result = predict(counted, cores=cores(), price_per_hour=price_per_hour, serverless=serverless, s3_source=remote)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    runtime = getattr(embedder, "runtime", None)
+    print_lines(format_estimate(result, runtime.describe() if runtime else "model", options))
+
+
+def _destination(settings: Settings) -> str:
+    return f"index {settings.index!r} in {settings.store}"

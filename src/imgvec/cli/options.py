@@ -1,0 +1,100 @@
+"""Options that several commands share, each declared once.
+
+Flag groups: pipeline flags are named after ``PipelineOptions`` fields, k-NN flags after ``KnnIndexOptions``
+fields. ``command(pipeline=..., knn=True)`` adds the ones a command takes and hands each group over as one mapping,
+so a new pipeline flag is written here and in ``PipelineOptions``, nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import typer
+
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS
+
+PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
+    "batch_size": (
+        Annotated[
+            int | None,
+            typer.Option(min=1, max=4096, help="Images per model batch (default: 32 on a CPU, 256 on a GPU)."),
+        ],
+        None,
+    ),
+    "workers": (
+        Annotated[
+            int | None,
+            typer.Option(
+                min=0, help="Decode worker processes (default: cores - 1, fewer if memory is short; 0 = in-process)."
+            ),
+        ],
+        None,
+    ),
+    "max_files": (Annotated[int | None, typer.Option(min=1, help="Stop after this many files.")], None),
+    "rate_limit": (Annotated[float | None, typer.Option(min=0.001, help="At most this many files per second.")], None),
+    "retry_failed": (Annotated[bool, typer.Option(help="Retry files that failed in an earlier run.")], False),
+    "io_concurrency": (
+        Annotated[
+            int | None,
+            typer.Option(
+                min=0, max=512, help="Reads in flight (default: 8 for folders, 32 for S3; 0 = decode workers read)."
+            ),
+        ],
+        None,
+    ),
+    "max_pixels": (
+        Annotated[int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")],
+        DEFAULT_MAX_PIXELS,
+    ),
+    "full_decode": (
+        Annotated[
+            bool,
+            typer.Option(
+                help="Decode every image at full size (the reference preprocessing; slower for large photos)."
+            ),
+        ],
+        False,
+    ),
+}
+"""Each pipeline flag: (annotation, default), keyed by its ``PipelineOptions`` field."""
+TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "full_decode")
+"""How the pipeline runs on this machine: every command that runs the pipeline takes these."""
+RUNNING = (*TUNING, "rate_limit", "retry_failed")
+"""A run over a source: ``sync`` and ``watch`` (``ingest`` adds ``max_files``)."""
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+MaxDelete = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=100,
+        metavar="PERCENT",
+        help="Refuse to delete more than this share of the source's documents in one pass (an unmounted share "
+        "looks like every file deleted); 100 turns the guard off.",
+    ),
+]
+KNN_FLAGS: dict[str, tuple[Any, Any]] = {
+    "shards": (Annotated[int, typer.Option(min=1, help="Primary shards (ignored by Serverless).")], 2),
+    "replicas": (Annotated[int, typer.Option(min=0, help="Replicas (ignored by Serverless).")], 1),
+    "engine": (
+        Annotated[str, typer.Option(help="k-NN engine: faiss (default), lucene, or nmslib (clusters < 2.19).")],
+        "faiss",
+    ),
+    "m": (Annotated[int, typer.Option("--m", min=2, max=100, help="HNSW links per node.")], 16),
+    "ef_construction": (Annotated[int, typer.Option(min=2, help="HNSW candidate list while building.")], 128),
+    "ef_search": (Annotated[int, typer.Option(min=2, help="HNSW candidate list while searching.")], 100),
+}
+"""A new OpenSearch index's settings (``index create``, ``migrate``), keyed by ``KnnIndexOptions`` field."""
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``1h30m``, ``1d`` → seconds."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd]?)+", text.strip())
+    if parts is None:
+        raise ValueError(f"{text!r} is not a duration (like 30s, 15m, 1h, 1h30m)")
+    seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip()))
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be more than zero")
+    return seconds

@@ -1,0 +1,104 @@
+"""Commands that read: search, status, progress, failures, metrics."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from imgvec import runs
+from imgvec.cli.app import app
+from imgvec.cli.base import command
+from imgvec.cli.options import AsJson
+from imgvec.cli.render import hit_json, out, print_json
+from imgvec.errors import ImageDecodeError, SourceError, UsageError
+from imgvec.settings import Settings
+from imgvec.stores.base import SearchFilter
+
+
+@command(app)
+def search(
+    ctx: typer.Context,
+    text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", "-i", help="Find images like this one (a path or an s3:// URL).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="How many results.")] = 10,
+    ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable).")] = None,
+    path_prefix: Annotated[str | None, typer.Option("--path-prefix", help="Only under this path.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Text → image (`imgvec search "a red car"`) or image → image (`--image query.jpg`)."""
+    from imgvec.search import search_image, search_text
+    from imgvec.sources import LocationReader
+
+    settings: Settings = ctx.obj
+    if (text is None) == (image is None):
+        raise UsageError("give either a TEXT query or --image PATH (not both)")
+    where = SearchFilter(extensions=tuple(ext or ()), path_prefix=path_prefix)
+    store = settings.open_store()
+    store.stats()  # a missing index is reported before a model is loaded for nothing
+    embedder = runs.embedder_for(settings, store)
+    if image is not None:
+        try:
+            hits = search_image(store, embedder, image, k, where, reader=LocationReader(settings.s3_options()))
+        except ImageDecodeError as exc:
+            raise SourceError(f"query image {image}: {exc}") from None
+    else:
+        hits = search_text(store, embedder, text or "", k, where)
+    if as_json:
+        print_json([hit_json(h) for h in hits])
+        return
+    table = Table(box=None)
+    table.add_column("#", justify="right")
+    table.add_column("score")
+    table.add_column("file", overflow="fold")  # a path is copied by users: wrap it, never cut it
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.document.get("file_path") or "")
+    out.print(table)
+
+
+@command(app)
+def status(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """Documents in the index, with and without vectors, and the model that made them."""
+    stats = ctx.obj.open_store().stats()
+    _print_fields(stats.as_dict(), as_json, width=15)
+
+
+@command(app)
+def progress(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """Where the latest ingest of the index stands; works from a second terminal while it runs."""
+    run_progress, _ = runs.latest_run(ctx.obj)
+    _print_fields(run_progress.as_dict(), as_json, width=12)
+
+
+@command(app)
+def failures(ctx: typer.Context, as_json: AsJson = False) -> None:
+    """Files that failed, with the stage and the reason; `ingest --retry-failed` tries them again."""
+    records = runs.journal_for(ctx.obj, create=False).failures()
+    if as_json:
+        print_json([r.as_dict() for r in records])
+        return
+    if not records:
+        out.print("no failures")
+    for record in records:
+        out.print(f"[red]{record.stage}[/] {record.file_path}: {record.reason}", highlight=False)
+
+
+@command(app)
+def metrics(ctx: typer.Context) -> None:
+    """The latest run's metrics in Prometheus text format (for a textfile collector or a scrape)."""
+    from imgvec.pipeline.metrics import prometheus_text
+
+    _, run_metrics = runs.latest_run(ctx.obj)
+    sys.stdout.write(prometheus_text(run_metrics, {"index": ctx.obj.index}))
+
+
+def _print_fields(fields: dict[str, object], as_json: bool, *, width: int) -> None:
+    if as_json:
+        print_json(fields)
+        return
+    for key, value in fields.items():
+        out.print(f"{key:>{width}}: {value}", highlight=False)

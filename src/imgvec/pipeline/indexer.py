@@ -1,0 +1,263 @@
+"""Index a source into a store, streaming, in parallel, resumable.
+
+    list (lazy) → skip unchanged / known failures (one store query per 1,024 files)
+      → read (I/O threads, bounded look-ahead) → hash + decode + preprocess (worker processes)
+      → content cache (identical bytes reuse a stored vector) → embed in batches → upsert (one atomic commit)
+
+The main thread embeds while the workers decode the next files, so the model waits for decode only when decode
+truly cannot keep up. Each batch is one atomic upsert, so a run killed at any moment keeps every batch it
+finished and the next run skips those files: nothing is embedded twice and no document is duplicated (ids are
+derived from the file's location). One bad file becomes a failure record with its stage and reason; only
+set-up problems stop a run.
+
+``Indexer`` runs the stages; ``DecodePools`` (pools.py) feeds them and ``BatchWriter`` (writer.py) writes and counts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any
+
+from imgvec.documents import Failure, SourceItem
+from imgvec.embed.base import Embedder
+from imgvec.pipeline.journal import RunJournal
+from imgvec.pipeline.lock import IndexLock
+from imgvec.pipeline.metrics import Metrics, snapshot
+from imgvec.pipeline.options import PipelineOptions
+from imgvec.pipeline.pools import DecodePools, Pending
+from imgvec.pipeline.report import Progress, RunReport
+from imgvec.pipeline.skip import Verdict, judge
+from imgvec.pipeline.workers import Prepared
+from imgvec.pipeline.writer import BatchWriter
+from imgvec.sources.base import Source
+from imgvec.stores.base import Store
+
+LOOKUP_WINDOW = 1024
+SAVE_EVERY_SECONDS = 1.0
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Indexer:
+    """One run. ``stop()`` (from a signal handler) ends it cleanly after the batch in hand."""
+
+    def __init__(
+        self,
+        source: Source,
+        store: Store,
+        embedder: Embedder,
+        options: PipelineOptions | None = None,
+        *,
+        journal: RunJournal | None = None,
+        lock: IndexLock | None = None,
+        label: str = "",
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.embedder = embedder
+        self.options = options or PipelineOptions()
+        self.journal = journal
+        self.lock = lock
+        self.on_progress = on_progress
+        self.report = RunReport()
+        self.metrics = Metrics()
+        self.progress = Progress(pid=os.getpid(), source=label)
+        self.writer = BatchWriter(store, embedder, self.report, self.metrics, journal, self.options.retry)
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._total: int | None = None
+        self._started = time.monotonic()
+        self._last_save = 0.0
+        self._next_admission = time.monotonic()
+        self._pools: DecodePools | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking at once on ``stop()``; True when stopping."""
+        return self._stop.wait(seconds)
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        """A batch run: the whole listing once, then the store is compacted and indexed."""
+        with self.session(), self.counting():
+            self.process(self.listing())
+        return self.report
+
+    @contextmanager
+    def session(self, *, mode: str = "batch") -> Iterator[Indexer]:
+        """Lock, run journal and worker pools for one or many ``process`` calls (``watch`` keeps one for hours:
+        spawning decode workers costs seconds, too much per file event). ``mode``: batch, or watch (a service)."""
+        self.store.ensure_index(self.embedder.identity)  # a model/dimension mismatch stops us before any work
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            self.progress.mode = mode
+            self.progress.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+            if self.journal is not None:
+                self.journal.start_run(self.progress.source, os.getpid())
+            self._started = time.monotonic()
+            self._pools = DecodePools(self.source, self.embedder.preprocessor, self.options)
+            try:
+                yield self
+            finally:
+                self._pools.close()
+            if self.report.succeeded and not self._stop.is_set():
+                self.writer.optimize()
+            self.report.interrupted = self._stop.is_set() and mode == "batch"
+            self.progress.state = "interrupted" if self.report.interrupted else "finished"
+            self.save(force=True)
+        except BaseException:
+            self.progress.state = "failed"
+            self.save(force=True)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def process(self, items: Iterable[SourceItem]) -> None:
+        """Skip what is unchanged, then read, decode, embed and write the rest; returns when all is committed.
+        Stops early (after the batch in hand) once ``stop()`` was called."""
+        assert self._pools is not None, "process() runs inside session()"
+        in_flight: deque[tuple[SourceItem, Pending]] = deque()
+        options = self.options
+        look_ahead = max(2 * options.batch_size, 4 * max(1, options.workers), 2 * options.io_concurrency)
+        batch: list[Prepared] = []
+        for item in self._changed_items(items):
+            if self._stop.is_set():
+                break
+            self._admit()
+            in_flight.append((item, self._pools.submit(item)))
+            while len(in_flight) >= look_ahead:
+                self._collect(in_flight, batch)
+        # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
+        while in_flight:
+            self._collect(in_flight, batch)
+        if batch:
+            self._write(batch)
+
+    def _collect(self, in_flight: deque[tuple[SourceItem, Pending]], batch: list[Prepared]) -> None:
+        """Take the oldest result. A worker that died broke the pool: every file in flight is run again alone."""
+        assert self._pools is not None
+        item, future = in_flight.popleft()
+        try:
+            results: Iterable[Prepared | Failure] = [future.result()]
+        except BrokenProcessPool:
+            suspects = [item, *(other for other, _ in in_flight)]
+            in_flight.clear()
+            results = self._pools.one_by_one(suspects)
+        for result in results:
+            if isinstance(result, Failure):
+                self.writer.fail([result])
+                continue
+            self.metrics.stage_seconds["read"] += result.read_seconds
+            self.metrics.stage_seconds["decode"] += result.decode_seconds
+            batch.append(result)
+            if len(batch) >= self.options.batch_size:
+                self._write(batch)
+                batch.clear()
+
+    def _write(self, batch: list[Prepared]) -> None:
+        self.writer.write(batch)
+        self.save()
+
+    # -- listing and skipping -----------------------------------------------------------------------
+
+    def listing(self) -> Iterator[SourceItem]:
+        """The source's items, with listing errors recorded as failures and ``max_files`` applied."""
+        items: Iterable[SourceItem] = self.source.scan(self.record_listing_error)
+        if self.options.max_files is not None:
+            items = islice(items, self.options.max_files)
+        return iter(items)
+
+    def record_listing_error(self, failure: Failure) -> None:
+        self.writer.fail([failure])
+
+    def _changed_items(self, items: Iterable[SourceItem]) -> Iterator[SourceItem]:
+        listing = iter(items)
+        while True:
+            began = time.perf_counter()
+            window = list(islice(listing, LOOKUP_WINDOW))
+            if not window:
+                return
+            self.writer.listed(len(window))
+            verdicts = judge(window, self.store, self.journal, retry_failed=self.options.retry_failed)
+            todo = []
+            for item, verdict in zip(window, verdicts, strict=True):
+                if verdict is Verdict.TODO:
+                    todo.append(item)
+                else:
+                    self.writer.skipped(verdict)
+            self.metrics.stage_seconds["list"] += time.perf_counter() - began
+            self.save()
+            yield from todo
+
+    def _admit(self) -> None:
+        """The rate limit: space files 1/rate seconds apart, without letting a stall bank a burst."""
+        if not self.options.rate_limit:
+            return
+        now = time.monotonic()
+        if self._next_admission > now:
+            self._stop.wait(self._next_admission - now)
+        self._next_admission = max(now, self._next_admission) + 1.0 / self.options.rate_limit
+
+    # -- progress -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count the source in the background (no list kept), so progress can show a total and an ETA."""
+
+        def count() -> None:
+            total = 0
+            for _ in self.source.scan(lambda _failure: None):
+                total += 1
+                if self._stop.is_set() or self._finished.is_set():
+                    return
+                if self.options.max_files is not None and total >= self.options.max_files:
+                    break
+            self._total = total
+
+        threading.Thread(target=count, name="imgvec-count", daemon=True).start()
+        try:
+            yield
+        finally:
+            self._finished.set()  # ends the count if the source is larger than the run
+
+    def show_health(self, health: dict[str, Any], pending: int, *, force: bool = False) -> None:
+        """A watch's health and its pending changes (as ``remaining``), saved with the progress."""
+        self.progress.health = health
+        self.progress.remaining = pending
+        self.save(force=force)
+
+    def save(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_save < SAVE_EVERY_SECONDS:
+            return
+        self._last_save = now
+        metrics = snapshot(self.report, self.metrics, self.progress, elapsed=now - self._started, total=self._total)
+        if self.journal is not None:
+            self.journal.save(self.progress, metrics)
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+
+def index_source(
+    source: Source, store: Store, embedder: Embedder, options: PipelineOptions | None = None, **keywords: Any
+) -> RunReport:
+    """One call for library users and tests: an Indexer (``keywords``: its own) run to the end."""
+    return Indexer(source, store, embedder, options, **keywords).run()

@@ -1,0 +1,29 @@
+"""The pipeline's settings, one typed object: the CLI's pipeline flags are its fields, by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS
+from imgvec.pipeline.retry import RetryPolicy
+from imgvec.pipeline.tuning import default_workers
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    batch_size: int = 32
+    workers: int = field(default_factory=default_workers)
+    """Decode worker processes; 0 decodes in threads of this process (tests, tiny runs)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_files: int | None = None
+    io_concurrency: int = 8
+    """Threads reading bytes ahead of the decoders: S3 and network shares are latency-bound, so many reads in
+    flight keep the decoders fed. 0: each decode worker reads its own files (fast local disks, no copy)."""
+    rate_limit: float | None = None
+    """At most this many files per second enter the pipeline."""
+    retry_failed: bool = False
+    """Retry files that failed in an earlier run (otherwise they are skipped until they change)."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    full_decode: bool = False
+    """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
+    reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""

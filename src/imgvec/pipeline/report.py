@@ -1,0 +1,95 @@
+"""What a run did (``RunReport``: the one set of counts) and where it stands (``Progress``: the JSON contract)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from imgvec.documents import Failure
+
+
+@dataclass(slots=True)
+class RunReport:
+    """The counts of one run. Only ``BatchWriter`` and the skip step change them; progress and metrics are
+    derived from them (``metrics.snapshot``)."""
+
+    seen: int = 0
+    embedded: int = 0
+    cache_hits: int = 0
+    unchanged: int = 0
+    known_failures: int = 0
+    deleted: int = 0
+    moved: int = 0
+    batches: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def succeeded(self) -> int:
+        return self.embedded + self.cache_hits
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def skipped(self) -> int:
+        return self.unchanged + self.known_failures
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed + self.skipped
+
+    @property
+    def ok(self) -> bool:
+        """Everything listed is in the index: nothing failed now, and nothing is left over from earlier failures."""
+        return not self.failures and not self.known_failures and not self.interrupted
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report part of `ingest --json` (and of sync's and migrate's)."""
+        return {
+            "seen": self.seen,
+            "embedded": self.embedded,
+            "cache_hits": self.cache_hits,
+            "unchanged": self.unchanged,
+            "known_failures": self.known_failures,
+            "deleted": self.deleted,
+            "moved": self.moved,
+            "failed": self.failed,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            "failures": [failure.as_dict() for failure in self.failures],
+        }
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where a run stands. Field names are the `imgvec progress --json` contract."""
+
+    state: str = "running"
+    """running, finished, interrupted (stopped by a signal or killed), or failed (a set-up error)."""
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    remaining: int | None = None
+    rate: float = 0.0
+    eta_seconds: float | None = None
+    started_at: str = ""
+    total: int | None = None
+    cache_hits: int = 0
+    pid: int | None = None
+    source: str = ""
+    mode: str = "batch"
+    """batch (ingest, sync), or watch: runs until stopped, with ``health`` beside it."""
+    deleted: int = 0
+    """Documents removed because their files are gone (sync, watch)."""
+    moved: int = 0
+    """Documents moved to a file's new path with their vector kept (watch)."""
+    health: dict[str, Any] | None = None
+    """watch only: source_available, observer, pending_changes, last_change_at, last_reconcile_at, heartbeat_at,
+    errors_in_a_row, last_error."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,215 @@
+"""The one write path: every document written, moved or deleted, and every count changed, goes through here.
+
+    prepared batch → content cache (identical bytes reuse a stored vector) → model for the rest → vector check
+      → upsert with the retry policy → failure records for what the store rejected → counts
+
+``ingest``, ``sync``, ``watch`` and a migration's fill all write through one ``BatchWriter``, so each of them gets
+the same retries, the same refusal of zero or NaN vectors, and the same failure records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from imgvec.documents import Failure, ImageDocument, SourceItem, document_id, usable_vector
+from imgvec.embed.base import Embedder
+from imgvec.errors import IdentityMismatchError
+from imgvec.pipeline.journal import RunJournal
+from imgvec.pipeline.metrics import Metrics
+from imgvec.pipeline.report import RunReport
+from imgvec.pipeline.retry import RetryPolicy
+from imgvec.pipeline.skip import Verdict, unchanged
+from imgvec.pipeline.workers import Prepared
+from imgvec.stores.base import Store
+
+OPTIMIZE_EVERY_BATCHES = 200
+"""Compact and index the store every ~6,400 files: each batch commits one small fragment, and look-ups slow down
+as fragments pile up (docs/architecture.md, "Memory and long runs")."""
+CACHE_ENTRIES = 10_000
+"""Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        report: RunReport,
+        metrics: Metrics,
+        journal: RunJournal | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.report = report
+        self.metrics = metrics
+        self.journal = journal
+        self.retry = retry
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._batches_since_optimize = 0
+
+    # -- counts that involve no write -----------------------------------------------------------------
+
+    def listed(self, count: int) -> None:
+        self.report.seen += count
+
+    def skipped(self, verdict: Verdict) -> None:
+        if verdict is Verdict.UNCHANGED:
+            self.report.unchanged += 1
+        elif verdict is Verdict.FAILED_BEFORE:
+            self.report.known_failures += 1  # failed before and has not changed since: --retry-failed
+
+    def fail(self, failures: Iterable[Failure]) -> None:
+        failures = list(failures)
+        self.report.failures.extend(failures)
+        if self.journal is not None and failures:
+            self.journal.record_failures(failures)
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    def write(self, batch: Sequence[Prepared]) -> None:
+        """Embed what the content cache does not know, and write the batch in one upsert."""
+        vectors, reused = self._vectors_for(batch)
+        self.write_vectors(
+            [(entry.item, entry.content_hash, vector) for entry, vector in zip(batch, vectors, strict=True)], reused
+        )
+
+    def write_vectors(self, entries: Sequence[tuple[SourceItem, str, np.ndarray]], reused: Sequence[bool]) -> None:
+        """Write items whose vectors are known (embedded here or elsewhere); ``reused``: from the content cache."""
+        model = self.embedder.identity.model
+        documents, hits, unusable = [], set(), []
+        for (item, content_hash, vector), was_reused in zip(entries, reused, strict=True):
+            if not usable_vector(vector):
+                unusable.append(Failure.of(item, "embed", "model produced a zero or NaN vector"))
+                continue
+            documents.append(ImageDocument(item, vector, content_hash, model))
+            if was_reused:
+                hits.add(item.uri)
+        self.fail(unusable)
+        written = self._upsert(documents)
+        if written:
+            cache_hits = sum(1 for doc in written if doc.uri in hits)
+            self.report.cache_hits += cache_hits
+            self.report.embedded += len(written) - cache_hits
+            self.report.batches += 1
+            self._optimize_now_and_then()
+
+    def move(self, items: Sequence[SourceItem], moved_from: dict[str, str]) -> list[SourceItem]:
+        """Write moved files' documents with the vectors stored for their old locations (no read, no model).
+        Returns the items that still need the pipeline: no old document, or the file changed on the way."""
+        old = self.store.lookup([document_id(src) for src in moved_from.values()])
+        hashes: dict[str, str] = {}
+        for item in items:
+            src = moved_from.get(item.uri)
+            stored = old.get(document_id(src)) if src else None
+            if stored is not None and stored.content_hash and unchanged(stored, item):
+                hashes[item.uri] = stored.content_hash
+        if not hashes:
+            return list(items)
+        vectors = self.store.vectors_by_hash(sorted(set(hashes.values())))
+        model = self.embedder.identity.model
+        documents = [
+            ImageDocument(item, vectors[hashes[item.uri]], hashes[item.uri], model)
+            for item in items
+            if item.uri in hashes and hashes[item.uri] in vectors
+        ]
+        handled = {doc.uri for doc in documents}
+        self.report.moved += len(self._upsert(documents))
+        return [item for item in items if item.uri not in handled]
+
+    def delete(self, ids: Sequence[str], *, counted: int | None = None) -> None:
+        """Delete documents (with retries). ``counted``: how many of them are deletions, the rest being the old
+        locations of moved files; default all."""
+        if not ids:
+            return
+        began = time.perf_counter()
+        self.retry.call(lambda: self.store.delete(ids), lambda exc: not isinstance(exc, IdentityMismatchError))
+        self.metrics.stage_seconds["write"] += time.perf_counter() - began
+        self.report.deleted += len(ids) if counted is None else counted
+
+    def forget_failures(self, uris: Sequence[str]) -> None:
+        """Failure records of files that are gone (or written after all) go too."""
+        if self.journal is not None:
+            self.journal.clear_failures(uris)
+
+    def forget_failures_under(self, prefix: str) -> None:
+        if self.journal is not None:
+            self.journal.clear_failures_under(prefix)
+
+    def recorded_failures(self, prefix: str) -> list[str]:
+        """The uris of files under ``prefix`` with a failure record (listing failures aside)."""
+        if self.journal is None:
+            return []
+        return [f.key for f in self.journal.failures() if f.file_path.startswith(prefix) and f.stage != "list"]
+
+    def _upsert(self, documents: list[ImageDocument]) -> list[ImageDocument]:
+        """One upsert with the retry policy; what the store rejects becomes failure records. Returns what was
+        written. A model/index mismatch is no file's fault and no retry fixes it: it stops the run."""
+        if not documents:
+            return []
+        began = time.perf_counter()
+        try:
+            rejected = self.retry.call(
+                lambda: self.store.upsert(documents), lambda exc: not isinstance(exc, IdentityMismatchError)
+            )
+        except IdentityMismatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
+            self.fail(Failure.of(doc.item, "write", f"store write failed: {exc}") for doc in documents)
+            return []
+        finally:
+            self.metrics.stage_seconds["write"] += time.perf_counter() - began
+        self.fail(Failure.of(doc.item, "write", rejected[doc.id]) for doc in documents if doc.id in rejected)
+        written = [doc for doc in documents if doc.id not in rejected]
+        self.forget_failures([doc.uri for doc in written])
+        return written
+
+    def optimize(self) -> None:
+        began = time.perf_counter()
+        self.store.optimize()
+        self.metrics.stage_seconds["write"] += time.perf_counter() - began
+        self._batches_since_optimize = 0
+
+    def _optimize_now_and_then(self) -> None:
+        self._batches_since_optimize += 1
+        if self._batches_since_optimize >= OPTIMIZE_EVERY_BATCHES:
+            self.optimize()
+
+    # -- the content cache ----------------------------------------------------------------------------
+
+    def _vectors_for(self, batch: Sequence[Prepared]) -> tuple[list[np.ndarray], list[bool]]:
+        """Reuse vectors of identical bytes (this run, then the store); embed the rest in one model call.
+
+        Returns the vectors in batch order and, for each, whether it was reused rather than embedded.
+        """
+        hashes = [entry.content_hash for entry in batch]
+        known = {h: self._recent[h] for h in hashes if h in self._recent}
+        missing = [h for h in hashes if h not in known]
+        if missing:
+            known.update(self.store.vectors_by_hash(missing))
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in known:
+                first_of.setdefault(h, i)  # copies inside this batch are embedded once
+        to_embed = sorted(first_of.values())
+        embedded: dict[int, np.ndarray] = {}
+        if to_embed:
+            began = time.perf_counter()
+            output = self.embedder.embed_images(np.stack([batch[i].pixels for i in to_embed]))
+            self.metrics.record_embed(time.perf_counter() - began, len(to_embed))
+            embedded = dict(zip(to_embed, output, strict=True))
+            known.update({hashes[i]: vector for i, vector in embedded.items()})
+        vectors = [known[h] for h in hashes]
+        for h, vector in zip(hashes, vectors, strict=True):
+            self._remember(h, vector)
+        return vectors, [i not in embedded for i in range(len(batch))]
+
+    def _remember(self, content_hash: str, vector: np.ndarray) -> None:
+        self._recent[content_hash] = vector
+        self._recent.move_to_end(content_hash)
+        while len(self._recent) > CACHE_ENTRIES:
+            self._recent.popitem(last=False)

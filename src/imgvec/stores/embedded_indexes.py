@@ -1,0 +1,72 @@
+"""The indexes of an embedded table: when to build which, and how a query uses them.
+
+Below ``VECTOR_INDEX_MIN_ROWS`` an exact scan is fast and never wrong; above it, IVF. Scalar indexes on ``id`` and
+``content_hash`` serve the skip checks and the content cache once a table is large enough for a scan to hurt.
+Sizes and recall are measured by benchmarks/store.py (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import lancedb.table
+    from lancedb.index import IndexConfig
+
+VECTOR_INDEX_MIN_ROWS = 100_000
+"""Below this an exact scan is fast enough and never wrong; above it, build IVF."""
+FLAT_INDEX_MAX_ROWS = 2_000_000
+"""IVF_FLAT (exact distances inside the probed partitions) up to here; IVF-PQ with exact re-rank above."""
+ID_INDEX_MIN_ROWS = 10_000
+PROBE_SHARE = 0.04
+"""Share of the √n IVF partitions each query probes (recall measured by benchmarks/store.py, docs/architecture.md)."""
+PQ_REFINE_FACTOR = 50
+
+Query = TypeVar("Query")
+
+
+def build_missing_indexes(table: lancedb.table.Table) -> None:
+    """After a compaction: the scalar indexes once the table is large enough, the vector index once enough rows
+    have vectors (built once; later optimizes fold new rows into it)."""
+    from lancedb.index import BTree
+
+    indexed = {tuple(ix.columns) for ix in table.list_indices()}
+    if table.count_rows() >= ID_INDEX_MIN_ROWS:
+        for column in ("id", "content_hash"):  # skip checks and the content cache look rows up by these
+            if (column,) not in indexed:
+                table.create_index(column, config=BTree(), replace=True)
+    with_vector = table.count_rows("vector IS NOT NULL")
+    if ("vector",) not in indexed and with_vector >= VECTOR_INDEX_MIN_ROWS:
+        build_vector_index(table, with_vector)
+
+
+def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
+    """IVF with ~sqrt(n) partitions: FLAT (exact within partitions) while the copy of the vectors it keeps is
+    affordable, PQ (64 bytes a vector, re-ranked exactly at query time) beyond that."""
+    from lancedb.index import IvfFlat, IvfPq
+
+    partitions = max(16, int(rows**0.5))
+    if rows <= FLAT_INDEX_MAX_ROWS:
+        config = IvfFlat(distance_type="cosine", num_partitions=partitions)
+    else:
+        dimension = table.schema.field("vector").type.list_size
+        sub_vectors = dimension // 8 if dimension % 8 == 0 else 1
+        config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors)
+    table.create_index("vector", config=config, replace=True)
+
+
+def tune_search(query: Query, table: lancedb.table.Table) -> Query:
+    """Probe a share of the IVF partitions; re-rank PQ's approximate distances on the exact vectors."""
+    index = vector_index(table)
+    if index is None:
+        return query
+    partitions = max(1, int(index.num_indexed_rows**0.5))
+    query = query.nprobes(max(20, round(PROBE_SHARE * partitions)))
+    if index.index_type != "IvfFlat":
+        query = query.refine_factor(PQ_REFINE_FACTOR)
+    return query
+
+
+def vector_index(table: lancedb.table.Table) -> IndexConfig | None:
+    """The table's vector index, or None while the table is searched exactly."""
+    return next((ix for ix in table.list_indices() if tuple(ix.columns) == ("vector",)), None)
