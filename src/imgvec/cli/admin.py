@@ -12,7 +12,7 @@ from imgvec import runs
 from imgvec.cli.app import alias_app, app, index_app
 from imgvec.cli.base import EXIT_ERROR, EXIT_OK, command
 from imgvec.cli.options import TUNING, AsJson
-from imgvec.cli.render import out, print_json, step
+from imgvec.cli.render import ProgressDisplay, out, print_json, step
 from imgvec.errors import ImgvecError
 from imgvec.pipeline.report import RunReport
 from imgvec.runs import PipelineFlags
@@ -92,8 +92,6 @@ def migrate(
     embedder = runs.embedder_for(settings, target)
 
     def fill() -> RunReport:
-        from imgvec.cli.render import ProgressDisplay
-
         source = runs.missing_vectors(fill_settings, target, options)
         display = ProgressDisplay(enabled=not as_json)
         run = runs.indexer(

@@ -249,7 +249,8 @@ class Indexer:
         if not force and now - self._last_save < SAVE_EVERY_SECONDS:
             return
         self._last_save = now
-        metrics = snapshot(self.report, self.metrics, self.progress, elapsed=now - self._started, total=self._total)
+        self.report.seconds = now - self._started
+        metrics = snapshot(self.report, self.metrics, self.progress, elapsed=self.report.seconds, total=self._total)
         if self.journal is not None:
             self.journal.save(self.progress, metrics)
         if self.on_progress is not None:

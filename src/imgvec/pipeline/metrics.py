@@ -41,7 +41,6 @@ def snapshot(
 
     ``total``: the background count of the source once it has finished, else None.
     """
-    report.seconds = elapsed
     progress.succeeded, progress.failed, progress.skipped = report.succeeded, report.failed, report.skipped
     progress.processed = report.processed
     progress.cache_hits, progress.deleted, progress.moved = report.cache_hits, report.deleted, report.moved

@@ -80,19 +80,10 @@ class BatchWriter:
 
     def write_vectors(self, entries: Sequence[tuple[SourceItem, str, np.ndarray]], reused: Sequence[bool]) -> None:
         """Write items whose vectors are known (embedded here or elsewhere); ``reused``: from the content cache."""
-        model = self.embedder.identity.model
-        documents, hits, unusable = [], set(), []
-        for (item, content_hash, vector), was_reused in zip(entries, reused, strict=True):
-            if not usable_vector(vector):
-                unusable.append(Failure.of(item, "embed", "model produced a zero or NaN vector"))
-                continue
-            documents.append(ImageDocument(item, vector, content_hash, model))
-            if was_reused:
-                hits.add(item.uri)
-        self.fail(unusable)
-        written = self._upsert(documents)
+        hits = {item.id for (item, _, _), was_reused in zip(entries, reused, strict=True) if was_reused}
+        written = self._upsert(self._documents(entries))
         if written:
-            cache_hits = sum(1 for doc in written if doc.uri in hits)
+            cache_hits = sum(1 for doc in written if doc.id in hits)
             self.report.cache_hits += cache_hits
             self.report.embedded += len(written) - cache_hits
             self.report.batches += 1
@@ -111,14 +102,13 @@ class BatchWriter:
         if not hashes:
             return list(items)
         vectors = self.store.vectors_by_hash(sorted(set(hashes.values())))
-        model = self.embedder.identity.model
-        documents = [
-            ImageDocument(item, vectors[hashes[item.uri]], hashes[item.uri], model)
+        entries = [
+            (item, hashes[item.uri], vectors[hashes[item.uri]])
             for item in items
             if item.uri in hashes and hashes[item.uri] in vectors
         ]
-        handled = {doc.uri for doc in documents}
-        self.report.moved += len(self._upsert(documents))
+        handled = {item.uri for item, _, _ in entries}
+        self.report.moved += len(self._upsert(self._documents(entries)))
         return [item for item in items if item.uri not in handled]
 
     def delete(self, ids: Sequence[str], *, counted: int | None = None) -> None:
@@ -127,7 +117,7 @@ class BatchWriter:
         if not ids:
             return
         began = time.perf_counter()
-        self.retry.call(lambda: self.store.delete(ids), lambda exc: not isinstance(exc, IdentityMismatchError))
+        self.retry.call(lambda: self.store.delete(ids), _worth_retrying)
         self.metrics.stage_seconds["write"] += time.perf_counter() - began
         self.report.deleted += len(ids) if counted is None else counted
 
@@ -146,6 +136,17 @@ class BatchWriter:
             return []
         return [f.key for f in self.journal.failures() if f.file_path.startswith(prefix) and f.stage != "list"]
 
+    def _documents(self, entries: Sequence[tuple[SourceItem, str, np.ndarray]]) -> list[ImageDocument]:
+        """Documents for items with vectors; a zero or NaN vector is that item's failure, never a stored value."""
+        model = self.embedder.identity.model
+        documents = []
+        for item, content_hash, vector in entries:
+            if usable_vector(vector):
+                documents.append(ImageDocument(item, vector, content_hash, model))
+            else:
+                self.fail([Failure.of(item, "embed", "model produced a zero or NaN vector")])
+        return documents
+
     def _upsert(self, documents: list[ImageDocument]) -> list[ImageDocument]:
         """One upsert with the retry policy; what the store rejects becomes failure records. Returns what was
         written. A model/index mismatch is no file's fault and no retry fixes it: it stops the run."""
@@ -153,9 +154,7 @@ class BatchWriter:
             return []
         began = time.perf_counter()
         try:
-            rejected = self.retry.call(
-                lambda: self.store.upsert(documents), lambda exc: not isinstance(exc, IdentityMismatchError)
-            )
+            rejected = self.retry.call(lambda: self.store.upsert(documents), _worth_retrying)
         except IdentityMismatchError:
             raise
         except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
@@ -213,3 +212,8 @@ class BatchWriter:
         self._recent.move_to_end(content_hash)
         while len(self._recent) > CACHE_ENTRIES:
             self._recent.popitem(last=False)
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Every store error may pass (a busy cluster, a stalled share) except a model/index mismatch."""
+    return not isinstance(exc, IdentityMismatchError)
