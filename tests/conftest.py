@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny CLIP architecture with random weights, made by the tests, and photo folders.
+"""Shared fixtures: a tiny CLIP architecture with random weights, made by the tests, photo folders, and a live
+OpenSearch node.
 
 The tiny model is a real open_clip CLIP (ViT image tower, transformer text tower, 224 px, OpenAI
 normalisation, 512-dim output), just narrow and shallow so a test embeds in milliseconds.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +68,28 @@ def cli_env(model_config_dir: Path, cache_dir: Path, tmp_path: Path) -> dict[str
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> Iterator[str]:
+    """A live OpenSearch cluster: OPENSEARCH_URL if set, else a node that scripts/opensearch.sh starts for this test
+    session (the same code a person runs by hand) and stops afterwards. IMGVEC_TEST_OPENSEARCH=skip skips the live
+    tests instead; a node that cannot start fails them, so CI never passes by skipping."""
+    if url := os.environ.get("OPENSEARCH_URL"):
+        yield url
+        return
+    if os.environ.get("IMGVEC_TEST_OPENSEARCH") == "skip":
+        pytest.skip("IMGVEC_TEST_OPENSEARCH=skip: no live OpenSearch node")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "opensearch.sh"
+    # Not under pytest's tmp folder: that one is private to this user, and the node may run as another.
+    run_dir = Path(tempfile.mkdtemp(prefix="imgvec-opensearch-"))
+    started = subprocess.run(
+        ["bash", str(script), "start", "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=1200
+    )
+    if started.returncode != 0:
+        pytest.fail(f"the test OpenSearch node did not start: {started.stderr.strip()}", pytrace=False)
+    try:
+        yield started.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    finally:
+        subprocess.run(["bash", str(script), "stop", "--run-dir", str(run_dir)], capture_output=True, timeout=120)
+        subprocess.run(["rm", "-rf", str(run_dir)], check=False)

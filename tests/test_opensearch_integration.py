@@ -1,7 +1,7 @@
-"""The whole OpenSearch flow against a real cluster: create, fill, search, migrate, roll back; sync and watch.
+"""The OpenSearch store and pipeline against a live cluster: create, fill, search, migrate, roll back; sync and watch.
 
-Skipped unless OPENSEARCH_URL names a cluster (README: "OpenSearch integration tests" starts one with the official
-container). Uses throwaway index names and deletes them afterwards.
+The cluster is OPENSEARCH_URL, or the node scripts/opensearch.sh starts (conftest.py). That node has no k-NN native
+libraries, so every index here uses the lucene engine. Throwaway index names, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ from imgvec.sources.local import LocalFolder
 from imgvec.stores.opensearch import OpenSearchStore
 from imgvec.stores.opensearch_aliases import OpenSearchAliases
 from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+from imgvec.stores.opensearch_mapping import KnnIndexOptions
 from tests.helpers import photo
 
-URL = os.environ.get("OPENSEARCH_URL")
-pytestmark = [
-    pytest.mark.opensearch,
-    pytest.mark.skipif(not URL, reason="OPENSEARCH_URL is not set: no OpenSearch cluster to run against"),
-]
+pytestmark = pytest.mark.opensearch
+LIVE = KnnIndexOptions(engine="lucene", shards=1, replicas=0)
+"""A node without the k-NN native libraries dies at the first refresh of a faiss index: lucene only."""
 
 
 @pytest.fixture
-def cluster():
+def cluster(opensearch_url: str):
     options = OpenSearchOptions(
-        url=URL or "",
+        url=opensearch_url,
         username=os.environ.get("IMGVEC_OPENSEARCH_USER"),
         password=os.environ.get("IMGVEC_OPENSEARCH_PASSWORD"),
         verify_certs=os.environ.get("IMGVEC_OPENSEARCH_VERIFY_CERTS", "true").lower() != "false",
@@ -56,6 +55,7 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
         photo(n).save(folder / f"photo{n}.jpg")
 
     first = OpenSearchStore(client, f"{prefix}-v1", serverless=serverless)
+    first.ensure_index(tiny_embedder.identity, config=LIVE)
     report = Indexer(LocalFolder(str(folder)), first, tiny_embedder, PipelineOptions(workers=0)).run()
     assert report.embedded == 6 and first.verify(tiny_embedder.identity) == []
     hits = first.search(tiny_embedder.embed_texts(["a photo"])[0], 3)
@@ -81,6 +81,7 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
         aliases,
         alias=alias,
         identity=tiny_embedder.identity,
+        config=LIVE,
         fill=lambda: Indexer(IndexDocuments(second), second, tiny_embedder, PipelineOptions(workers=0)).run(),
     )
     assert result.switched and result.target_stats.with_vector == 7
@@ -101,6 +102,7 @@ def test_sync_and_watch_delete_and_move_documents_in_the_cluster(cluster, tiny_e
     for n in range(4):
         photo(n).save(folder / f"photo{n}.jpg")
     store = OpenSearchStore(client, f"{prefix}-sync", serverless=serverless)
+    store.ensure_index(tiny_embedder.identity, config=LIVE)
     source = LocalFolder(str(folder))
 
     def paths() -> set[str]:

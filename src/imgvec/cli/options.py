@@ -83,7 +83,10 @@ KNN_FLAGS: dict[str, tuple[Any, Any]] = {
     ),
     "m": (Annotated[int, typer.Option("--m", min=2, max=100, help="HNSW links per node.")], 16),
     "ef_construction": (Annotated[int, typer.Option(min=2, help="HNSW candidate list while building.")], 128),
-    "ef_search": (Annotated[int, typer.Option(min=2, help="HNSW candidate list while searching.")], 100),
+    "ef_search": (
+        Annotated[int, typer.Option(min=2, help="HNSW candidate list while searching (faiss, nmslib; lucene: the k).")],
+        100,
+    ),
 }
 """A new OpenSearch index's settings (``index create``, ``migrate``), keyed by ``KnnIndexOptions`` field."""
 

@@ -2,7 +2,8 @@
 
 Request bodies are built here and nowhere else, so the contract tests can check every one of them against the
 OpenSearch API specification. Facts behind the defaults (docs/opensearch.md): nmslib is deprecated since 2.19 and
-refused for new indexes on 3.x, faiss is the default engine, ``ef_search`` belongs in ``method.parameters``.
+refused for new indexes on 3.x, faiss is the default engine, faiss takes ``ef_search`` in ``method.parameters``
+(lucene has none: its candidate list is the query's k).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def index_body(
         "engine": options.engine,
         "parameters": {"m": options.m, "ef_construction": options.ef_construction},
     }
-    if options.engine != "nmslib":
+    if options.engine == "faiss":  # lucene refuses the parameter (2.19: "Unknown parameter 'ef_search'")
         method["parameters"]["ef_search"] = options.ef_search
     index_settings: dict[str, Any] = {"knn": True}
     if options.engine == "nmslib":
