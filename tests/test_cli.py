@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,18 @@ def test_setup_errors_are_one_clear_line(tmp_path: Path, cli_env: dict[str, str]
 
     bad_spec = run_cli(["--model", "ViT-B-32", "ingest", str(tmp_path)], cli_env)
     assert bad_spec.returncode == 1 and "no weights" in bad_spec.stderr
+
+
+def test_an_unreachable_cluster_is_one_line_not_the_clients_tracebacks(cli_env: dict[str, str]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli(["--store", f"http://127.0.0.1:{port}", "status"], cli_env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr  # it was 265 lines of urllib3 tracebacks
+    assert lines[0].startswith(f"error: cannot reach http://127.0.0.1:{port}") and "check --store" in lines[0]
+    verbose = run_cli(["-v", "--store", f"http://127.0.0.1:{port}", "status"], cli_env)
+    assert "Traceback" in verbose.stderr  # -v still shows what the client saw
 
 
 def test_bad_flags_exit_2(tmp_path: Path, cli_env: dict[str, str]) -> None:

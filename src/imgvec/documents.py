@@ -73,6 +73,8 @@ class SourceItem:
     """The object's ETag where the source has one (S3): a change of content that size and mtime can miss."""
     doc_id: str | None = None
     """Set when the item is a document already in the index (``ingest --missing``): its vector goes there."""
+    indexed_at: datetime | None = None
+    """When that document was indexed (by the file-index worker, say): kept as it was when its vector is added."""
 
     @classmethod
     def of_path(cls, path: str, file_size: int, mtime: float, *, doc_id: str | None = None) -> SourceItem:
@@ -95,6 +97,11 @@ class ImageDocument:
     content_hash: str | None = None
     model: str | None = None
     indexed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """Now, for a new document; the existing document's own time when its vector is filled in."""
+
+    def __post_init__(self) -> None:
+        if self.item.indexed_at is not None:
+            self.indexed_at = self.item.indexed_at
 
     @property
     def id(self) -> str:

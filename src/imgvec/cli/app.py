@@ -94,6 +94,10 @@ def main(
         # open_clip logs its own ERROR line before raising; our one-line message already says it better.
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda record: "open_clip" not in record.pathname)
+        # opensearch-py logs a traceback at WARNING for each retry of a failed request (a refused connection was
+        # 265 lines); the StoreError that follows says it in one. -v brings them back.
+        for library in ("opensearch", "urllib3"):
+            logging.getLogger(library).setLevel(logging.ERROR)
     warnings.showwarning = _show_warning
     # Lance's Rust side logs its own maintenance to stderr: e.g. "partition index is 21 but the number of partitions
     # is 7, skip loading it" each time an index optimize joins small IVF partitions, which is expected and harmless

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -132,7 +133,7 @@ def print_lines(lines: list[str]) -> None:
 def hit_json(hit: SearchHit) -> dict[str, Any]:
     """One search result as ``search --json`` prints it: ``file_path`` and ``score`` first, then the document."""
     doc = dict(hit.document)
-    if doc.get("indexed_at") is not None:
+    if isinstance(doc.get("indexed_at"), datetime):  # the embedded store's; OpenSearch gives the stored string
         doc["indexed_at"] = doc["indexed_at"].isoformat()
     return {"file_path": doc.get("file_path"), "score": hit.score, **doc}
 

@@ -7,6 +7,7 @@ the item keeps the document's id, so the vector is written into that same docume
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from imgvec.documents import Failure, SourceItem, extension_of
@@ -70,4 +71,18 @@ def item_of_document(doc_id: str, fields: dict[str, Any]) -> SourceItem | None:
         s3_url=fields.get("s3_url"),
         etag=fields.get("etag"),
         doc_id=doc_id,
+        indexed_at=_timestamp(fields.get("indexed_at")),
     )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A document's ``indexed_at`` as the store holds it: a datetime (embedded) or ISO 8601 text (OpenSearch)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None  # a format imgvec cannot read: the fill stamps its own time rather than fail the file
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None

@@ -155,7 +155,10 @@ class OpenSearchStore:
 
     def _source(self, doc: ImageDocument, identity: IndexIdentity | None) -> dict[str, Any]:
         source: dict[str, Any] = {"doc_id": doc.id, **doc.fields()}
-        source["indexed_at"] = source["indexed_at"].isoformat()
+        if doc.item.indexed_at is None:
+            source["indexed_at"] = source["indexed_at"].isoformat()
+        else:  # filling a document that exists: a partial update leaves its indexed_at exactly as written
+            del source["indexed_at"]
         if doc.vector is not None:
             vector = np.asarray(doc.vector, dtype=np.float32).reshape(-1)
             if identity is not None:

@@ -127,7 +127,9 @@ def request(method: Any, label: str, index: str, /, **kwargs: Any) -> Any:
     except AuthorizationException as exc:
         raise StoreError(f"{label}: not allowed (403) for index {index!r}: {_reason(exc)}") from None
     except ConnectionError as exc:
-        raise StoreError(f"cannot reach {label}: {exc.info or exc.error}") from None
+        raise StoreError(
+            f"cannot reach {label} ({exc.info or exc.error}): check --store and that the cluster is up"
+        ) from None
     except TransportError as exc:
         if exc.status_code in (400, 404, 409):
             raise  # callers decide what those mean

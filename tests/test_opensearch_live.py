@@ -1,0 +1,243 @@
+"""The real `imgvec` command against a live OpenSearch node: the workflow the file-index worker's users run.
+
+index create → verify; the worker's documents (its own ids, its eight fields, no vector) filled in place from S3 by
+`ingest --missing`; status and search; migrate from the old 1024-dim index with an alias switch and rollback; a write
+the cluster rejects; `kill -9` during a fill, then resume. The node is the one conftest.py starts (lucene only).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+from tests.helpers import encode, photo, run_cli
+from tests.s3server import SeaweedServer
+
+pytestmark = pytest.mark.opensearch
+LUCENE = ["--engine", "lucene", "--shards", "1", "--replicas", "0"]
+BUCKET = "nas-mirror"
+PHOTOS = 6
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    client = server.client()
+    client.create_bucket(Bucket=BUCKET)
+    for n in range(PHOTOS):
+        client.put_object(Bucket=BUCKET, Key=f"2024/trip/photo{n}.jpg", Body=encode(photo(n)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(opensearch_url: str):
+    return connect(OpenSearchOptions(url=opensearch_url))
+
+
+@pytest.fixture
+def prefix(client) -> Iterator[str]:
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    yield name
+    client.indices.delete(index=f"{name}-*", ignore_unavailable=True)
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], opensearch_url: str, s3: SeaweedServer) -> dict[str, str]:
+    return {**cli_env, **s3.env(), "IMGVEC_STORE": opensearch_url, "IMGVEC_MODEL": "imgvec-tiny/random"}
+
+
+def worker_document(n: int, *, file_path: str | None = None) -> dict[str, object]:
+    """What the file-index worker writes for one NAS file: its eight fields, no vector."""
+    key = f"2024/trip/photo{n}.jpg"
+    return {
+        "file_name": f"photo{n}.jpg",
+        "file_path": file_path or f"/nas/photos/{key}",
+        "file_extension": "jpg",
+        "file_size": 1000 + n,
+        "bucket": BUCKET,
+        "file_key": key,
+        "s3_url": f"https://{BUCKET}.s3.amazonaws.com/{key}",
+        "indexed_at": "2024-05-01T10:00:00Z",
+    }
+
+
+def write_worker_documents(client, index: str, documents: dict[str, dict[str, object]]) -> None:
+    for doc_id, source in documents.items():
+        client.index(index=index, id=doc_id, body=source)
+    client.indices.refresh(index=index)
+
+
+def cli(env: dict[str, str], *args: str, index: str | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli([*(["--index", index] if index else []), *args], env)
+
+
+def test_create_then_verify_and_verify_explains_the_old_index(env, client, prefix) -> None:
+    created = cli(env, "index", "create", f"{prefix}-new", *LUCENE)
+    assert created.returncode == 0, created.stderr
+    verified = cli(env, "index", "verify", f"{prefix}-new")
+    assert verified.returncode == 0 and "✓" in verified.stdout
+
+    old = f"{prefix}-old"
+    client.indices.create(
+        index=old,
+        body={
+            "settings": {"index": {"knn": True, "number_of_replicas": 0}},
+            "mappings": {
+                "properties": {
+                    "file_path": {"type": "keyword"},
+                    "image_vector": {
+                        "type": "knn_vector",
+                        "dimension": 1024,
+                        "method": {"name": "hnsw", "space_type": "l2", "engine": "lucene"},
+                    },
+                }
+            },
+        },
+    )
+    report = cli(env, "index", "verify", old, "--json")
+    assert report.returncode == 1
+    problems = json.loads(report.stdout)["problems"]
+    text = " ".join(problems)
+    assert "1024" in text and "l2" in text and "identity" in text, problems
+    assert len(problems) >= 3
+
+
+def test_worker_documents_are_filled_in_place_from_s3_then_searched(env, client, prefix) -> None:
+    index = f"{prefix}-v3"
+    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+    documents = {f"worker-{n}": worker_document(n) for n in range(PHOTOS)}
+    write_worker_documents(client, index, documents)
+
+    filled = cli(env, "ingest", "--missing", "--json", index=index)
+    assert filled.returncode == 0, filled.stderr
+    assert json.loads(filled.stdout)["embedded"] + json.loads(filled.stdout)["cache_hits"] == PHOTOS
+
+    client.indices.refresh(index=index)
+    assert client.count(index=index)["count"] == PHOTOS  # filled in place: no document added
+    for doc_id, written in documents.items():
+        source = client.get(index=index, id=doc_id)["_source"]
+        assert len(source["image_vector"]) == 512
+        for field, value in written.items():
+            assert source[field] == value, (doc_id, field)  # the worker's fields are kept as it wrote them
+
+    status = json.loads(cli(env, "status", "--json", index=index).stdout)
+    assert (status["documents"], status["with_vector"], status["dimension"]) == (PHOTOS, PHOTOS, 512)
+
+    hits = json.loads(cli(env, "search", "a photo", "-k", "3", "--json", index=index).stdout)
+    assert len(hits) == 3 and all(-1.0 <= hit["score"] <= 1.0 for hit in hits)
+    query = f"s3://{BUCKET}/2024/trip/photo2.jpg"
+    same = json.loads(cli(env, "search", "--image", query, "-k", "2", "--json", index=index).stdout)
+    assert same[0]["file_key"] == "2024/trip/photo2.jpg" and same[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    filtered = cli(env, "search", "a photo", "--ext", "png", "--json", index=index)
+    assert json.loads(filtered.stdout) == []  # the filter runs inside the k-NN clause
+    under = json.loads(
+        cli(env, "search", "a photo", "--path-prefix", "/nas/photos/2024/", "-k", "10", "--json", index=index).stdout
+    )
+    assert len(under) == PHOTOS
+
+
+def test_migrate_from_the_old_index_switches_the_alias_and_rolls_back(env, client, prefix) -> None:
+    old, new, alias = f"{prefix}-v2-knn", f"{prefix}-v3-knn-512", f"{prefix}-current"
+    client.indices.create(
+        index=old,
+        body={
+            "settings": {"index": {"knn": True, "number_of_replicas": 0}},
+            "mappings": {
+                "properties": {
+                    **{name: {"type": "keyword"} for name in ("file_name", "file_path", "bucket", "file_key")},
+                    "s3_url": {"type": "keyword"},
+                    "image_vector": {
+                        "type": "knn_vector",
+                        "dimension": 1024,
+                        "method": {"name": "hnsw", "space_type": "l2", "engine": "lucene"},
+                    },
+                }
+            },
+        },
+    )
+    documents = {f"worker-{n}": worker_document(n) for n in range(PHOTOS)}
+    documents["worker-0"] = {**documents["worker-0"], "image_vector": [0.01] * 1024}  # one old sample vector
+    write_worker_documents(client, old, documents)
+    client.indices.put_alias(index=old, name=alias)
+
+    migrated = cli(env, "migrate", "--from", old, "--to", new, "--alias", alias, *LUCENE, "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    report = json.loads(migrated.stdout)
+    assert report["switched"] and report["alias_was"] == old and report["target"]["with_vector"] == PHOTOS
+    assert set(client.indices.get_alias(name=alias)) == {new}
+    for doc_id in documents:
+        assert len(client.get(index=new, id=doc_id)["_source"]["image_vector"]) == 512  # same ids, new vectors
+
+    through_alias = cli(env, "search", "a photo", "-k", "2", "--json", index=alias)
+    assert through_alias.returncode == 0, through_alias.stderr
+    assert len(json.loads(through_alias.stdout)) == 2
+
+    back = cli(env, "alias", "rollback", alias)
+    assert back.returncode == 0 and set(client.indices.get_alias(name=alias)) == {old}
+    again = cli(env, "alias", "rollback", alias)
+    assert again.returncode == 1 and "nothing to roll back" in again.stderr
+
+
+def test_a_write_the_cluster_rejects_is_a_failure_record_and_the_next_run_completes(env, client, prefix, tmp_path):
+    index = f"{prefix}-blocked"
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    for n in range(4):
+        photo(n).save(folder / f"photo{n}.jpg")
+    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+    client.indices.put_settings(index=index, body={"index.blocks.write": True})
+    blocked = cli(env, "ingest", str(folder), "--json", "--batch-size", "2", index=index)
+    assert blocked.returncode == 3, blocked.stderr  # the run finished; its files are recorded, not lost
+    failures = json.loads(blocked.stdout)["failures"]
+    assert len(failures) == 4 and all(f["stage"] == "write" and "cluster_block" in f["reason"] for f in failures)
+
+    client.indices.put_settings(index=index, body={"index.blocks.write": False})
+    retried = cli(env, "ingest", str(folder), "--json", "--retry-failed", index=index)
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["embedded"] == 4
+    assert json.loads(cli(env, "failures", "--json", index=index).stdout) == []
+
+
+def test_kill_9_during_a_fill_then_resume_gives_every_document_one_vector(env, client, prefix, tmp_path) -> None:
+    index = f"{prefix}-killed"
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    documents = {}
+    for n in range(40):
+        path = folder / f"photo{n}.jpg"
+        photo(200 + n, (96, 72)).save(path)
+        documents[f"worker-{n}"] = worker_document(n, file_path=str(path)) | {"s3_url": None, "bucket": None}
+    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+    write_worker_documents(client, index, {k: {f: v for f, v in d.items() if v} for k, d in documents.items()})
+
+    args = ["--index", index, "ingest", "--missing", "--batch-size", "4", "--rate-limit", "8"]
+    run = subprocess.Popen([sys.executable, "-m", "imgvec.cli", *args], env=env, stderr=subprocess.DEVNULL)
+    with_vector = {"query": {"exists": {"field": "image_vector"}}}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        client.indices.refresh(index=index)
+        if client.count(index=index, body=with_vector)["count"] >= 8:
+            break
+        time.sleep(0.2)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    client.indices.refresh(index=index)
+    assert client.count(index=index, body=with_vector)["count"] < 40, "the fill finished before it was killed"
+
+    resumed = cli(env, "ingest", "--missing", "--json", index=index)
+    assert resumed.returncode == 0, resumed.stderr
+    client.indices.refresh(index=index)
+    assert client.count(index=index)["count"] == 40  # no document added
+    for doc_id in documents:
+        source = client.get(index=index, id=doc_id)["_source"]
+        assert len(source["image_vector"]) == 512 and source["file_path"] == documents[doc_id]["file_path"]
