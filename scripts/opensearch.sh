@@ -2,6 +2,7 @@
 # A single-node OpenSearch with k-NN on 127.0.0.1, built from Maven Central artifacts (no Docker needed).
 #
 #   scripts/opensearch.sh start [--port N] [--run-dir DIR]   → last line: OPENSEARCH_URL=http://127.0.0.1:PORT
+#                                                              (DIR keeps the node's data across stop and start)
 #   scripts/opensearch.sh stop  [--run-dir DIR]
 #   scripts/opensearch.sh status [--run-dir DIR]
 #
@@ -147,7 +148,9 @@ start() {
   [ -n "$PORT" ] || PORT="$(free_port)"
   port_taken "$PORT" && die "port $PORT is taken: pick another with --port"
   local transport; transport="$(free_port)"
-  rm -rf "$RUN_DIR"; mkdir -p "$RUN_DIR/data" "$RUN_DIR/logs"
+  # data/ survives a stop and start in the same run folder, as a node's data would; the config is written anew
+  mkdir -p "$RUN_DIR/data" "$RUN_DIR/logs"
+  rm -rf "$RUN_DIR/config"
   cp -r "$HOME_DIR/config" "$RUN_DIR/config"
   cat > "$RUN_DIR/config/opensearch.yml" <<EOF
 cluster.name: imgvec-test

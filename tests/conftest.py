@@ -70,26 +70,53 @@ def cli_env(model_config_dir: Path, cache_dir: Path, tmp_path: Path) -> dict[str
     return env
 
 
+class OpenSearchNode:
+    """The test node that scripts/opensearch.sh runs: the same script a person uses, so the tests check it too."""
+
+    SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "opensearch.sh"
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp folder: that one is private to this user, and the node may run as another.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="imgvec-opensearch-"))
+        self.port: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start (again, on the same port and data, after ``stop``)."""
+        args = ["start", "--run-dir", str(self.run_dir), *(["--port", self.port] if self.port else [])]
+        started = subprocess.run(["bash", str(self.SCRIPT), *args], capture_output=True, text=True, timeout=1200)
+        if started.returncode != 0:
+            pytest.fail(f"the test OpenSearch node did not start: {started.stderr.strip()}", pytrace=False)
+        self.port = started.stdout.strip().splitlines()[-1].rsplit(":", 1)[1]
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["bash", str(self.SCRIPT), "stop", "--run-dir", str(self.run_dir)], capture_output=True, timeout=120
+        )
+
+
 @pytest.fixture(scope="session")
-def opensearch_url() -> Iterator[str]:
-    """A live OpenSearch cluster: OPENSEARCH_URL if set, else a node that scripts/opensearch.sh starts for this test
-    session (the same code a person runs by hand) and stops afterwards. IMGVEC_TEST_OPENSEARCH=skip skips the live
-    tests instead; a node that cannot start fails them, so CI never passes by skipping."""
-    if url := os.environ.get("OPENSEARCH_URL"):
-        yield url
+def opensearch_node() -> Iterator[OpenSearchNode | None]:
+    """A live OpenSearch cluster for the tests: None when OPENSEARCH_URL names one (a cluster the tests may not
+    restart), else a node started for this session and stopped afterwards. IMGVEC_TEST_OPENSEARCH=skip skips the
+    live tests instead; a node that cannot start fails them, so CI never passes by skipping."""
+    if os.environ.get("OPENSEARCH_URL"):
+        yield None
         return
     if os.environ.get("IMGVEC_TEST_OPENSEARCH") == "skip":
         pytest.skip("IMGVEC_TEST_OPENSEARCH=skip: no live OpenSearch node")
-    script = Path(__file__).resolve().parent.parent / "scripts" / "opensearch.sh"
-    # Not under pytest's tmp folder: that one is private to this user, and the node may run as another.
-    run_dir = Path(tempfile.mkdtemp(prefix="imgvec-opensearch-"))
-    started = subprocess.run(
-        ["bash", str(script), "start", "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=1200
-    )
-    if started.returncode != 0:
-        pytest.fail(f"the test OpenSearch node did not start: {started.stderr.strip()}", pytrace=False)
+    node = OpenSearchNode()
+    node.start()
     try:
-        yield started.stdout.strip().splitlines()[-1].split("=", 1)[1]
+        yield node
     finally:
-        subprocess.run(["bash", str(script), "stop", "--run-dir", str(run_dir)], capture_output=True, timeout=120)
-        subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+        node.stop()
+        subprocess.run(["rm", "-rf", str(node.run_dir)], check=False)
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(opensearch_node: OpenSearchNode | None) -> str:
+    return opensearch_node.url if opensearch_node is not None else os.environ["OPENSEARCH_URL"]

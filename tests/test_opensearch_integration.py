@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from imgvec.documents import ImageDocument, SourceItem
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.migrate import migrate, rollback
 from imgvec.pipeline.options import PipelineOptions
@@ -64,7 +63,8 @@ def test_create_fill_search_migrate_rollback(cluster, tiny_embedder, tmp_path: P
     # a worker document without a vector, filled in place
     extra = folder / "late.jpg"
     photo(99).save(extra)
-    first.upsert([ImageDocument(SourceItem.of_path(str(extra), extra.stat().st_size, 0.0, doc_id=f"worker-{prefix}"))])
+    worker_fields = {"file_name": extra.name, "file_path": str(extra), "file_extension": "jpg"}
+    client.index(index=first.index, id=f"worker-{prefix}", body=worker_fields | {"file_size": extra.stat().st_size})
     first.optimize()
     assert first.stats().without_vector == 1
     filled = Indexer(IndexDocuments(first), first, tiny_embedder, PipelineOptions(workers=0)).run()

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,51 @@ def test_kill_9_during_a_fill_then_resume_gives_every_document_one_vector(env, c
     for doc_id in documents:
         source = client.get(index=index, id=doc_id)["_source"]
         assert len(source["image_vector"]) == 512 and source["file_path"] == documents[doc_id]["file_path"]
+
+
+def test_follow_fills_what_the_worker_adds_and_survives_a_node_restart(
+    env, client, prefix, opensearch_node, cli_env
+) -> None:
+    if opensearch_node is None:
+        pytest.skip("OPENSEARCH_URL names an outside cluster: the tests do not restart it")
+    index = f"{prefix}-followed"
+    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+    write_worker_documents(client, index, {f"worker-{n}": worker_document(n) for n in range(2)})
+    args = ["--index", index, "ingest", "--missing", "--follow", "--interval", "1s", "--workers", "0"]
+    log = cli_env["IMGVEC_STORE"] + "-follow.log"
+    with open(log, "w") as stderr:
+        follower = subprocess.Popen([sys.executable, "-m", "imgvec.cli", *args], env=env, stderr=stderr)
+
+    def filled() -> int:
+        client.indices.refresh(index=index)
+        return client.count(index=index, body={"query": {"exists": {"field": "image_vector"}}})["count"]
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and filled() < count:
+            time.sleep(0.5)
+        assert filled() == count, Path(log).read_text()
+
+    try:
+        wait_for(2)
+        write_worker_documents(client, index, {f"worker-{n}": worker_document(n) for n in range(2, 4)})
+        wait_for(4)  # added while it runs: filled by a later pass
+
+        opensearch_node.stop()
+        time.sleep(4)  # a pass or two fail meanwhile
+        progress = json.loads(cli(env, "progress", "--json", index=index).stdout)
+        assert progress["state"] == "running" and progress["mode"] == "follow"
+        assert progress["health"]["errors_in_a_row"] >= 1 and "reach" in progress["health"]["last_error"]
+        opensearch_node.start()
+        write_worker_documents(client, index, {f"worker-{n}": worker_document(n) for n in range(4, PHOTOS)})
+        wait_for(PHOTOS)  # caught up after the outage
+        health = json.loads(cli(env, "progress", "--json", index=index).stdout)["health"]
+        assert health["errors_in_a_row"] == 0 and health["last_pass_at"]
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        code = follower.wait(timeout=60)
+    text = Path(log).read_text()
+    assert code == 0, text  # SIGTERM drains, then exits 0
+    assert "recovered" in text and "stopped:" in text
+    assert client.count(index=index)["count"] == PHOTOS  # never a second document
+    assert json.loads(cli(env, "progress", "--json", index=index).stdout)["state"] == "finished"

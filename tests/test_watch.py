@@ -22,7 +22,7 @@ from watchdog.events import DirMovedEvent, FileClosedEvent, FileCreatedEvent, Fi
 
 from imgvec.cli.options import parse_duration
 from imgvec.errors import StoreError
-from imgvec.pipeline import watch as watch_module
+from imgvec.pipeline import recovery as recovery_module
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.watch import ChangeTracker, Watcher, WatchOptions
@@ -383,7 +383,7 @@ class FlakyStore:
 
 
 def test_a_store_outage_is_logged_retried_and_caught_up(tmp_path: Path, tiny_embedder, monkeypatch) -> None:
-    monkeypatch.setattr(watch_module, "ERROR_BACKOFF_SECONDS", 0.2)
+    monkeypatch.setattr(recovery_module, "ERROR_BACKOFF_SECONDS", 0.2)
     root = tmp_path / "photos"
     write_photo(root / "a.jpg", 90)
     folder = LocalFolder(root)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,7 +28,11 @@ from imgvec.pipeline.estimate import LAMBDA_PRICE_GB_SECOND, LAMBDA_PRICE_PER_MI
 from imgvec.runs import PipelineFlags
 from imgvec.settings import Settings
 
-Source = Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")]
+if TYPE_CHECKING:
+    from imgvec.pipeline.indexer import Indexer
+    from imgvec.sources.base import Source
+
+SourceLocation = Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")]
 
 
 @command(app, pipeline=(*RUNNING, "max_files"))
@@ -42,6 +46,13 @@ def ingest(
         bool,
         typer.Option("--missing", help="Instead of SOURCE: fill in the index's documents that have no vector yet."),
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", help="With --missing: keep running, filling documents as their writer adds them (a service)."
+        ),
+    ] = False,
+    interval: Annotated[str, typer.Option(metavar="DURATION", help="With --follow: time between passes.")] = "30s",
     dry_run: Annotated[bool, typer.Option(help="Show what would be processed and how long; write nothing.")] = False,
     as_json: AsJson = False,
     *,
@@ -52,6 +63,8 @@ def ingest(
 
     if (source_location is None) == (not missing):
         raise UsageError("give a SOURCE folder or s3:// URL, or --missing (not both)")
+    if follow and (not missing or dry_run):
+        raise UsageError("--follow goes with --missing and without --dry-run (a folder is followed by `imgvec watch`)")
     remote = missing or (source_location or "").startswith("s3://")
     settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=remote)
     store = settings.open_store()
@@ -70,6 +83,11 @@ def ingest(
         else:
             print_lines([format_plan(result)])
         return
+    if follow:
+        _follow(
+            settings, source, runs.indexer(settings, source, store, embedder, options, label=source.location), interval
+        )
+        return
     display = ProgressDisplay(enabled=not as_json)
     run = runs.indexer(settings, source, store, embedder, options, label=source.location, on_progress=display.update)
     with runs.stop_on_signals(run, step), display:
@@ -85,7 +103,7 @@ def ingest(
 @command(app, pipeline=RUNNING, aborted="aborted; committed batches are kept and nothing was deleted")
 def sync(
     ctx: typer.Context,
-    source_location: Source,
+    source_location: SourceLocation,
     max_delete: MaxDelete = 50.0,
     dry_run: Annotated[bool, typer.Option(help="Show what would be indexed and deleted; write nothing.")] = False,
     as_json: AsJson = False,
@@ -190,7 +208,7 @@ def watch(
 @command(app, pipeline=TUNING)
 def estimate(
     ctx: typer.Context,
-    source_location: Source,
+    source_location: SourceLocation,
     sample: Annotated[
         int, typer.Option(min=8, max=10_000, help="Files in the calibration run (a random sample).")
     ] = 48,
@@ -246,6 +264,22 @@ def estimate(
         return
     runtime = getattr(embedder, "runtime", None)
     print_lines(format_estimate(result, runtime.describe() if runtime else "model", options))
+
+
+def _follow(settings: Settings, source: Source, run: Indexer, interval: str) -> None:
+    """A service's loop: log lines, not a progress bar; SIGTERM drains and exits 0."""
+    from imgvec.pipeline.follow import Follower, FollowOptions
+
+    try:
+        options = FollowOptions(interval=parse_duration(interval))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    follower = Follower(source, run, options, log=log_line)
+    log_line(f"following {source.location} every {options.interval:g}s → {_destination(settings)}")
+    with runs.stop_on_signals(follower, step):
+        follower.run()
+    report = run.report
+    log_line(f"stopped: {report.succeeded} filled, {report.failed} failed")
 
 
 def _destination(settings: Settings) -> str:

@@ -20,6 +20,9 @@ from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.report import Progress
 
 SCHEMA_VERSION = 1
+STICKY_STAGES = ("decode", "embed")
+"""Failures of the file's own bytes: skipped until the file changes (or ``--retry-failed``)."""
+STICKY_SQL = ", ".join(f"'{stage}'" for stage in STICKY_STAGES)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -120,13 +123,15 @@ class RunJournal:
             self._db.execute("DELETE FROM failures WHERE substr(file_path, 1, ?) = ?", (len(prefix), prefix))
 
     def known_failures(self, uris: list[str]) -> dict[str, tuple[int | None, float | None]]:
-        """uri → (size, mtime) recorded when it failed, for the uris given."""
+        """uri → (size, mtime) recorded when it failed, for the uris given whose failure belongs to the file's bytes
+        (``STICKY_STAGES``). A read, write or listing failure comes from the environment (a NAS dropped, a cluster
+        restarted) and is not returned: the next run tries the file again."""
         found: dict[str, tuple[int | None, float | None]] = {}
         for start in range(0, len(uris), 500):
             chunk = uris[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for uri, size, mtime in self._db.execute(
-                f"SELECT uri, file_size, mtime FROM failures WHERE uri IN ({marks})", chunk
+                f"SELECT uri, file_size, mtime FROM failures WHERE uri IN ({marks}) AND stage IN ({STICKY_SQL})", chunk
             ):
                 found[uri] = (size, mtime)
         return found

@@ -82,7 +82,7 @@ class Progress:
     pid: int | None = None
     source: str = ""
     mode: str = "batch"
-    """batch (ingest, sync), or watch: runs until stopped, with ``health`` beside it."""
+    """batch (ingest, sync), or watch / follow (``ingest --missing --follow``): runs until stopped, with ``health``."""
     deleted: int = 0
     """Documents removed because their files are gone (sync, watch)."""
     moved: int = 0

@@ -25,16 +25,15 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from imgvec.documents import SourceItem, document_id
-from imgvec.errors import IdentityMismatchError, SourceError
+from imgvec.errors import SourceError
 from imgvec.pipeline.changes import Change, ChangeTracker
 from imgvec.pipeline.indexer import Indexer
+from imgvec.pipeline.recovery import Recovery
 from imgvec.pipeline.sync import owned_uri, reconcile
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.base import SearchFilter
 
 TICK_SECONDS = 0.25
-ERROR_BACKOFF_SECONDS = 2.0
-ERROR_BACKOFF_MAX_SECONDS = 300.0
 OPTIMIZE_EVERY_SECONDS = 600.0
 """Compact the store this often while changes trickle in (each small write or delete adds a version)."""
 FUTURE_MTIME_SLACK = 60.0
@@ -79,8 +78,7 @@ class Watcher:
         self._written_at_optimize = 0
         self._catch_up = False
         """A reconcile pass is due before the next changes: at start, and after an error."""
-        self._errors_in_a_row = 0
-        self._last_error: str | None = None
+        self.recovery = Recovery(log, then=", then a reconcile pass catches up")
 
     def stop(self) -> None:
         self.indexer.stop()
@@ -124,27 +122,12 @@ class Watcher:
         self._optimize_now_and_then()
 
     def _guarded(self, step: Callable[[], None]) -> None:
-        """A service outlives a store or share that fails for a while: log, pause with backoff, catch up.
-        Only a model/index mismatch, which no retry can fix, ends the watch."""
-        try:
-            step()
-        except IdentityMismatchError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - logged with its type; the watch goes on and catches up
-            self._errors_in_a_row += 1
-            self._last_error = f"{type(exc).__name__}: {exc}"
+        if not self.recovery.attempt(step):
             self._catch_up = True
-            self.log(f"error: {self._last_error}; retrying in {self._pause():g}s, then a reconcile pass catches up")
             self._heartbeat(force=True)
-        else:
-            if self._errors_in_a_row:
-                self.log("recovered")
-            self._errors_in_a_row = 0
 
     def _pause(self) -> float:
-        if not self._errors_in_a_row:
-            return TICK_SECONDS
-        return min(ERROR_BACKOFF_MAX_SECONDS, ERROR_BACKOFF_SECONDS * 2 ** (self._errors_in_a_row - 1))
+        return self.recovery.pause(TICK_SECONDS)
 
     # -- the source coming and going ----------------------------------------------------------------
 
@@ -303,8 +286,7 @@ class Watcher:
             "last_change_at": _iso(last_event) if last_event else None,
             "last_reconcile_at": self._last_reconcile_at,
             "heartbeat_at": _now_iso(),
-            "errors_in_a_row": self._errors_in_a_row,
-            "last_error": self._last_error,
+            **self.recovery.health(),
         }
         self.indexer.show_health(health, len(self.tracker), force=force)
 

@@ -113,13 +113,16 @@ class OpenSearchStore:
             return {}
         identity = self.identity()
         sources = {doc.id: self._source(doc, identity) for doc in documents}
+        filling = {doc.id for doc in documents if doc.item.doc_id is not None}
         if not self.serverless:
             return self._bulk(
                 [
                     BulkItem(
                         doc_id,
                         {"update": {"_index": self.index, "_id": doc_id}},
-                        {"doc": source, "doc_as_upsert": True},
+                        # a document being filled (--missing) is only updated: if its writer deleted it meanwhile,
+                        # the update fails with 404 for that file alone instead of making a document of our own
+                        {"doc": source, "doc_as_upsert": doc_id not in filling},
                     )
                     for doc_id, source in sources.items()
                 ]
