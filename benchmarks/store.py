@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgvec.documents import ImageDocument
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.identity import IndexIdentity
 from imgvec.stores import embedded, embedded_indexes
 from imgvec.stores.base import SearchFilter
@@ -73,14 +73,7 @@ def main() -> None:
         vectors = make_vectors(rng, n, centres)
         all_vectors[start : start + n] = vectors
         docs = [
-            ImageDocument(
-                file_name=f"{i}.{extensions[i % 4]}",
-                file_path=f"/nas/{i // 1000}/{i}.{extensions[i % 4]}",
-                file_extension=str(extensions[i % 4]),
-                file_size=1,
-                mtime=0.0,
-                vector=vectors[i - start],
-            )
+            ImageDocument(SourceItem.of_path(f"/nas/{i // 1000}/{i}.{extensions[i % 4]}", 1, 0.0), vectors[i - start])
             for i in range(start, start + n)
         ]
         began = time.perf_counter()
@@ -129,7 +122,7 @@ def main() -> None:
         assert len(hits) == 10 and all(h.document["file_extension"] == "jpg" for h in hits)
 
     ann_p50 = percentile_ms(ann_lat, 50)
-    index = store._vector_index()
+    index = embedded_indexes.vector_index(store._open())
     kind = index.index_type if index else "none (exact scan)"
     print(
         f"ANN search ({kind}): p50 {ann_p50:.1f} ms, p99 {percentile_ms(ann_lat, 99):.1f} ms, "

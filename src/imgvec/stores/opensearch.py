@@ -21,6 +21,7 @@ from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
 from imgvec.stores.opensearch_bulk import BULK_DOCUMENTS, BulkItem, send_bulk
 from imgvec.stores.opensearch_client import request
 from imgvec.stores.opensearch_mapping import (
+    DEFAULT_ENGINE,
     VECTOR_FIELD,
     KnnIndexOptions,
     identity_of,
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from opensearchpy import OpenSearch
 
 PAGE_SIZE = 500
+LUCENE_CANDIDATES = 100
+"""Candidates a lucene query collects, as faiss's default ef_search does (recall figures in docs/opensearch.md)."""
 PIT_KEEP_ALIVE = "5m"
 STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag"]
 COPY_SCRIPT = (
@@ -53,6 +56,7 @@ class OpenSearchStore:
         self.serverless = serverless
         self.label = label or "OpenSearch"
         self._identity: IndexIdentity | None = None
+        self._vector_engine: str | None = None
 
     # -- identity -----------------------------------------------------------------------------------
 
@@ -75,6 +79,13 @@ class OpenSearchStore:
         if self._identity is None and self.exists():
             self._identity = identity_of(self.mapping())
         return self._identity
+
+    def _engine(self) -> str | None:
+        """The k-NN engine of the vector field, read once."""
+        if self._vector_engine is None:
+            method = vector_fields(self.mapping()).get(VECTOR_FIELD, {}).get("method") or {}
+            self._vector_engine = str(method.get("engine") or DEFAULT_ENGINE)
+        return self._vector_engine
 
     def origin(self) -> str | None:
         return origin_of(self.mapping())
@@ -172,7 +183,7 @@ class OpenSearchStore:
         return {key: value for key, value in source.items() if value is not None}
 
     def _bulk(self, items: list[BulkItem]) -> dict[str, str]:
-        return send_bulk(lambda lines: self._call(self.client.bulk, body=lines), items)
+        return send_bulk(lambda body: self._call(self.client.bulk, body=body), items)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -241,7 +252,9 @@ class OpenSearchStore:
             raise IndexNotFoundError(f"index {self.index!r} does not exist or has no model identity")
         query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         identity.require_dimension(query_vector.shape[0])
-        knn: dict[str, Any] = {"vector": query_vector.tolist(), "k": k}
+        # lucene's candidate list is the query's k (it has no ef_search): ask for more, keep the best ``size``
+        candidates = max(k, LUCENE_CANDIDATES) if self._engine() == "lucene" else k
+        knn: dict[str, Any] = {"vector": query_vector.tolist(), "k": candidates}
         condition = search_filter(where)
         if condition is not None:
             knn["filter"] = condition  # inside the k-NN clause: k results come back when k match

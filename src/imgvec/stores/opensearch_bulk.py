@@ -24,25 +24,27 @@ class BulkItem:
     """The action line: ``{"update": {"_index", "_id"}}``, ``{"index": {"_index"}}``, ``{"delete": ...}``."""
     source: dict[str, Any] | None = None
 
-    @property
-    def size(self) -> int:
-        return len(json.dumps(self.action)) + (len(json.dumps(self.source)) if self.source is not None else 0) + 2
+    def lines(self) -> str:
+        """The item as NDJSON, serialised once: its length sizes the request, and the text is what is sent."""
+        action = json.dumps(self.action)
+        return f"{action}\n{json.dumps(self.source)}\n" if self.source is not None else f"{action}\n"
 
 
-def _chunks_by_size(items: list[BulkItem]) -> Iterator[list[BulkItem]]:
-    chunk: list[BulkItem] = []
+def _chunks_by_size(items: list[BulkItem]) -> Iterator[list[tuple[BulkItem, str]]]:
+    chunk: list[tuple[BulkItem, str]] = []
     size = 0
     for item in items:
-        if chunk and (len(chunk) >= BULK_DOCUMENTS or size + item.size > BULK_BYTES):
+        text = item.lines()
+        if chunk and (len(chunk) >= BULK_DOCUMENTS or size + len(text) > BULK_BYTES):
             yield chunk
             chunk, size = [], 0
-        chunk.append(item)
-        size += item.size
+        chunk.append((item, text))
+        size += len(text)
     if chunk:
         yield chunk
 
 
-def send_bulk(send: Callable[[list[dict[str, Any]]], dict[str, Any]], items: list[BulkItem]) -> dict[str, str]:
+def send_bulk(send: Callable[[str], dict[str, Any]], items: list[BulkItem]) -> dict[str, str]:
     """Bulk requests sized by count and bytes; rejected items retried on 429 with exponential backoff.
 
     Not opensearch-py's ``streaming_bulk``: when it retries a 429 it reorders its results and, for an
@@ -55,13 +57,8 @@ def send_bulk(send: Callable[[list[dict[str, Any]]], dict[str, Any]], items: lis
     for attempt in range(BULK_RETRIES + 1):
         throttled: list[BulkItem] = []
         for chunk in _chunks_by_size(pending):
-            lines: list[dict[str, Any]] = []
-            for item in chunk:
-                lines.append(item.action)
-                if item.source is not None:
-                    lines.append(item.source)
-            response = send(lines)
-            for item, result in zip(chunk, response["items"], strict=True):
+            response = send("".join(text for _, text in chunk))
+            for (item, _), result in zip(chunk, response["items"], strict=True):
                 outcome = next(iter(result.values()))
                 status = int(outcome.get("status", 500))
                 if status == 429 and attempt < BULK_RETRIES:
