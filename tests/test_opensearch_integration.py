@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.migrate import migrate, rollback
 from imgvec.pipeline.options import PipelineOptions
@@ -136,3 +137,19 @@ def test_sync_and_watch_delete_and_move_documents_in_the_cluster(cluster, tiny_e
         thread.join(timeout=60)
     assert paths() == {str(p) for p in folder.glob("*.jpg")}
     assert run.report.moved == 1 and run.report.deleted == 1 and run.report.embedded == 0
+
+
+def test_filling_a_document_its_writer_deleted_fails_that_file_and_creates_nothing(cluster, tiny_embedder):
+    client, prefix, serverless = cluster
+    if serverless:
+        pytest.skip("Serverless has no custom ids to update")
+    store = OpenSearchStore(client, f"{prefix}-gone", serverless=serverless)
+    store.ensure_index(tiny_embedder.identity, config=LIVE)
+    vector = tiny_embedder.embed_texts(["a photo"])[0]
+    kept = ImageDocument(SourceItem.of_path("/nas/kept.jpg", 1, 0.0, doc_id="worker-kept"), vector)
+    gone = ImageDocument(SourceItem.of_path("/nas/gone.jpg", 1, 0.0, doc_id="worker-gone"), vector)
+    client.index(index=store.index, id="worker-kept", body={"file_path": "/nas/kept.jpg"}, refresh=True)
+    rejected = store.upsert([kept, gone])  # worker-gone was deleted after the listing saw it
+    assert set(rejected) == {"worker-gone"} and "404" in rejected["worker-gone"]
+    store.optimize()
+    assert store.stats().documents == 1 and store.stats().with_vector == 1
