@@ -34,6 +34,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+ensure_tool() {
+  command -v "$1" >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"; } >&2 || die "could not install $1"
+  else
+    die "$1 is needed to download and unpack OpenSearch: install it"
+  fi
+}
+
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
 
 ensure_java() {
@@ -141,8 +150,8 @@ start() {
     echo "OPENSEARCH_URL=http://127.0.0.1:$(cat "$RUN_DIR/port")"
     return
   fi
-  command -v curl >/dev/null || die "curl is needed to download OpenSearch"
-  command -v unzip >/dev/null || die "unzip is needed to unpack OpenSearch"
+  ensure_tool curl
+  ensure_tool unzip
   ensure_java
   assemble
   [ -n "$PORT" ] || PORT="$(free_port)"

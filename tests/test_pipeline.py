@@ -229,3 +229,24 @@ def test_arrow_allocates_through_the_tuned_system_allocator(user_setting: str | 
         env["ARROW_DEFAULT_MEMORY_POOL"] = user_setting
     out = subprocess.run([sys.executable, "-c", ARROW_POOL], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_only_failures_of_the_files_bytes_stay_skipped_and_others_for_a_few_runs(state: RunJournal) -> None:
+    """A read or write failure comes from the environment (a NAS dropped, a cluster restarted): the next runs try the
+    file again, RETRIES_BEFORE_STICKY times, then skip it like a file that cannot be decoded, saying why."""
+    from imgvec.documents import Failure
+    from imgvec.pipeline.journal import RETRIES_BEFORE_STICKY
+
+    read = Failure("/p/a.jpg", "read", "Input/output error", "/p/a.jpg", 10, 1.0)
+    decode = Failure("/p/b.jpg", "decode", "not a recognised image format", "/p/b.jpg", 10, 1.0)
+    state.record_failures([read, decode])
+    assert set(state.known_failures(["/p/a.jpg", "/p/b.jpg"])) == {"/p/b.jpg"}
+    for _ in range(RETRIES_BEFORE_STICKY - 1):
+        state.record_failures([read])
+    assert set(state.known_failures(["/p/a.jpg", "/p/b.jpg"])) == {"/p/a.jpg", "/p/b.jpg"}
+    reasons = {f.file_path: f.reason for f in state.failures()}
+    assert (
+        reasons["/p/a.jpg"].startswith("Input/output error")
+        and f"failed {RETRIES_BEFORE_STICKY} times" in (reasons["/p/a.jpg"])
+    )
+    assert reasons["/p/b.jpg"] == "not a recognised image format"

@@ -23,6 +23,10 @@ SCHEMA_VERSION = 1
 STICKY_STAGES = ("decode", "embed")
 """Failures of the file's own bytes: skipped until the file changes (or ``--retry-failed``)."""
 STICKY_SQL = ", ".join(f"'{stage}'" for stage in STICKY_STAGES)
+RETRIES_BEFORE_STICKY = 5
+"""Runs (or ``--follow`` passes) that try a file whose read or write failed; after that it is skipped like a decode
+failure, and its reason says so: a file gone for good is not retried forever."""
+GAVE_UP = f" (failed {RETRIES_BEFORE_STICKY} times: skipped until it changes, or --retry-failed)"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -108,9 +112,11 @@ class RunJournal:
             self._db.executemany(
                 "INSERT INTO failures (uri, file_path, stage, reason, file_size, mtime, attempts, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(uri) DO UPDATE SET stage = excluded.stage, "
-                "reason = excluded.reason, file_size = excluded.file_size, mtime = excluded.mtime, "
+                f"reason = CASE WHEN failures.attempts + 1 >= {RETRIES_BEFORE_STICKY} "
+                f"AND excluded.stage NOT IN ({STICKY_SQL}) THEN excluded.reason || ? ELSE excluded.reason END, "
+                "file_size = excluded.file_size, mtime = excluded.mtime, "
                 "attempts = failures.attempts + 1, updated_at = excluded.updated_at",
-                [(f.key, f.file_path, f.stage, f.reason, f.file_size, f.mtime, now) for f in failures],
+                [(f.key, f.file_path, f.stage, f.reason, f.file_size, f.mtime, now, GAVE_UP) for f in failures],
             )
 
     def clear_failures(self, uris: Iterable[str]) -> None:
@@ -124,14 +130,16 @@ class RunJournal:
 
     def known_failures(self, uris: list[str]) -> dict[str, tuple[int | None, float | None]]:
         """uri → (size, mtime) recorded when it failed, for the uris given whose failure belongs to the file's bytes
-        (``STICKY_STAGES``). A read, write or listing failure comes from the environment (a NAS dropped, a cluster
-        restarted) and is not returned: the next run tries the file again."""
+        (``STICKY_STAGES``), or that failed ``RETRIES_BEFORE_STICKY`` times. A read, write or listing failure comes
+        from the environment (a NAS dropped, a cluster restarted): until then the next run tries the file again."""
         found: dict[str, tuple[int | None, float | None]] = {}
         for start in range(0, len(uris), 500):
             chunk = uris[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for uri, size, mtime in self._db.execute(
-                f"SELECT uri, file_size, mtime FROM failures WHERE uri IN ({marks}) AND stage IN ({STICKY_SQL})", chunk
+                f"SELECT uri, file_size, mtime FROM failures WHERE uri IN ({marks}) "
+                f"AND (stage IN ({STICKY_SQL}) OR attempts >= {RETRIES_BEFORE_STICKY})",
+                chunk,
             ):
                 found[uri] = (size, mtime)
         return found
