@@ -290,3 +290,46 @@ def test_follow_fills_what_the_worker_adds_and_survives_a_node_restart(
     assert "recovered" in text and "stopped:" in text
     assert client.count(index=index)["count"] == PHOTOS  # never a second document
     assert json.loads(cli(env, "progress", "--json", index=index).stdout)["state"] == "finished"
+
+
+def test_sync_and_watch_delete_and_move_documents_of_the_live_index(env, client, prefix, tmp_path) -> None:
+    index = f"{prefix}-folder"
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    for n in range(4):
+        photo(n).save(folder / f"photo{n}.jpg")
+    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+
+    def paths() -> set[str]:
+        client.indices.refresh(index=index)
+        hits = client.search(index=index, body={"size": 100, "_source": ["file_path"]})["hits"]["hits"]
+        return {hit["_source"]["file_path"] for hit in hits}
+
+    assert cli(env, "sync", str(folder), index=index).returncode == 0
+    (folder / "photo0.jpg").unlink()
+    (folder / "photo1.jpg").rename(folder / "renamed.jpg")
+    synced = cli(env, "sync", str(folder), "--json", index=index)
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["sync"]["deleted"] == 2 and json.loads(synced.stdout)["embedded"] == 0
+    assert paths() == {str(p) for p in folder.glob("*.jpg")}
+
+    args = ["--index", index, "watch", str(folder), "--settle", "0.3s", "--no-initial-sync", "--workers", "0"]
+    watcher = subprocess.Popen([sys.executable, "-m", "imgvec.cli", *args], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120  # until its first heartbeat: the watch is in place
+        while time.monotonic() < deadline:
+            shown = cli(env, "progress", "--json", index=index)
+            if shown.returncode == 0 and (json.loads(shown.stdout).get("health") or {}).get("heartbeat_at"):
+                break
+            time.sleep(0.5)
+        (folder / "renamed.jpg").rename(folder / "moved-again.jpg")
+        (folder / "photo2.jpg").unlink()
+        deadline = time.monotonic() + 60
+        while paths() != {str(p) for p in folder.glob("*.jpg")} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert paths() == {str(p) for p in folder.glob("*.jpg")}
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=60) == 0
+    progress = json.loads(cli(env, "progress", "--json", index=index).stdout)
+    assert (progress["moved"], progress["deleted"], progress["mode"]) == (1, 1, "watch")
