@@ -184,7 +184,7 @@ def test_a_file_that_kills_its_worker_fails_alone(
     crashing.preprocessor = CrashingPreprocessor(tiny_embedder.preprocessor)
     options = PipelineOptions(workers=1, batch_size=4, io_concurrency=io_concurrency)
     report = index_source(LocalFolder(folder), store, crashing, options)
-    assert [(Path(f.file_path).name, f.stage) for f in report.failures] == [("crash-me.jpg", "decode")]
+    assert [(Path(f.file_path).name, f.stage) for f in report.failures] == [("crash-me.jpg", "worker")]
     assert "worker died" in report.failures[0].reason
     assert report.embedded == 10 and store.stats().documents == 10
 

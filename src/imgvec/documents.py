@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from imgvec.paths import fs_bytes, to_text
+
 METADATA_FIELDS = (
     "file_name",
     "file_path",
@@ -38,9 +40,10 @@ def document_id(uri: str) -> str:
     """A stable id from where the file lives.
 
     Hashing keeps ids short (OpenSearch caps ``_id`` at 512 bytes, long NAS paths exceed it) and identical
-    for the same file across runs and processes, which is what makes upserts and resumes idempotent.
+    for the same file across runs and processes, which is what makes upserts and resumes idempotent. A path's id
+    comes from the file system's bytes, so a name that is not valid UTF-8 has one too (``paths``).
     """
-    return hashlib.sha1(uri.encode("utf-8")).hexdigest()
+    return hashlib.sha1(fs_bytes(uri)).hexdigest()
 
 
 def extension_of(name: str) -> str:
@@ -78,7 +81,9 @@ class SourceItem:
 
     @classmethod
     def of_path(cls, path: str, file_size: int, mtime: float, *, doc_id: str | None = None) -> SourceItem:
-        """A file on a local or mounted disk, whose path is its identity."""
+        """A file on a local or mounted disk, whose path is its identity. ``path`` as the file system gave it: it
+        is held as text from here on (``paths.to_text``)."""
+        path = to_text(path)
         name = os.path.basename(path)
         return cls(path, path, name, extension_of(name), file_size, mtime, doc_id=doc_id)
 

@@ -81,7 +81,7 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
 def open_source(settings: Settings, location: str, options: PipelineOptions) -> Source:
     from imgvec.sources import open_source as open_location
 
-    return open_location(location, settings.s3_options(options.io_concurrency))
+    return open_location(location, settings.s3_options(options.io_concurrency), follow_external=options.follow_external)
 
 
 def missing_vectors(settings: Settings, store: Store, options: PipelineOptions) -> Source:

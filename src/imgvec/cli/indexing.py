@@ -190,7 +190,7 @@ def watch(
         raise UsageError(str(exc)) from None
     settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=False)
     store = settings.open_store()
-    source = LocalFolder(folder)
+    source = LocalFolder(folder, follow_external=options.follow_external)
     runs.refuse_if_busy(settings)
     embedder = runs.embedder_for(settings, store)
     run = runs.indexer(settings, source, store, embedder, options, label=f"watch {source.location}")
@@ -205,7 +205,7 @@ def watch(
     )
 
 
-@command(app, pipeline=TUNING)
+@command(app, pipeline=(*TUNING, "follow_external"))
 def estimate(
     ctx: typer.Context,
     source_location: SourceLocation,

@@ -47,6 +47,24 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
         Annotated[int, typer.Option(min=1, help="Refuse larger images (decompression-bomb guard).")],
         DEFAULT_MAX_PIXELS,
     ),
+    "file_timeout": (
+        Annotated[
+            float,
+            typer.Option(
+                min=1,
+                metavar="SECONDS",
+                help="A file still reading or decoding after this long fails and its worker is replaced.",
+            ),
+        ],
+        300.0,
+    ),
+    "follow_external": (
+        Annotated[
+            bool,
+            typer.Option(help="Follow symlinks that lead out of the folder (off: each is listed as a failure)."),
+        ],
+        False,
+    ),
     "full_decode": (
         Annotated[
             bool,
@@ -58,9 +76,9 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
     ),
 }
 """Each pipeline flag: (annotation, default), keyed by its ``PipelineOptions`` field."""
-TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "full_decode")
+TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout", "full_decode")
 """How the pipeline runs on this machine: every command that runs the pipeline takes these."""
-RUNNING = (*TUNING, "rate_limit", "retry_failed")
+RUNNING = (*TUNING, "follow_external", "rate_limit", "retry_failed")
 """A run over a source: ``sync`` and ``watch`` (``ingest`` adds ``max_files``)."""
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -24,6 +23,9 @@ except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
 
 # A truncated file is an error we record, not a grey half-picture we would silently embed.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own limit (``max_pixels``, the --max-pixels flag) replaces Pillow's, which refused anything over 179 MP
+# whatever the flag said. It is checked from the header, before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 DEFAULT_MAX_PIXELS = 200_000_000
 """Larger than any camera photo (a 150 MP medium-format frame fits); a bomb of 30000x30000 does not."""
@@ -46,36 +48,33 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_fo
     ``reduce_for``. None: the full picture, as the reference preprocessing sees it."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    with warnings.catch_warnings():
-        # Pillow's own bomb guard warns below twice its limit; our explicit check below replaces it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageDecodeError(f"not a recognised image format (starts with {data[:8]!r})") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(f"truncated or corrupt image header: {exc}") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not a recognised image format (starts with {data[:8]!r})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"truncated or corrupt image header: {exc}") from None
 
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise ImageDecodeError(f"image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise ImageDecodeError(
-                f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
-                f"{max_pixels / 1e6:.0f} MP; raise --max-pixels to index it"
-            )
-        try:
-            image.seek(0)
-            # MPO (the multi-picture JPEG many cameras write) is a JPEG subclass: same reduced decode.
-            if reduce_for and isinstance(image, JpegImagePlugin.JpegImageFile):
-                _draft(image, reduce_for * REDUCE_MARGIN)
-            image.load()
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageDecodeError(f"truncated or corrupt image data ({image.format}): {exc}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
+            f"{max_pixels / 1e6:.0f} MP; raise --max-pixels to index it"
+        )
+    try:
+        image.seek(0)
+        # MPO (the multi-picture JPEG many cameras write) is a JPEG subclass: same reduced decode.
+        if reduce_for and isinstance(image, JpegImagePlugin.JpegImageFile):
+            _draft(image, reduce_for * REDUCE_MARGIN)
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"truncated or corrupt image data ({image.format}): {exc}") from None
 
     image = to_rgb(_upright(image))
     if reduce_for:
@@ -113,12 +112,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.asarray(image, dtype=np.float32)  # exact for 16-bit values; half float64's memory
         scale = 257.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 1.0
         grey = np.clip(values / scale, 0, 255).round().astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     if mode == "F":
-        values = np.asarray(image, dtype=np.float64)
+        values = np.asarray(image, dtype=np.float32)
         scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
         grey = np.clip(values * scale, 0, 255).round().astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")

@@ -15,6 +15,10 @@ from PIL import Image
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+CROP_FIRST_AREA = 4
+"""Above this many times the output's area, the resize covers only the cropped region (an aspect ratio over 4:1).
+Below it the whole picture is resized, as the reference does, bit for bit: the cropped resize can differ from it by
+a step or two of 8-bit rounding in a few pixels (``tests/test_preprocess.py``)."""
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -71,12 +75,21 @@ class Preprocessor:
             new_w, new_h = self.size, int(self.size * height / width)
         else:
             new_w, new_h = int(self.size * width / height), self.size
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), _RESAMPLE[self.interpolation])
         # torchvision.CenterCrop rounds the offset half-to-even, exactly like Python's round().
         top = round((new_h - self.size) / 2.0)
         left = round((new_w - self.size) / 2.0)
-        image = image.crop((left, top, left + self.size, top + self.size))
+        if new_w * new_h <= CROP_FIRST_AREA * self.size * self.size:
+            if (new_w, new_h) != (width, height):
+                image = image.resize((new_w, new_h), _RESAMPLE[self.interpolation])
+            image = image.crop((left, top, left + self.size, top + self.size))
+        else:
+            # Resize only the source region the crop keeps. Pillow's filter still reads the pixels around the box,
+            # so this is the reference's resize-then-crop up to the rounding of its fixed-point weights, but cost
+            # and memory follow the output: resizing the whole picture first made a 121-byte 1x10000 GIF a
+            # 224x2240000 image (1.5 GB) on the way to 224x224.
+            scale_x, scale_y = width / new_w, height / new_h
+            box = (left * scale_x, top * scale_y, (left + self.size) * scale_x, (top + self.size) * scale_y)
+            image = image.resize((self.size, self.size), _RESAMPLE[self.interpolation], box=box)
         pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
         pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))

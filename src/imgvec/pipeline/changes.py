@@ -25,6 +25,7 @@ from watchdog.events import (
 )
 
 from imgvec.documents import extension_of
+from imgvec.paths import to_text
 
 IGNORED_EVENTS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
 """Opening or reading a file changes nothing, and imgvec's own reads would otherwise feed back as changes."""
@@ -42,7 +43,8 @@ class Change:
 
 
 class ChangeTracker(FileSystemEventHandler):
-    """Coalesces events per path (called on the observer's thread) until the path has been quiet."""
+    """Coalesces events per path (called on the observer's thread) until the path has been quiet. Paths are held
+    as text (``paths.to_text``), like every stored path; ``root`` too."""
 
     def __init__(
         self, root: str, extensions: frozenset[str], settle_seconds: float, clock: Callable[[], float] = time.monotonic
@@ -63,12 +65,12 @@ class ChangeTracker(FileSystemEventHandler):
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.event_type in IGNORED_EVENTS:
             return
-        src = os.fsdecode(event.src_path)
+        src = to_text(os.fsdecode(event.src_path))
         if src == self.root:  # the root itself: its availability is checked by the watcher
             return
         with self._lock:
             if event.event_type == EVENT_TYPE_MOVED:
-                self._moved(src, os.fsdecode(event.dest_path), is_dir=event.is_directory)
+                self._moved(src, to_text(os.fsdecode(event.dest_path)), is_dir=event.is_directory)
             elif event.is_directory:
                 # A folder's own "modified" only says its entries changed, and those come as their own events.
                 if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_DELETED):

@@ -15,6 +15,7 @@ set-up problems stop a run.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ from imgvec.pipeline.writer import BatchWriter
 from imgvec.sources.base import Source
 from imgvec.stores.base import Store
 
+log = logging.getLogger(__name__)
 LOOKUP_WINDOW = 1024
 SAVE_EVERY_SECONDS = 1.0
 
@@ -156,7 +158,7 @@ class Indexer:
         assert self._pools is not None
         item, future = in_flight.popleft()
         try:
-            results: Iterable[Prepared | Failure] = [future.result()]
+            results: Iterable[Prepared | Failure] = [self._pools.result(item, future)]
         except BrokenProcessPool:
             suspects = [item, *(other for other, _ in in_flight)]
             in_flight.clear()
@@ -165,6 +167,8 @@ class Indexer:
             if isinstance(result, Failure):
                 self.writer.fail([result])
                 continue
+            for warning in result.warnings:
+                log.info("%s: %s", result.item.file_path, warning)
             self.metrics.stage_seconds["read"] += result.read_seconds
             self.metrics.stage_seconds["decode"] += result.decode_seconds
             batch.append(result)

@@ -24,6 +24,10 @@ class PipelineOptions:
     retry_failed: bool = False
     """Retry files that failed in an earlier run (otherwise they are skipped until they change)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    follow_external: bool = False
+    """Follow symlinks that lead out of a source folder (off: each is one listing failure saying so)."""
+    file_timeout: float = 300.0
+    """Seconds one file may take to read and decode before it is recorded as failed and its worker replaced."""
     full_decode: bool = False
     """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
     reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""

@@ -2,7 +2,9 @@
 
 A decode worker that dies (a decoder crash, the OOM killer) breaks its whole process pool. The pools are then
 restarted together and the files that were in flight are run again one at a time, so that only the file that
-kills a worker fails.
+kills a worker fails. A file that is still reading or decoding after ``file_timeout`` is failed the same way, its
+worker killed. Workers that cannot start at all, or die again and again without a single file done, are a set-up
+problem (no ``/dev/shm``, a process limit, a sandbox): the run stops with one line instead of blaming every file.
 """
 
 from __future__ import annotations
@@ -17,13 +19,26 @@ from functools import partial
 
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.preprocess import Preprocessor
+from imgvec.errors import ImgvecError
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.workers import Prepared, WorkerConfig, init_worker, prepare, read_item
+from imgvec.pipeline.workers import Prepared, WorkerConfig, init_worker, prepare, read_item, worker_ready
 from imgvec.sources.base import Source
 
 Pending = Future[Prepared | Failure]
 """A file on its way: decoding, or (with I/O threads) being read, then decoding."""
-WORKER_DIED = "the decode worker died on this file (a crash, or out of memory)"
+WORKER_DIED = "the decode worker died on this file (a crash, or out of memory, or killed from outside)"
+START_SECONDS = 120.0
+"""How long the first decode worker may take to start (imports and all) before the pool is called broken."""
+FRUITLESS_RESTARTS = 3
+"""Restarts in a row, with no file decoded in between, after which the workers themselves are the problem."""
+WORKERS_HELP = (
+    "check that /dev/shm is mounted and writable and that the process limit (ulimit -u, a container's pids limit) "
+    "allows more processes, or decode in threads with --workers 0"
+)
+
+
+class DecodeWorkersError(ImgvecError):
+    """The decode workers cannot run here: no file is to blame."""
 
 
 class DecodePools:
@@ -34,8 +49,12 @@ class DecodePools:
         self.options = options
         reduce_for = None if options.full_decode else preprocessor.reduce_for
         self._config = WorkerConfig(source, preprocessor, options.max_pixels, options.retry, reduce_for)
+        self._fruitless_restarts = 0
+        self._killed = False
+        """A worker was killed (it hung): the pool must be restarted before it takes more work."""
         self._decoders = self._decoder_pool()
         self._readers = self._reader_pool()
+        self._check_started()
 
     def close(self) -> None:
         if self._readers is not None:
@@ -43,6 +62,30 @@ class DecodePools:
         self._decoders.shutdown(cancel_futures=True)
 
     def submit(self, item: SourceItem) -> Pending:
+        outcome = self._submit(item)
+        outcome.add_done_callback(self._note_outcome)
+        return outcome
+
+    def result(self, item: SourceItem, pending: Pending) -> Prepared | Failure:
+        """The file's pixels or failure, waiting at most ``file_timeout``. A file that takes longer is failed and
+        its worker killed, which breaks the pool: the caller sees ``BrokenProcessPool`` for the others in flight,
+        as after a crash."""
+        try:
+            return pending.result(timeout=self.options.file_timeout)
+        except TimeoutError:
+            self._kill_workers()
+            self._killed = True
+            return Failure.of(
+                item, "worker", f"reading and decoding took over {self.options.file_timeout:g}s: its worker was stopped"
+            )
+
+    def _note_outcome(self, done: Pending) -> None:
+        if not done.cancelled() and done.exception() is None and isinstance(done.result(), Prepared):
+            self._fruitless_restarts = 0
+
+    def _submit(self, item: SourceItem) -> Pending:
+        if self._killed:
+            self.restart()
         if self._readers is None:
             return self._decoders.submit(prepare, item)
         decoders = self._decoders  # the pool of this moment: a restarted pool never gets a stale file's work
@@ -50,7 +93,7 @@ class DecodePools:
 
         def read_then_decode() -> None:
             began = time.perf_counter()
-            data = read_item(self.source, item, self.options.retry)
+            data = read_item(self.source, item, self.options.retry, self.options.max_pixels)
             if isinstance(data, Failure):
                 outcome.set_result(data)
                 return
@@ -70,18 +113,47 @@ class DecodePools:
         self.restart()
         for suspect in suspects:
             try:
-                yield self.submit(suspect).result()
+                outcome = self.result(suspect, self.submit(suspect))
             except BrokenProcessPool:
+                outcome = Failure.of(suspect, "worker", WORKER_DIED)
+                self._killed = True
+            if self._killed:
                 self.restart()
-                yield Failure.of(suspect, "decode", WORKER_DIED)
+            yield outcome
 
     def restart(self) -> None:
-        """Readers first (waiting for them: none may still hand work to the old pool), then the decoders."""
+        """New readers and decoders. A reader still busy (a stalled share) is left to finish on its own: what it
+        hands to the old pool is refused there, never decoded twice. Raises ``DecodeWorkersError`` when restarts
+        keep coming with no file decoded in between."""
+        self._fruitless_restarts += 1
+        if self._fruitless_restarts > FRUITLESS_RESTARTS and self.options.workers > 0:
+            raise DecodeWorkersError(
+                f"decode workers died {self._fruitless_restarts} times in a row without decoding a file: {WORKERS_HELP}"
+            )
         if self._readers is not None:
-            self._readers.shutdown(wait=True, cancel_futures=True)
-        self._decoders.shutdown(cancel_futures=True)
+            self._readers.shutdown(wait=False, cancel_futures=True)
+        self._kill_workers()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
         self._decoders = self._decoder_pool()
         self._readers = self._reader_pool()
+        self._killed = False
+        self._check_started()
+
+    def _check_started(self) -> None:
+        """Start one decode worker now and wait for it: a pool that cannot start fails here, with one line."""
+        if self.options.workers == 0:
+            return
+        try:
+            self._decoders.submit(worker_ready).result(timeout=START_SECONDS)
+        except (BrokenProcessPool, OSError, TimeoutError) as exc:
+            self._kill_workers()
+            raise DecodeWorkersError(f"decode workers cannot start ({_why(exc)}): {WORKERS_HELP}") from None
+
+    def _kill_workers(self) -> None:
+        """Kill the decode processes (one is stuck, or the pool is being replaced); the pool is broken after."""
+        processes = getattr(self._decoders, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.kill()
 
     def _reader_pool(self) -> ThreadPoolExecutor | None:
         if self.options.io_concurrency <= 0:
@@ -93,12 +165,23 @@ class DecodePools:
             init_worker(self._config)
             return ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgvec-decode")
         # spawn, not fork: this process has torch's thread pools running, which fork does not survive safely
-        return ProcessPoolExecutor(
-            max_workers=self.options.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=partial(init_worker, parent_pid=os.getpid()),
-            initargs=(self._config,),
-        )
+        try:
+            return ProcessPoolExecutor(
+                max_workers=self.options.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=partial(init_worker, parent_pid=os.getpid()),
+                initargs=(self._config,),
+            )
+        except OSError as exc:  # the pool's semaphores live in /dev/shm
+            raise DecodeWorkersError(f"decode workers cannot start ({_why(exc)}): {WORKERS_HELP}") from None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"none started within {START_SECONDS:g}s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _chain(done: Pending, outcome: Pending) -> None:

@@ -26,6 +26,7 @@ from watchdog.observers.polling import PollingObserver
 
 from imgvec.documents import SourceItem, document_id
 from imgvec.errors import SourceError
+from imgvec.paths import fs_path
 from imgvec.pipeline.changes import Change, ChangeTracker
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.recovery import Recovery
@@ -67,7 +68,7 @@ class Watcher:
         self.options = options
         self.log = log
         self.root = str(folder.root)
-        self.tracker = ChangeTracker(self.root, folder.extensions, options.settle_seconds)
+        self.tracker = ChangeTracker(folder.location, folder.extensions, options.settle_seconds)
         self._mount = _mount_point(self.root)
         self._observer: BaseObserver | None = None
         self._root_id: tuple[int, int] | None = None
@@ -141,10 +142,10 @@ class Watcher:
         except OSError as exc:
             if exc.errno == 28:  # ENOSPC from inotify_add_watch
                 raise SourceError(
-                    f"the inotify watch limit is reached for {self.root}: raise fs.inotify.max_user_watches "
+                    f"the inotify watch limit is reached for {self.folder.location}: raise fs.inotify.max_user_watches "
                     f"(sysctl) or use --polling"
                 ) from None
-            raise SourceError(f"cannot watch {self.root}: {exc.strerror or exc}") from None
+            raise SourceError(f"cannot watch {self.folder.location}: {exc.strerror or exc}") from None
         self._observer = observer
         info = os.stat(self.root)
         self._root_id = (info.st_dev, info.st_ino)
@@ -174,14 +175,16 @@ class Watcher:
                 self._available = False
                 self._stop_observer()
                 self.tracker.clear()  # events about a vanished tree mean nothing; the catch-up pass will see
-                self.log(f"{self.root} is unavailable (unmounted, moved or deleted?): nothing is deleted; waiting")
+                self.log(
+                    f"{self.folder.location} is unavailable (unmounted, moved or deleted?): nothing is deleted; waiting"
+                )
                 self._heartbeat(force=True)
             return False
         watching = self._observer is not None and all(e.is_alive() for e in self._observer.emitters)
         if self._available and watching and root == self._root_id:
             return True
         why = "is back" if not self._available else "was replaced" if root != self._root_id else "lost its watch"
-        self.log(f"{self.root} {why}: watching again and reconciling")
+        self.log(f"{self.folder.location} {why}: watching again and reconciling")
         self._available = True
         self._stop_observer()
         self.tracker.clear()
@@ -218,8 +221,8 @@ class Watcher:
         now = time.time()
         for change in changes:
             if change.is_dir:
-                if os.path.isdir(change.path):
-                    for item in self.folder.scan(self.indexer.record_listing_error, under=change.path):
+                if os.path.isdir(fs_path(change.path)):
+                    for item in self.folder.scan(self.indexer.record_listing_error, under=fs_path(change.path)):
                         if self.tracker.is_pending(item.uri):
                             continue  # it has a change of its own, maybe with the origin of a move: wait for it
                         upserts[item.uri] = item
@@ -245,7 +248,7 @@ class Watcher:
             items = self.writer.move(items, moved_from)
         self.indexer.process(items)
         if not self.stopping and self._root_now() is not None:  # deletions only while the tree is really there
-            gone = {p for p in gone if p not in upserts and not os.path.lexists(p)}
+            gone = {p for p in gone if p not in upserts and not os.path.lexists(fs_path(p))}
             self._delete(gone, gone_folders, origins=set(moved_from.values()))
         self._heartbeat(force=True)  # a second terminal sees each applied group at once
 
@@ -254,11 +257,11 @@ class Watcher:
         deletions: their files were moved, not deleted."""
         uris = {document_id(path): path for path in files}
         # A folder moved back or recreated keeps its documents: its files arrive as changes of their own.
-        vanished = sorted(folder for folder in folders if not os.path.isdir(folder))
+        vanished = sorted(folder for folder in folders if not os.path.isdir(fs_path(folder)))
         for folder in vanished:
             for doc_id, fields in self.indexer.store.documents(where=SearchFilter(path_prefix=folder + os.sep)):
                 uri = owned_uri(doc_id, fields)
-                if uri is not None and not os.path.lexists(uri):
+                if uri is not None and not os.path.lexists(fs_path(uri)):
                     uris[doc_id] = uri
         present = sorted(self.indexer.store.lookup(sorted(uris)))
         self.writer.delete(present, counted=sum(1 for doc_id in present if uris[doc_id] not in origins))

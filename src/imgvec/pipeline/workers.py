@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,14 @@ class Prepared:
     content_hash: str
     read_seconds: float
     decode_seconds: float
+    warnings: tuple[str, ...] = ()
+    """What the decoder warned of for this file (corrupt EXIF, odd palettes): logged with the file's path."""
 
 
 _config: WorkerConfig | None = None
 PARENT_CHECK_SECONDS = 1.0
+MAX_WARNINGS = 8
+"""Decoder warnings kept per file: a broken file can warn once per chunk."""
 
 
 def init_worker(config: WorkerConfig, *, parent_pid: int | None = None) -> None:
@@ -56,6 +61,19 @@ def init_worker(config: WorkerConfig, *, parent_pid: int | None = None) -> None:
         # Ctrl-C reaches the whole process group; the parent decides how to stop, workers must not die mid-task.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _exit_with_parent(parent_pid)
+        # Decoder warnings (hundreds on a corpus of odd files) belong to a file, not raw to the terminal: each is
+        # kept with the file being decoded and logged by the parent with its path (shown with -v).
+        warnings.simplefilter("always")
+        warnings.showwarning = _keep_warning
+
+
+_decoding = threading.local()
+
+
+def _keep_warning(message: Warning | str, category: type[Warning], *_: object) -> None:
+    kept: list[str] | None = getattr(_decoding, "warnings", None)
+    if kept is not None and len(kept) < MAX_WARNINGS:
+        kept.append(f"{category.__name__}: {message}")
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -71,8 +89,26 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="imgvec-parent-watch", daemon=True).start()
 
 
-def read_item(source: Source, item: SourceItem, retry: RetryPolicy) -> bytes | Failure:
+def worker_ready() -> int:
+    """A no-op a new pool runs once: a worker that answers has started (``DecodePools`` checks)."""
+    return os.getpid()
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image within ``max_pixels`` can plausibly be: uncompressed 16-bit RGBA, plus room for
+    metadata. A bigger file is not read into memory at all."""
+    return max_pixels * 8 + (64 << 20)
+
+
+def read_item(source: Source, item: SourceItem, retry: RetryPolicy, max_pixels: int) -> bytes | Failure:
     """The item's bytes, transient errors retried; a lasting failure is returned as the item's failure."""
+    if item.file_size > max_file_bytes(max_pixels):
+        return Failure.of(
+            item,
+            "decode",
+            f"file is {item.file_size / 1e9:.1f} GB, more than an image of {max_pixels / 1e6:.0f} MP can be; "
+            "raise --max-pixels to index it",
+        )
     try:
         return retry.call(lambda: source.read(item), is_transient_os_error)
     except OSError as exc:
@@ -86,12 +122,14 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
     assert config is not None, "init_worker was not called"
     began = time.perf_counter()
     if data is None:
-        read = read_item(config.source, item, config.retry)
+        read = read_item(config.source, item, config.retry, config.max_pixels)
         if isinstance(read, Failure):
             return read
         data = read
     read_done = time.perf_counter()
     read_seconds += read_done - began
+    kept: list[str] = []
+    _decoding.warnings = kept
     try:
         image = decode_image(data, max_pixels=config.max_pixels, reduce_for=config.reduce_for)
         pixels = config.preprocessor(image)
@@ -99,7 +137,10 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
         return Failure.of(item, "decode", str(exc))
     except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
         return Failure.of(item, "decode", f"cannot decode image: {exc}")
+    finally:
+        _decoding.warnings = None
     return Prepared(
+        warnings=tuple(kept),
         item=item,
         pixels=pixels,
         content_hash=hashlib.sha256(data).hexdigest(),

@@ -10,11 +10,11 @@ from imgvec.sources.reader import LocationReader
 from imgvec.sources.s3 import S3Bucket, S3Options
 
 
-def open_source(location: str, s3: S3Options | None = None) -> Source:
+def open_source(location: str, s3: S3Options | None = None, *, follow_external: bool = False) -> Source:
     """``s3://bucket/prefix`` is a bucket; anything else is a local (or mounted) folder."""
     if location.startswith("s3://"):
         return S3Bucket(location, s3)
-    return LocalFolder(location)
+    return LocalFolder(location, follow_external=follow_external)
 
 
 __all__ = [

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from imgvec.errors import SourceError
+from imgvec.sources.local import read_regular_file
 from imgvec.sources.locations import parse_s3_url
 from imgvec.sources.s3 import S3Client, S3Options, make_client, read_object
 
@@ -29,5 +30,4 @@ class LocationReader:
         if re.match(r"^[a-z][a-z0-9+.-]*://", location) and not location.startswith("file://"):
             raise SourceError(f"cannot read {location!r}: not an S3 URL or a local path")
         path = Path(unquote(urlsplit(location).path) if location.startswith("file://") else location).expanduser()
-        with open(path, "rb") as handle:
-            return handle.read()
+        return read_regular_file(str(path))
