@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -72,6 +73,11 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
         )
     except ImgvecError as exc:  # e.g. --device cuda without a GPU: a flag that cannot be honoured
         raise UsageError(str(exc)) from None
+    asked = flags.get("workers")
+    if asked is not None and asked > tuning.workers:
+        warnings.warn(
+            f"--workers {asked} is more than this machine can run: {tuning.workers} decode workers", stacklevel=2
+        )
     given = {name: value for name, value in flags.items() if value is not None}
     given |= {"workers": tuning.workers, "batch_size": tuning.batch_size}
     given.setdefault("io_concurrency", S3_READS if remote else FOLDER_READS)

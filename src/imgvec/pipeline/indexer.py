@@ -78,6 +78,8 @@ class Indexer:
         self._finished = threading.Event()
         self._total: int | None = None
         self._started = time.monotonic()
+        self.started_at = time.time()
+        """Wall-clock start of the session: failure records older than this were not renewed by it."""
         self._last_save = 0.0
         self._next_admission = time.monotonic()
         self._pools: DecodePools | None = None
@@ -99,6 +101,8 @@ class Indexer:
         """A batch run: the whole listing once, then the store is compacted and indexed."""
         with self.session(), self.counting():
             self.process(self.listing())
+            if not self._stop.is_set() and self.options.max_files is None:  # the listing ran to its end
+                self.writer.forget_listing_failures(self.source.scope, self.started_at)
         return self.report
 
     @contextmanager
@@ -114,6 +118,7 @@ class Indexer:
             if self.journal is not None:
                 self.journal.start_run(self.progress.source, os.getpid())
             self._started = time.monotonic()
+            self.started_at = time.time()
             self._pools = DecodePools(self.source, self.embedder.preprocessor, self.options)
             try:
                 yield self

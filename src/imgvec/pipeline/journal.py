@@ -128,6 +128,15 @@ class RunJournal:
         with self._transaction():
             self._db.execute("DELETE FROM failures WHERE substr(file_path, 1, ?) = ?", (len(prefix), prefix))
 
+    def clear_listing_failures(self, prefix: str, before: float) -> None:
+        """Listing failures under ``prefix`` not seen again since ``before``: a complete listing got past them (the
+        folder became readable, the FIFO went), so ``imgvec failures`` stops listing them."""
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM failures WHERE stage = 'list' AND updated_at < ? AND substr(file_path, 1, ?) = ?",
+                (before, len(prefix), prefix),
+            )
+
     def known_failures(self, uris: list[str]) -> dict[str, tuple[int | None, float | None]]:
         """uri → (size, mtime) recorded when it failed, for the uris given whose failure belongs to the file's bytes
         (``STICKY_STAGES``), or that failed ``RETRIES_BEFORE_STICKY`` times. A read, write or listing failure comes

@@ -22,6 +22,8 @@ class RunReport:
     moved: int = 0
     batches: int = 0
     failures: list[Failure] = field(default_factory=list)
+    listing_failures: int = 0
+    """Of ``failures``, folders and entries the listing could not read or would not take: not listed files."""
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -39,7 +41,9 @@ class RunReport:
 
     @property
     def processed(self) -> int:
-        return self.succeeded + self.failed + self.skipped
+        """Listed files handled so far; listing failures are not among them (nor in the total), so a run with
+        unreadable folders still ends at total/total."""
+        return self.succeeded + self.failed - self.listing_failures + self.skipped
 
     @property
     def ok(self) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -155,6 +156,7 @@ def deletion_refused(result: SyncResult, record: ListingRecord, location: str, m
 def reconcile(indexer: Indexer, source: Source, *, max_delete_percent: float = 50.0) -> SyncResult:
     """Add and re-embed through ``indexer`` (inside its session), then delete what the source no longer has."""
     record = ListingRecord()
+    listed_since = time.time()
     try:
 
         def on_error(failure: Failure) -> None:
@@ -164,6 +166,7 @@ def reconcile(indexer: Indexer, source: Source, *, max_delete_percent: float = 5
         indexer.process(record.record(source.scan(on_error)))
         if not record.complete:
             return SyncResult(refused="stopped before the listing finished: nothing was deleted")
+        indexer.writer.forget_listing_failures(source.scope, listed_since)
         result = judge_stale(record, indexer.store, source, max_delete_percent)
         if result.refused is None:
             for rows in record.stale_chunks():

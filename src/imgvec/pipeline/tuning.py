@@ -19,6 +19,10 @@ WORKER_MEMORY = 384 << 20
 non-JPEG image (a 50 MP PNG is 150 MB as RGB) and the copies its conversion makes."""
 
 
+MAX_WORKERS_PER_CORE = 4
+"""Decode workers per core at most: enough to hide a slow share's latency behind the others' work."""
+
+
 @dataclass(frozen=True, slots=True)
 class Tuning:
     workers: int
@@ -55,6 +59,15 @@ def default_workers(available: int | None = None, count: int | None = None) -> i
     return workers
 
 
+def max_workers(count: int | None = None, available: int | None = None) -> int:
+    """The most decode workers ``--workers`` may ask for: more than a few per core only queue for the cores, and
+    each costs memory (``--workers 100000`` once started a process per file in flight)."""
+    count = cores() if count is None else count
+    available = available_memory() if available is None else available
+    by_memory = max(1, available // WORKER_MEMORY) if available is not None else MAX_WORKERS_PER_CORE * count
+    return max(1, min(MAX_WORKERS_PER_CORE * count, by_memory))
+
+
 def tune(
     choice: RuntimeChoice,
     *,
@@ -63,7 +76,7 @@ def tune(
     batch_size: int | None = None,
 ) -> Tuning:
     """Fill in what the user left out. Inference threads: on a GPU one thread feeds it; on a CPU every core."""
-    workers = default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else min(workers, max_workers())
     if threads is None:
         threads = 1 if choice.on_gpu else cores()
     return Tuning(workers=workers, threads=threads, batch_size=batch_size or choice.batch_size)

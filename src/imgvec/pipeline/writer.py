@@ -17,7 +17,7 @@ import numpy as np
 
 from imgvec.documents import Failure, ImageDocument, SourceItem, document_id, usable_vector
 from imgvec.embed.base import Embedder
-from imgvec.errors import IdentityMismatchError
+from imgvec.errors import IdentityMismatchError, StoreError
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.report import RunReport
@@ -29,6 +29,9 @@ from imgvec.stores.base import Store
 OPTIMIZE_EVERY_BATCHES = 200
 """Compact and index the store every ~6,400 files: each batch commits one small fragment, and look-ups slow down
 as fragments pile up (docs/architecture.md, "Memory and long runs")."""
+FAILED_WRITES_BEFORE_STOP = 3
+"""Batches in a row the store refuses before the run stops: the first batch of a run stops it at once."""
+WRITE_HELP = "committed batches are kept; free space or make the store writable, then run the same command again"
 CACHE_ENTRIES = 10_000
 """Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
 
@@ -51,6 +54,8 @@ class BatchWriter:
         self.retry = retry
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._batches_since_optimize = 0
+        self._wrote_any = False
+        self._failed_writes_in_a_row = 0
 
     # -- counts that involve no write -----------------------------------------------------------------
 
@@ -66,6 +71,7 @@ class BatchWriter:
     def fail(self, failures: Iterable[Failure]) -> None:
         failures = list(failures)
         self.report.failures.extend(failures)
+        self.report.listing_failures += sum(1 for failure in failures if failure.stage == "list")
         if self.journal is not None and failures:
             self.journal.record_failures(failures)
 
@@ -130,6 +136,11 @@ class BatchWriter:
         if self.journal is not None:
             self.journal.clear_failures_under(prefix)
 
+    def forget_listing_failures(self, prefix: str, before: float) -> None:
+        """After a complete listing of ``prefix``: its listing failures that did not happen again are gone."""
+        if self.journal is not None:
+            self.journal.clear_listing_failures(prefix, before)
+
     def recorded_failures(self, prefix: str) -> list[str]:
         """The uris of files under ``prefix`` with a failure record (listing failures aside)."""
         if self.journal is None:
@@ -158,14 +169,27 @@ class BatchWriter:
         except IdentityMismatchError:
             raise
         except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
-            self.fail(Failure.of(doc.item, "write", f"store write failed: {exc}") for doc in documents)
+            self._refused(_why(exc))
+            self.fail(Failure.of(doc.item, "write", f"store write failed: {_why(exc)}") for doc in documents)
             return []
         finally:
             self.metrics.stage_seconds["write"] += time.perf_counter() - began
+        if len(rejected) == len(documents):  # a write block, a full disk: the store said no to the whole batch
+            self._refused(next(iter(rejected.values())))
+        else:
+            self._wrote_any = True
+            self._failed_writes_in_a_row = 0
         self.fail(Failure.of(doc.item, "write", rejected[doc.id]) for doc in documents if doc.id in rejected)
         written = [doc for doc in documents if doc.id not in rejected]
         self.forget_failures([doc.uri for doc in written])
         return written
+
+    def _refused(self, why: str) -> None:
+        """A batch the store would not take. The first of a run, or several in a row, are no file's fault: the
+        run stops with one line rather than embed the rest only to record each as failed."""
+        self._failed_writes_in_a_row += 1
+        if not self._wrote_any or self._failed_writes_in_a_row >= FAILED_WRITES_BEFORE_STOP:
+            raise StoreError(f"cannot write to the store ({why}); {WRITE_HELP}")
 
     def optimize(self) -> None:
         began = time.perf_counter()
@@ -212,6 +236,13 @@ class BatchWriter:
         self._recent.move_to_end(content_hash)
         while len(self._recent) > CACHE_ENTRIES:
             self._recent.popitem(last=False)
+
+
+def _why(exc: BaseException) -> str:
+    """An OSError as its message and path (disk full, read-only), anything else as it says itself."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def _worth_retrying(exc: BaseException) -> bool:
