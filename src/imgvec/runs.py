@@ -136,23 +136,48 @@ def scratch_store() -> Iterator[Store]:
 # -- run journal and lock ---------------------------------------------------------------------------
 
 
+def state_name(settings: Settings) -> str:
+    """The index that ``--index`` names, an alias resolved: an ingest through the alias and one through the index
+    itself take one lock and keep one journal. The name as given when the store cannot be asked (a read of the
+    journal then still works offline)."""
+    from imgvec.stores import is_remote, open_aliases
+
+    key = (settings.store, settings.index)
+    if key not in _state_names:
+        try:
+            options = settings.opensearch_options() if is_remote(settings.store) else None
+            _state_names[key] = open_aliases(settings.store, options).target(settings.index) or settings.index
+        except Exception:  # noqa: BLE001 - unreachable or refused: the command itself will say so, if it needs the store
+            return settings.index
+    return _state_names[key]
+
+
+_state_names: dict[tuple[str, str], str] = {}
+"""Resolved once per process: a lock taken under one name is released under the same."""
+
+
 def lock_for(settings: Settings) -> IndexLock:
     from imgvec.pipeline.lock import IndexLock
 
-    return IndexLock(settings.state_dir / f"{settings.index}.lock")
+    return IndexLock(settings.state_dir / f"{state_name(settings)}.lock")
 
 
 def journal_for(settings: Settings, *, create: bool = True) -> RunJournal:
+    """The index's run journal. ``create`` False: an existing one, opened read-only (``progress``, ``failures``
+    and ``metrics`` work on a read-only store, and never create state)."""
     from imgvec.pipeline.journal import RunJournal
 
-    if not create and not _journal_path(settings).exists():
+    path = _journal_path(settings)
+    if create:
+        return RunJournal(path)
+    if not path.exists():
         raise ImgvecError(f"no ingest has run for index {settings.index!r} in {settings.store}")
-    return RunJournal.for_index(settings.state_dir, settings.index)
+    return RunJournal.read_only(path)
 
 
 def existing_journal(settings: Settings) -> RunJournal | None:
-    """The journal if a run ever happened here (a dry run must not create one)."""
-    return journal_for(settings) if _journal_path(settings).exists() else None
+    """The journal, read-only, if a run ever happened here (a dry run must not create one)."""
+    return journal_for(settings, create=False) if _journal_path(settings).exists() else None
 
 
 def latest_run(settings: Settings) -> tuple[Progress, dict[str, Any]]:
@@ -171,7 +196,7 @@ def refuse_if_busy(settings: Settings) -> None:
 
 
 def _journal_path(settings: Settings) -> Path:
-    return settings.state_dir / f"{settings.index}.sqlite"
+    return settings.state_dir / f"{state_name(settings)}.sqlite"
 
 
 # -- signals ----------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ The one place where an ``ImgvecError`` becomes exit 1 with one line on stderr, a
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +20,7 @@ from imgvec.cli.options import KNN_FLAGS, PIPELINE_FLAGS
 from imgvec.cli.render import fail
 from imgvec.errors import ImgvecError, UsageError
 
+log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 """A set-up problem stopped the run (bad store, model mismatch, unreadable source)."""
@@ -61,6 +64,8 @@ def command(
                 raise fail(str(exc), EXIT_USAGE) from None
             except ImgvecError as exc:
                 raise fail(str(exc), EXIT_ERROR) from None
+            except OSError as exc:  # the machine, not the input: a full disk, a read-only mount, a vanished path
+                raise fail(environment_error(exc), EXIT_ERROR) from None
             except KeyboardInterrupt:
                 raise fail(aborted, EXIT_INTERRUPTED) from None
 
@@ -70,6 +75,20 @@ def command(
         return function
 
     return register
+
+
+def environment_error(exc: OSError) -> str:
+    """One line for an OSError no part of imgvec expected (``-v`` still shows the traceback)."""
+    log.info("the error in full", exc_info=exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    advice = {
+        errno.ENOSPC: "free space on that disk, then run the same command again (committed work is kept)",
+        errno.EDQUOT: "free space within the quota, then run the same command again (committed work is kept)",
+        errno.EROFS: "that file system is read-only: give a writable --store, or remount it read-write",
+        errno.EACCES: "check the permissions there",
+        errno.EPERM: "check the permissions there",
+    }.get(exc.errno or 0, "run again with -v for the details")
+    return f"{exc.strerror or exc}{where}: {advice}"
 
 
 def _with_flags(function: Callable[..., None], flag_groups: dict[str, dict[str, tuple[Any, Any]]]) -> inspect.Signature:

@@ -15,6 +15,7 @@ set-up problems stop a run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.base import Embedder
+from imgvec.errors import ImgvecError
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import Metrics, snapshot
@@ -131,7 +133,8 @@ class Indexer:
             self.save(force=True)
         except BaseException:
             self.progress.state = "failed"
-            self.save(force=True)
+            with contextlib.suppress(ImgvecError):  # a full disk may refuse this too; the first error is the news
+                self.save(force=True)
             raise
         finally:
             if self.lock is not None:

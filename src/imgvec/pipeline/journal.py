@@ -7,6 +7,7 @@ run stands, readable from a second terminal while the run goes on (WAL mode: rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -14,8 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from imgvec.documents import Failure
+from imgvec.errors import StoreError
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.report import Progress
 
@@ -56,20 +59,34 @@ CREATE TABLE IF NOT EXISTS failures (
 @dataclass(slots=True)
 class RunJournal:
     path: Path
+    writable: bool = True
+    """False: opened read-only, for commands that only look (``progress``, ``failures``, a dry run)."""
     _db: sqlite3.Connection = field(init=False, repr=False)
     run_id: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if not self.writable:
+            self._db = _open_read_only(self.path)
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot write the run state at {self.path} ({_why(exc)}); {STATE_HELP}") from None
 
     @classmethod
     def for_index(cls, state_dir: Path, index: str) -> RunJournal:
         return cls(state_dir / f"{index}.sqlite")
+
+    @classmethod
+    def read_only(cls, path: Path) -> RunJournal:
+        return cls(path, writable=False)
 
     def close(self) -> None:
         self._db.close()
@@ -78,19 +95,28 @@ class RunJournal:
 
     def start_run(self, source: str, pid: int) -> None:
         now = time.time()
-        cursor = self._db.execute(
-            "INSERT INTO runs (state, pid, source, started_at, updated_at, progress, metrics) "
-            "VALUES ('running', ?, ?, ?, ?, '{}', '{}')",
-            (pid, source, now, now),
-        )
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO runs (state, pid, source, started_at, updated_at, progress, metrics) "
+                "VALUES ('running', ?, ?, ?, ?, '{}', '{}')",
+                (pid, source, now, now),
+            )
         self.run_id = cursor.lastrowid
 
     def save(self, progress: Progress, metrics: dict[str, Any]) -> None:
         finished = time.time() if progress.state != "running" else None
-        self._db.execute(
-            "UPDATE runs SET state = ?, updated_at = ?, finished_at = ?, progress = ?, metrics = ? WHERE id = ?",
-            (progress.state, time.time(), finished, json.dumps(progress.as_dict()), json.dumps(metrics), self.run_id),
-        )
+        with self._transaction():
+            self._db.execute(
+                "UPDATE runs SET state = ?, updated_at = ?, finished_at = ?, progress = ?, metrics = ? WHERE id = ?",
+                (
+                    progress.state,
+                    time.time(),
+                    finished,
+                    json.dumps(progress.as_dict()),
+                    json.dumps(metrics),
+                    self.run_id,
+                ),
+            )
 
     def latest(self, lock: IndexLock | None = None) -> tuple[Progress, dict[str, Any]] | None:
         """The newest run; one recorded as running whose lock is free was killed, and reads as interrupted."""
@@ -162,15 +188,60 @@ class RunJournal:
         ]
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
+
+
+class JournalError(StoreError):
+    """The run state cannot be opened or written (a full disk, a read-only store)."""
+
+
+STATE_HELP = "committed batches are kept; free space or make the store writable, then run the same command again"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Read-only, never creating or changing a file. A WAL database normally still needs its ``-shm`` file
+    writable; on a read-only mount it is opened as immutable instead (nobody can be writing it there)."""
+    for mode in ("ro", "ro&immutable=1"):
+        try:
+            db = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30, check_same_thread=False)
+            db.execute("SELECT count(*) FROM runs").fetchone()
+            return db
+        except sqlite3.Error as exc:
+            error = exc
+    raise JournalError(f"cannot read the run state at {path} ({error})")
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE … COMMIT; a full disk or a read-only file becomes one ``JournalError`` that says so."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _state_error(self._path, exc) from None
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, _traceback: object) -> None:
+        if exc is not None:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _state_error(self._path, exc) from None
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise _state_error(self._path, error) from None
+
+
+def _state_error(path: Path, exc: BaseException) -> JournalError:
+    return JournalError(f"cannot write the run state at {path} ({_why(exc)}); {STATE_HELP}")

@@ -9,6 +9,8 @@ the same retries, the same refusal of zero or NaN vectors, and the same failure 
 
 from __future__ import annotations
 
+import errno
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -169,7 +171,7 @@ class BatchWriter:
         except IdentityMismatchError:
             raise
         except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
-            self._refused(_why(exc))
+            self._refused(_why(exc), hopeless=_hopeless(exc))
             self.fail(Failure.of(doc.item, "write", f"store write failed: {_why(exc)}") for doc in documents)
             return []
         finally:
@@ -184,11 +186,11 @@ class BatchWriter:
         self.forget_failures([doc.uri for doc in written])
         return written
 
-    def _refused(self, why: str) -> None:
-        """A batch the store would not take. The first of a run, or several in a row, are no file's fault: the
-        run stops with one line rather than embed the rest only to record each as failed."""
+    def _refused(self, why: str, *, hopeless: bool = False) -> None:
+        """A batch the store would not take. The first of a run, several in a row, or a full disk are no file's
+        fault: the run stops with one line rather than embed the rest only to record each as failed."""
         self._failed_writes_in_a_row += 1
-        if not self._wrote_any or self._failed_writes_in_a_row >= FAILED_WRITES_BEFORE_STOP:
+        if hopeless or not self._wrote_any or self._failed_writes_in_a_row >= FAILED_WRITES_BEFORE_STOP:
             raise StoreError(f"cannot write to the store ({why}); {WRITE_HELP}")
 
     def optimize(self) -> None:
@@ -239,10 +241,26 @@ class BatchWriter:
 
 
 def _why(exc: BaseException) -> str:
-    """An OSError as its message and path (disk full, read-only), anything else as it says itself."""
+    """An OSError as its message and path (disk full, read-only), Lance's errors without the Rust source location
+    they end with, anything else as it says itself."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    lance = _LANCE_ERROR.search(text)
+    return lance.group(1) if lance else text
+
+
+_LANCE_ERROR = re.compile(r"LanceError\(\w+\): (.*?)(?:, /\S+\.rs:\d+:\d+)?$", re.DOTALL)
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""A full disk or an unwritable store: no later batch can succeed, whatever came before."""
+
+
+def _hopeless(exc: BaseException) -> bool:
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None and (match := _OS_ERROR.search(str(exc))):
+        code = int(match.group(1))
+    return code in STOPPING_ERRNOS
 
 
 def _worth_retrying(exc: BaseException) -> bool:
