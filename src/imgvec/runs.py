@@ -141,11 +141,12 @@ def state_name(settings: Settings) -> str:
     itself take one lock and keep one journal. The name as given when the store cannot be asked (a read of the
     journal then still works offline)."""
     from imgvec.stores import is_remote, open_aliases
+    from imgvec.stores.opensearch_client import quick_options
 
     key = (settings.store, settings.index)
     if key not in _state_names:
         try:
-            options = settings.opensearch_options() if is_remote(settings.store) else None
+            options = quick_options(settings.opensearch_options()) if is_remote(settings.store) else None
             _state_names[key] = open_aliases(settings.store, options).target(settings.index) or settings.index
         except Exception:  # noqa: BLE001 - unreachable or refused: the command itself will say so, if it needs the store
             return settings.index

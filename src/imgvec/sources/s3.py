@@ -17,6 +17,7 @@ from imgvec.documents import Failure, SourceItem, extension_of
 from imgvec.errors import SourceError
 from imgvec.sources.base import IMAGE_EXTENSIONS, OnListingError
 from imgvec.sources.locations import ObjectLocation, parse_s3_url
+from imgvec.waiting import ACCESS_CHECK_SECONDS, announced
 
 S3Client = Any
 """boto3 builds its client classes at run time; there is no importable type to name."""
@@ -43,16 +44,20 @@ class S3Options:
     """HTTP connections in the pool: at least the number of concurrent readers, or they queue for one."""
 
 
-def make_client(options: S3Options) -> S3Client:
+def make_client(options: S3Options, *, quick: bool = False) -> S3Client:
+    """``quick``: one short try (``ACCESS_CHECK_SECONDS``), for the first request: a silent endpoint is then an
+    error within seconds, not after ten patient attempts of a minute each."""
     try:
         import boto3
         from botocore.config import Config
     except ImportError as exc:  # pragma: no cover - boto3 is a dependency; a broken install says so plainly
         raise SourceError("reading from S3 needs boto3: pip install boto3") from exc
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": RETRY_ATTEMPTS},
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
+        retries={"mode": "standard", "total_max_attempts": 1}
+        if quick
+        else {"mode": "adaptive", "max_attempts": RETRY_ATTEMPTS},
+        connect_timeout=ACCESS_CHECK_SECONDS / 2 if quick else CONNECT_TIMEOUT,
+        read_timeout=ACCESS_CHECK_SECONDS if quick else READ_TIMEOUT,
         max_pool_connections=options.max_connections,
     )
     return boto3.session.Session().client(
@@ -100,10 +105,18 @@ class S3Bucket:
 
     def check_access(self) -> None:
         """One listing request up front, so that bad credentials or a wrong bucket stop the run at once."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
+        endpoint = self.options.endpoint_url or "AWS"
         try:
-            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            with announced(f"{endpoint} to answer a listing of {self.location} (up to {ACCESS_CHECK_SECONDS:g}s)"):
+                quick = self._client if self._client is not None else make_client(self.options, quick=True)
+                quick.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except ReadTimeoutError:
+            raise SourceError(
+                f"cannot list {self.location}: {endpoint} accepted the connection but did not answer within "
+                f"{ACCESS_CHECK_SECONDS:g}s; check --endpoint-url / AWS_ENDPOINT_URL and that the server is up"
+            ) from None
         except (BotoCoreError, ClientError) as exc:
             raise SourceError(describe_s3_error(exc, f"cannot list {self.location}")) from exc
 

@@ -32,9 +32,10 @@ def open_store(location: str, index: str, opensearch: OpenSearchOptions | None =
     """
     if is_remote(location):
         from imgvec.stores.opensearch import OpenSearchStore
-        from imgvec.stores.opensearch_client import connect
+        from imgvec.stores.opensearch_client import check_reachable, connect
 
         options = opensearch or OpenSearchOptions(url=location)
+        check_reachable(options, index)
         return OpenSearchStore(connect(options), index, serverless=options.serverless, label=options.safe_url())
     if "://" in location:
         raise StoreError(f"--store {location}: unknown scheme; give a directory or an http(s):// URL")

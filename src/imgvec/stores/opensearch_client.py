@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from imgvec.errors import StoreError
+from imgvec.waiting import ACCESS_CHECK_SECONDS, announced
 
 if TYPE_CHECKING:
     from opensearchpy import OpenSearch
@@ -115,13 +116,43 @@ def connect(options: OpenSearchOptions, connection_class: type | None = None) ->
     )
 
 
+def check_reachable(options: OpenSearchOptions, index: str) -> None:
+    """One quick request before any real one: a cluster that accepts connections and never answers is an error
+    within ``ACCESS_CHECK_SECONDS``, not after every retry of a minute-long timeout. ``HEAD /index`` works on
+    every flavour (Serverless has no ``GET /``)."""
+    quick = connect(quick_options(options))
+    label = options.safe_url()
+    try:
+        with announced(f"{label} to answer (up to {ACCESS_CHECK_SECONDS:g}s)"):
+            request(quick.indices.exists, label, index, index=index)
+    finally:
+        quick.close()
+
+
+def quick_options(options: OpenSearchOptions) -> OpenSearchOptions:
+    """The same cluster, one try of ``ACCESS_CHECK_SECONDS``: for a first request, or one a command can do
+    without."""
+    return replace(options, timeout=ACCESS_CHECK_SECONDS, max_retries=0)
+
+
 def request(method: Any, label: str, index: str, /, **kwargs: Any) -> Any:
     """One request (``kwargs`` go to ``method``); a transport failure becomes a StoreError naming the cluster
     (``label``) and what to check."""
-    from opensearchpy import AuthenticationException, AuthorizationException, ConnectionError, TransportError
+    from opensearchpy import (
+        AuthenticationException,
+        AuthorizationException,
+        ConnectionError,
+        ConnectionTimeout,
+        TransportError,
+    )
 
     try:
         return method(**kwargs)
+    except ConnectionTimeout:
+        raise StoreError(
+            f"{label} accepted the connection but did not answer in time: check --store, and that the cluster is "
+            "up and not overloaded"
+        ) from None
     except AuthenticationException:
         raise StoreError(f"{label} refused the credentials (401): check the user/password or AWS keys") from None
     except AuthorizationException as exc:
