@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -151,7 +152,10 @@ class ClipEmbedder:
             checkpoint = self._random_checkpoint()
             model = self._guarded(lambda: open_clip.create_model(spec.architecture, pretrained=str(checkpoint)))
         elif spec.weights is WeightsKind.CHECKPOINT:
-            model = self._guarded(lambda: open_clip.create_model(spec.architecture, pretrained=spec.pretrained))
+            try:
+                model = open_clip.create_model(spec.architecture, pretrained=spec.pretrained)
+            except Exception as exc:
+                raise ModelLoadError(_checkpoint_error(spec.pretrained, spec.architecture, exc)) from exc
         else:
             tag_cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
             if not tag_cfg:
@@ -225,6 +229,27 @@ def _preprocess_cfg(model: torch.nn.Module) -> dict:
     from open_clip.model import get_model_preprocess_cfg
 
     return dict(get_model_preprocess_cfg(model))
+
+
+def _checkpoint_error(path: str, architecture: str, exc: Exception) -> str:
+    """What is wrong with a local checkpoint, in words: torch's own errors are a bare unpickling number, or a
+    list of hundreds of state-dict keys."""
+    text = str(exc)
+    expected = f"expected a torch.save() file holding the weights of an open_clip {architecture} model"
+    missing = re.search(r"Missing key\(s\) in state_dict: (.*?)\.\s*(?:Unexpected|$)", text, re.DOTALL)
+    unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$", text, re.DOTALL)
+    if missing or unexpected or "size mismatch" in text:
+        parts = []
+        for label, found in (("missing", missing), ("unexpected", unexpected)):
+            if found:
+                keys = re.findall(r'"([^"]+)"', found.group(1))
+                parts.append(f"{len(keys)} {label} keys (e.g. {', '.join(keys[:2])})")
+        if "size mismatch" in text:
+            parts.append("tensors of other shapes")
+        return f"checkpoint {path} is not for {architecture}: {'; '.join(parts)}; {expected}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read checkpoint {path}: {exc.strerror}"
+    return f"{path} is not a PyTorch checkpoint (torch.load: {type(exc).__name__}); {expected}"
 
 
 def _sha256(path: Path) -> str:
