@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -78,3 +79,21 @@ def assert_children_exit(children: list[psutil.Process], timeout: float = 10.0) 
     """Worker processes of a killed run must not outlive it (they would idle forever, holding memory)."""
     _, alive = psutil.wait_procs(children, timeout=timeout)
     assert not alive, f"worker processes outlived their killed parent: {[p.pid for p in alive]}"
+
+
+HANG_SIZE = (333, 222)
+"""An image of this size never finishes decoding under ``HangingPreprocessor``."""
+
+
+class HangingPreprocessor:
+    """Stalls the process decoding an image of HANG_SIZE, as a decoder stuck in a loop or a read on a hung share
+    would."""
+
+    def __init__(self, inner: Preprocessor) -> None:
+        self.inner = inner
+        self.reduce_for = inner.reduce_for
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.size == HANG_SIZE:
+            time.sleep(3600)
+        return self.inner(image)

@@ -44,8 +44,8 @@ def search(
     if image is not None:
         try:
             hits = search_image(store, embedder, image, k, where, reader=LocationReader(settings.s3_options()))
-        except ImageDecodeError as exc:
-            raise SourceError(f"query image {image}: {exc}") from None
+        except (ImageDecodeError, OSError) as exc:
+            raise SourceError(f"query image {image}: {getattr(exc, 'strerror', None) or exc}") from None
     else:
         hits = search_text(store, embedder, text or "", k, where)
     if as_json:
