@@ -104,7 +104,7 @@ class Indexer:
         with self.session(), self.counting():
             self.process(self.listing())
             if not self._stop.is_set() and self.options.max_files is None:  # the listing ran to its end
-                self.writer.forget_listing_failures(self.source.scope, self.started_at)
+                self._forget_fixed_listing_failures()
         return self.report
 
     @contextmanager
@@ -196,6 +196,13 @@ class Indexer:
         if self.options.max_files is not None:
             items = islice(items, self.options.max_files)
         return iter(items)
+
+    def _forget_fixed_listing_failures(self) -> None:
+        try:
+            scope = self.source.scope
+        except ImgvecError:  # an index's documents have no path scope: their listing records stay
+            return
+        self.writer.forget_listing_failures(scope, self.started_at)
 
     def record_listing_error(self, failure: Failure) -> None:
         self.writer.fail([failure])
