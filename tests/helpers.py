@@ -59,41 +59,49 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     )
 
 
-CRASH_SIZE = (13, 17)
-
-
-class CrashingPreprocessor:
-    """Kills the process decoding an image of CRASH_SIZE, as a decoder segfault or the OOM killer would."""
-
-    def __init__(self, inner: Preprocessor) -> None:
-        self.inner = inner
-        self.reduce_for = inner.reduce_for
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        if image.size == CRASH_SIZE:
-            os._exit(70)
-        return self.inner(image)
-
-
 def assert_children_exit(children: list[psutil.Process], timeout: float = 10.0) -> None:
     """Worker processes of a killed run must not outlive it (they would idle forever, holding memory)."""
     _, alive = psutil.wait_procs(children, timeout=timeout)
     assert not alive, f"worker processes outlived their killed parent: {[p.pid for p in alive]}"
 
 
+CRASH_SIZE = (13, 17)
 HANG_SIZE = (333, 222)
-"""An image of this size never finishes decoding under ``HangingPreprocessor``."""
 
 
-class HangingPreprocessor:
-    """Stalls the process decoding an image of HANG_SIZE, as a decoder stuck in a loop or a read on a hung share
-    would."""
+class TrappedPreprocessor:
+    """The real preprocessing, except for an image of ``size``, on which the decode worker misbehaves as it would
+    on one bad file in real life (``spring``)."""
+
+    size: tuple[int, int]
 
     def __init__(self, inner: Preprocessor) -> None:
         self.inner = inner
         self.reduce_for = inner.reduce_for
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        if image.size == HANG_SIZE:
-            time.sleep(3600)
+        if image.size == self.size:
+            self.spring()
         return self.inner(image)
+
+    def spring(self) -> None:
+        raise NotImplementedError
+
+
+class CrashingPreprocessor(TrappedPreprocessor):
+    """Kills the process decoding an image of CRASH_SIZE, as a decoder segfault or the OOM killer would."""
+
+    size = CRASH_SIZE
+
+    def spring(self) -> None:
+        os._exit(70)
+
+
+class HangingPreprocessor(TrappedPreprocessor):
+    """Stalls the process decoding an image of HANG_SIZE, as a decoder stuck in a loop or a read on a hung share
+    would."""
+
+    size = HANG_SIZE
+
+    def spring(self) -> None:
+        time.sleep(3600)
