@@ -205,9 +205,11 @@ def _why(exc: BaseException) -> str:
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
-    """Read-only, never creating or changing a file. A WAL database normally still needs its ``-shm`` file
-    writable; on a read-only mount it is opened as immutable instead (nobody can be writing it there)."""
-    for mode in ("ro", "ro&immutable=1"):
+    """Read-only, never creating or changing a file. While a run writes (its ``-wal`` file is there) the reader
+    shares its WAL; otherwise, and on a read-only mount, the file is opened immutable: a WAL reader would leave
+    ``-wal`` and ``-shm`` files behind, and a dry run must write nothing."""
+    live = path.with_name(path.name + "-wal").exists()
+    for mode in ("ro", "ro&immutable=1") if live else ("ro&immutable=1",):
         try:
             db = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30, check_same_thread=False)
             db.execute("SELECT count(*) FROM runs").fetchone()
