@@ -249,8 +249,9 @@ def test_a_file_far_larger_than_any_allowed_image_is_not_read(tmp_path: Path, ti
 # -- workers: hung, dead, or never started ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("io_concurrency", [0, 4], ids=["workers-read", "io-threads-read"])
 def test_a_file_that_hangs_its_worker_fails_after_the_timeout_and_the_run_goes_on(
-    tmp_path: Path, tiny_embedder
+    tmp_path: Path, tiny_embedder, io_concurrency: int
 ) -> None:
     root = tmp_path / "nas"
     write_photos(root, 6)
@@ -262,7 +263,7 @@ def test_a_file_that_hangs_its_worker_fails_after_the_timeout_and_the_run_goes_o
         LocalFolder(root),
         EmbeddedStore(tmp_path / "store", "images"),
         hanging,
-        PipelineOptions(workers=1, batch_size=4, io_concurrency=0, file_timeout=3),
+        PipelineOptions(workers=1, batch_size=4, io_concurrency=io_concurrency, file_timeout=3),
     )
     assert report.embedded == 6
     [failure] = report.failures

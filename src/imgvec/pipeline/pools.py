@@ -66,15 +66,21 @@ class DecodePools:
         outcome.add_done_callback(self._note_outcome)
         return outcome
 
-    def result(self, item: SourceItem, pending: Pending) -> Prepared | Failure:
-        """The file's pixels or failure, waiting at most ``file_timeout``. A file that takes longer is failed and
-        its worker killed, which breaks the pool: the caller sees ``BrokenProcessPool`` for the others in flight,
-        as after a crash."""
+    def result(self, item: SourceItem, pending: Pending, *, alone: bool = False) -> Prepared | Failure:
+        """The file's pixels or failure, waiting at most ``file_timeout``. When that passes while it decodes, the
+        workers are killed. The file waited for need not be the stuck one (it may queue behind it), so unless it
+        ran ``alone`` this raises ``BrokenProcessPool``, as a crash does, and the caller runs the files in flight
+        one by one: the stuck file then times out alone and is the one that fails."""
         try:
             return pending.result(timeout=self.options.file_timeout)
         except TimeoutError:
+            if isinstance(pending, _ReadThenDecode) and pending.reading:  # a slow share or bucket: no worker is stuck
+                pending.abandoned = True
+                return Failure.of(item, "read", f"reading took over {self.options.file_timeout:g}s")
             self._kill_workers()
             self._killed = True
+            if not alone:
+                raise BrokenProcessPool(f"a file took over {self.options.file_timeout:g}s") from None
             return Failure.of(
                 item, "worker", f"reading and decoding took over {self.options.file_timeout:g}s: its worker was stopped"
             )
@@ -89,7 +95,7 @@ class DecodePools:
         if self._readers is None:
             return self._decoders.submit(prepare, item)
         decoders = self._decoders  # the pool of this moment: a restarted pool never gets a stale file's work
-        outcome: Pending = Future()
+        outcome = _ReadThenDecode()
 
         def read_then_decode() -> None:
             began = time.perf_counter()
@@ -97,6 +103,9 @@ class DecodePools:
             if isinstance(data, Failure):
                 outcome.set_result(data)
                 return
+            if outcome.abandoned:  # the read took too long and the file was failed meanwhile
+                return
+            outcome.reading = False
             try:
                 decoding = decoders.submit(prepare, item, data, time.perf_counter() - began)
             except (BrokenProcessPool, RuntimeError) as exc:  # the pool broke or shut down meanwhile
@@ -113,7 +122,7 @@ class DecodePools:
         self.restart()
         for suspect in suspects:
             try:
-                outcome = self.result(suspect, self.submit(suspect))
+                outcome = self.result(suspect, self.submit(suspect), alone=True)
             except BrokenProcessPool:
                 outcome = Failure.of(suspect, "worker", WORKER_DIED)
                 self._killed = True
@@ -174,6 +183,15 @@ class DecodePools:
             )
         except OSError as exc:  # the pool's semaphores live in /dev/shm
             raise DecodeWorkersError(f"decode workers cannot start ({_why(exc)}): {WORKERS_HELP}") from None
+
+
+class _ReadThenDecode(Future[Prepared | Failure]):
+    """A file an I/O thread reads before a worker decodes it: which of the two is slow decides what a timeout means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.abandoned = False
 
 
 def _why(exc: BaseException) -> str:
