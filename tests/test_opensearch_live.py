@@ -78,6 +78,20 @@ def write_worker_documents(client, index: str, documents: dict[str, dict[str, ob
     client.indices.refresh(index=index)
 
 
+def create_old_index(client, name: str, keywords: tuple[str, ...]) -> None:
+    """An index like the organisation's old one: 1024-dim l2 vectors, made without imgvec."""
+    vector = {
+        "type": "knn_vector",
+        "dimension": 1024,
+        "method": {"name": "hnsw", "space_type": "l2", "engine": "lucene"},
+    }
+    properties = {**{field: {"type": "keyword"} for field in keywords}, "image_vector": vector}
+    client.indices.create(
+        index=name,
+        body={"settings": {"index": {"knn": True, "number_of_replicas": 0}}, "mappings": {"properties": properties}},
+    )
+
+
 def cli(env: dict[str, str], *args: str, index: str | None = None) -> subprocess.CompletedProcess[str]:
     return run_cli([*(["--index", index] if index else []), *args], env)
 
@@ -89,22 +103,7 @@ def test_create_then_verify_and_verify_explains_the_old_index(env, client, prefi
     assert verified.returncode == 0 and "✓" in verified.stdout
 
     old = f"{prefix}-old"
-    client.indices.create(
-        index=old,
-        body={
-            "settings": {"index": {"knn": True, "number_of_replicas": 0}},
-            "mappings": {
-                "properties": {
-                    "file_path": {"type": "keyword"},
-                    "image_vector": {
-                        "type": "knn_vector",
-                        "dimension": 1024,
-                        "method": {"name": "hnsw", "space_type": "l2", "engine": "lucene"},
-                    },
-                }
-            },
-        },
-    )
+    create_old_index(client, old, ("file_path",))
     report = cli(env, "index", "verify", old, "--json")
     assert report.returncode == 1
     problems = json.loads(report.stdout)["problems"]
@@ -149,23 +148,7 @@ def test_worker_documents_are_filled_in_place_from_s3_then_searched(env, client,
 
 def test_migrate_from_the_old_index_switches_the_alias_and_rolls_back(env, client, prefix) -> None:
     old, new, alias = f"{prefix}-v2-knn", f"{prefix}-v3-knn-512", f"{prefix}-current"
-    client.indices.create(
-        index=old,
-        body={
-            "settings": {"index": {"knn": True, "number_of_replicas": 0}},
-            "mappings": {
-                "properties": {
-                    **{name: {"type": "keyword"} for name in ("file_name", "file_path", "bucket", "file_key")},
-                    "s3_url": {"type": "keyword"},
-                    "image_vector": {
-                        "type": "knn_vector",
-                        "dimension": 1024,
-                        "method": {"name": "hnsw", "space_type": "l2", "engine": "lucene"},
-                    },
-                }
-            },
-        },
-    )
+    create_old_index(client, old, ("file_name", "file_path", "bucket", "file_key", "s3_url"))
     documents = {f"worker-{n}": worker_document(n) for n in range(PHOTOS)}
     documents["worker-0"] = {**documents["worker-0"], "image_vector": [0.01] * 1024}  # one old sample vector
     write_worker_documents(client, old, documents)

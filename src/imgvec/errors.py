@@ -7,6 +7,8 @@ records with a reason (``documents.Failure``), built from ``ImageDecodeError`` a
 
 from __future__ import annotations
 
+import re
+
 
 class ImgvecError(Exception):
     """Base class: the CLI prints these as one clear line instead of a traceback."""
@@ -45,3 +47,27 @@ class SourceError(ImgvecError, OSError):
 
 class ImageDecodeError(ValueError):
     """One file is not a usable image; the message is the reason recorded for it."""
+
+
+UNWRITABLE_HELP = "committed batches are kept; free space or make the store writable, then run the same command again"
+"""What to do when the store or its run state cannot be written: nothing was lost, the same command continues."""
+_LANCE_ERROR = re.compile(r"LanceError\(\w+\): (.*?)(?:, /\S+\.rs:\d+:\d+)?$", re.DOTALL)
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def reason(exc: BaseException) -> str:
+    """A library's error as the few words a person reads: an OSError as its message and path, Lance's errors
+    without the Rust source location they end with, anything else as it says itself."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc) or type(exc).__name__
+    lance = _LANCE_ERROR.search(text)
+    return lance.group(1) if lance else text
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The OS error number behind ``exc``, also when a library reports it only in its text (Lance: "(os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    match = _OS_ERROR.search(str(exc))
+    return int(match.group(1)) if match else None

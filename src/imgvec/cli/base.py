@@ -18,7 +18,7 @@ import typer
 
 from imgvec.cli.options import KNN_FLAGS, PIPELINE_FLAGS
 from imgvec.cli.render import fail
-from imgvec.errors import ImgvecError, UsageError
+from imgvec.errors import ImgvecError, UsageError, reason
 
 log = logging.getLogger(__name__)
 EXIT_OK = 0
@@ -80,7 +80,6 @@ def command(
 def environment_error(exc: OSError) -> str:
     """One line for an OSError no part of imgvec expected (``-v`` still shows the traceback)."""
     log.info("the error in full", exc_info=exc)
-    where = f" ({exc.filename})" if exc.filename else ""
     advice = {
         errno.ENOSPC: "free space on that disk, then run the same command again (committed work is kept)",
         errno.EDQUOT: "free space within the quota, then run the same command again (committed work is kept)",
@@ -88,7 +87,7 @@ def environment_error(exc: OSError) -> str:
         errno.EACCES: "check the permissions there",
         errno.EPERM: "check the permissions there",
     }.get(exc.errno or 0, "run again with -v for the details")
-    return f"{exc.strerror or exc}{where}: {advice}"
+    return f"{reason(exc)}: {advice}"
 
 
 def _with_flags(function: Callable[..., None], flag_groups: dict[str, dict[str, tuple[Any, Any]]]) -> inspect.Signature:

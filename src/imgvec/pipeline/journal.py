@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from imgvec.documents import Failure
-from imgvec.errors import StoreError
+from imgvec.errors import UNWRITABLE_HELP, StoreError, reason
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.report import Progress
 
@@ -78,7 +78,9 @@ class RunJournal:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot write the run state at {self.path} ({_why(exc)}); {STATE_HELP}") from None
+            raise JournalError(
+                f"cannot write the run state at {self.path} ({reason(exc)}); {UNWRITABLE_HELP}"
+            ) from None
 
     @classmethod
     def for_index(cls, state_dir: Path, index: str) -> RunJournal:
@@ -195,15 +197,6 @@ class JournalError(StoreError):
     """The run state cannot be opened or written (a full disk, a read-only store)."""
 
 
-STATE_HELP = "committed batches are kept; free space or make the store writable, then run the same command again"
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """Read-only, never creating or changing a file. While a run writes (its ``-wal`` file is there) the reader
     shares its WAL; otherwise, and on a read-only mount, the file is opened immutable: a WAL reader would leave
@@ -246,4 +239,4 @@ class _Transaction:
 
 
 def _state_error(path: Path, exc: BaseException) -> JournalError:
-    return JournalError(f"cannot write the run state at {path} ({_why(exc)}); {STATE_HELP}")
+    return JournalError(f"cannot write the run state at {path} ({reason(exc)}); {UNWRITABLE_HELP}")

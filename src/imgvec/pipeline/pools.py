@@ -19,7 +19,7 @@ from functools import partial
 
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.preprocess import Preprocessor
-from imgvec.errors import ImgvecError
+from imgvec.errors import ImgvecError, reason
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.workers import Prepared, WorkerConfig, init_worker, prepare, read_item, worker_ready
 from imgvec.sources.base import Source
@@ -156,7 +156,7 @@ class DecodePools:
             self._decoders.submit(worker_ready).result(timeout=START_SECONDS)
         except (BrokenProcessPool, OSError, TimeoutError) as exc:
             self._kill_workers()
-            raise DecodeWorkersError(f"decode workers cannot start ({_why(exc)}): {WORKERS_HELP}") from None
+            raise DecodeWorkersError(f"decode workers cannot start ({_start_failure(exc)}): {WORKERS_HELP}") from None
 
     def _kill_workers(self) -> None:
         """Kill the decode processes (one is stuck, or the pool is being replaced); the pool is broken after."""
@@ -182,7 +182,7 @@ class DecodePools:
                 initargs=(self._config,),
             )
         except OSError as exc:  # the pool's semaphores live in /dev/shm
-            raise DecodeWorkersError(f"decode workers cannot start ({_why(exc)}): {WORKERS_HELP}") from None
+            raise DecodeWorkersError(f"decode workers cannot start ({_start_failure(exc)}): {WORKERS_HELP}") from None
 
 
 class _ReadThenDecode(Future[Prepared | Failure]):
@@ -194,12 +194,10 @@ class _ReadThenDecode(Future[Prepared | Failure]):
         self.abandoned = False
 
 
-def _why(exc: BaseException) -> str:
+def _start_failure(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"none started within {START_SECONDS:g}s"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__
+    return reason(exc)
 
 
 def _chain(done: Pending, outcome: Pending) -> None:

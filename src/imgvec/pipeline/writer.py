@@ -10,7 +10,6 @@ the same retries, the same refusal of zero or NaN vectors, and the same failure 
 from __future__ import annotations
 
 import errno
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,7 @@ import numpy as np
 
 from imgvec.documents import Failure, ImageDocument, SourceItem, document_id, usable_vector
 from imgvec.embed.base import Embedder
-from imgvec.errors import IdentityMismatchError, StoreError
+from imgvec.errors import UNWRITABLE_HELP, IdentityMismatchError, StoreError, errno_of, reason
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.report import RunReport
@@ -33,7 +32,8 @@ OPTIMIZE_EVERY_BATCHES = 200
 as fragments pile up (docs/architecture.md, "Memory and long runs")."""
 FAILED_WRITES_BEFORE_STOP = 3
 """Batches in a row the store refuses before the run stops: the first batch of a run stops it at once."""
-WRITE_HELP = "committed batches are kept; free space or make the store writable, then run the same command again"
+STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""A full disk or an unwritable store: no later batch can succeed, whatever came before."""
 CACHE_ENTRIES = 10_000
 """Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
 
@@ -171,8 +171,8 @@ class BatchWriter:
         except IdentityMismatchError:
             raise
         except Exception as exc:  # noqa: BLE001 - after retries: the batch is recorded failed, the run goes on
-            self._refused(_why(exc), hopeless=_hopeless(exc))
-            self.fail(Failure.of(doc.item, "write", f"store write failed: {_why(exc)}") for doc in documents)
+            self._refused(reason(exc), hopeless=errno_of(exc) in STOPPING_ERRNOS)
+            self.fail(Failure.of(doc.item, "write", f"store write failed: {reason(exc)}") for doc in documents)
             return []
         finally:
             self.metrics.stage_seconds["write"] += time.perf_counter() - began
@@ -191,7 +191,7 @@ class BatchWriter:
         fault: the run stops with one line rather than embed the rest only to record each as failed."""
         self._failed_writes_in_a_row += 1
         if hopeless or not self._wrote_any or self._failed_writes_in_a_row >= FAILED_WRITES_BEFORE_STOP:
-            raise StoreError(f"cannot write to the store ({why}); {WRITE_HELP}")
+            raise StoreError(f"cannot write to the store ({why}); {UNWRITABLE_HELP}")
 
     def optimize(self) -> None:
         began = time.perf_counter()
@@ -238,29 +238,6 @@ class BatchWriter:
         self._recent.move_to_end(content_hash)
         while len(self._recent) > CACHE_ENTRIES:
             self._recent.popitem(last=False)
-
-
-def _why(exc: BaseException) -> str:
-    """An OSError as its message and path (disk full, read-only), Lance's errors without the Rust source location
-    they end with, anything else as it says itself."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    text = str(exc) or type(exc).__name__
-    lance = _LANCE_ERROR.search(text)
-    return lance.group(1) if lance else text
-
-
-_LANCE_ERROR = re.compile(r"LanceError\(\w+\): (.*?)(?:, /\S+\.rs:\d+:\d+)?$", re.DOTALL)
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
-STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-"""A full disk or an unwritable store: no later batch can succeed, whatever came before."""
-
-
-def _hopeless(exc: BaseException) -> bool:
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code is None and (match := _OS_ERROR.search(str(exc))):
-        code = int(match.group(1))
-    return code in STOPPING_ERRNOS
 
 
 def _worth_retrying(exc: BaseException) -> bool:

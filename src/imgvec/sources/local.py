@@ -111,13 +111,14 @@ class LocalFolder:
         name = os.path.basename(path)
         if extension_of(name) not in self.extensions:
             return None
+        on_disk = fs_path(path)
         try:
-            found = os.stat(fs_path(path))
+            found = os.stat(on_disk)
         except OSError:
             return None
         if not stat_module.S_ISREG(found.st_mode):
             return None
-        return SourceItem.of_path(fs_path(path), found.st_size, found.st_mtime)
+        return SourceItem.of_path(on_disk, found.st_size, found.st_mtime)
 
     def read(self, item: SourceItem) -> bytes:
         return read_regular_file(item.file_path)
