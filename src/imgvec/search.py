@@ -1,8 +1,15 @@
-"""Text → image and image → image queries against any store, checked against the index's identity."""
+"""Text → image and image → image queries against any store, checked against the index's identity.
+
+The CLI and the HTTP service both query through here; the service only swaps the model call for its batched one.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -11,17 +18,25 @@ from imgvec.sources.reader import LocationReader
 from imgvec.stores.base import SearchFilter, SearchHit, Store
 
 
-def _checked(store: Store, embedder: Embedder) -> None:
+def check_compatible(store: Store, embedder: Embedder) -> None:
+    """A query vector of another model would return confident nonsense: refuse it before any search."""
     identity = store.identity()
     if identity is None:
         raise IndexNotFoundError(f"index {store.index!r} does not exist or has no model identity")
     identity.require_compatible(embedder.identity, action="search")
 
 
+def image_pixels(embedder: Embedder, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One image file's bytes → the model's (3, H, W) input, through the same guarded decoder as an ingest (bomb
+    guard, corrupt files → ImageDecodeError with a reason)."""
+    preprocessor = embedder.preprocessor
+    return preprocessor(decode_image(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
+
+
 def search_text(
     store: Store, embedder: Embedder, text: str, k: int = 10, where: SearchFilter | None = None
 ) -> list[SearchHit]:
-    _checked(store, embedder)
+    check_compatible(store, embedder)
     return store.search(embedder.embed_texts([text])[0], k, where)
 
 
@@ -35,12 +50,35 @@ def search_image(
     reader: LocationReader | None = None,
 ) -> list[SearchHit]:
     """``image``: a local path, ``s3://bucket/key`` or an S3 https URL (what a document's s3_url holds)."""
-    _checked(store, embedder)
+    check_compatible(store, embedder)
     reader = reader or LocationReader()
     try:
         data = reader.read(str(image))
     except OSError as exc:
         raise SourceError(f"cannot read query image {image}: {exc.strerror or exc}") from exc
-    preprocessor = embedder.preprocessor
-    pixels = preprocessor(decode_image(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
+    pixels = image_pixels(embedder, data, max_pixels)
     return store.search(embedder.embed_images(pixels[None])[0], k, where)
+
+
+def neighbours(
+    store: Store, doc_id: str, vector: np.ndarray, k: int, where: SearchFilter | None = None
+) -> list[SearchHit]:
+    """The k nearest documents to an indexed one, that document first (an identical copy scores the same 1.0, and
+    an approximate index may rank it second)."""
+    hits = store.search(vector, k, where)
+    own = [hit for hit in hits if hit.id == doc_id]
+    return (own + [hit for hit in hits if hit.id != doc_id])[:k] if own else hits
+
+
+def hit_json(hit: SearchHit) -> dict[str, Any]:
+    """One result as `search --json` prints it and the HTTP API returns it: ``id``, ``file_path`` and ``score``
+    first, then the document's fields."""
+    doc = dict(hit.document)
+    if isinstance(doc.get("indexed_at"), datetime):  # the embedded store's; OpenSearch gives the stored string
+        doc["indexed_at"] = doc["indexed_at"].isoformat()
+    return {"id": hit.id, "file_path": doc.get("file_path"), "score": hit.score, **doc}
+
+
+def document_json(fields: dict[str, Any]) -> dict[str, Any]:
+    """A stored document's fields as JSON (timestamps as ISO 8601 text)."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in fields.items()}

@@ -6,7 +6,7 @@ from importlib import import_module
 
 from imgvec.cli.app import app
 
-for _group in ("indexing", "querying", "admin"):  # registration order is the order of `imgvec --help`
+for _group in ("indexing", "querying", "serving", "admin"):  # registration order is the order of `imgvec --help`
     import_module(f"imgvec.cli.{_group}")
 
 __all__ = ["app"]

@@ -12,7 +12,7 @@ from imgvec import runs
 from imgvec.cli.app import app
 from imgvec.cli.base import command
 from imgvec.cli.options import AsJson
-from imgvec.cli.render import hit_json, out, print_json
+from imgvec.cli.render import out, print_json
 from imgvec.errors import ImageDecodeError, SourceError, UsageError
 from imgvec.settings import Settings
 from imgvec.stores.base import SearchFilter
@@ -31,7 +31,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Text → image (`imgvec search "a red car"`) or image → image (`--image query.jpg`)."""
-    from imgvec.search import search_image, search_text
+    from imgvec.search import hit_json, search_image, search_text
     from imgvec.sources import LocationReader
 
     settings: Settings = ctx.obj

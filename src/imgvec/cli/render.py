@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from imgvec.pipeline.report import Progress as RunProgress
     from imgvec.pipeline.report import RunReport
     from imgvec.pipeline.sync import SyncResult
-    from imgvec.stores.base import SearchHit
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -128,14 +126,6 @@ def format_estimate(result: Estimate, runtime: str, options: PipelineOptions) ->
 def print_lines(lines: list[str]) -> None:
     for line in lines:
         out.print(line, highlight=False)
-
-
-def hit_json(hit: SearchHit) -> dict[str, Any]:
-    """One search result as ``search --json`` prints it: ``file_path`` and ``score`` first, then the document."""
-    doc = dict(hit.document)
-    if isinstance(doc.get("indexed_at"), datetime):  # the embedded store's; OpenSearch gives the stored string
-        doc["indexed_at"] = doc["indexed_at"].isoformat()
-    return {"file_path": doc.get("file_path"), "score": hit.score, **doc}
 
 
 def format_duration(seconds: float) -> str:

@@ -181,11 +181,14 @@ class RunJournal:
                 found[uri] = (size, mtime)
         return found
 
-    def failures(self) -> list[Failure]:
+    def failures(self, *, offset: int = 0, limit: int | None = None) -> list[Failure]:
+        """By path; ``offset``/``limit`` page through them (the HTTP API never loads millions at once)."""
         return [
             Failure(file_path=p, stage=s, reason=r, uri=u, file_size=z, mtime=m, attempts=a)
             for u, p, s, r, z, m, a in self._db.execute(
-                "SELECT uri, file_path, stage, reason, file_size, mtime, attempts FROM failures ORDER BY file_path"
+                "SELECT uri, file_path, stage, reason, file_size, mtime, attempts FROM failures "
+                "ORDER BY file_path LIMIT ? OFFSET ?",
+                (-1 if limit is None else limit, offset),
             )
         ]
 

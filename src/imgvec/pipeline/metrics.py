@@ -4,10 +4,14 @@ the Prometheus text."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from imgvec.pipeline.report import Progress, RunReport
 
@@ -90,28 +94,41 @@ _GAUGES = {
 }
 
 
+class RunMetricsCollector(Collector):
+    """The latest run's metrics, read when scraped: ``imgvec metrics`` prints them once, ``imgvec serve`` exposes
+    them at /metrics beside its own request metrics. ``read``: the snapshot now, or None before any run."""
+
+    def __init__(self, read: Callable[[], dict[str, Any] | None], labels: dict[str, str]) -> None:
+        self._read = read
+        self._labels = dict(sorted(labels.items()))
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._read()
+        if snapshot is None:
+            return
+        names, values = list(self._labels), list(self._labels.values())
+        for name, help_text in _COUNTERS.items():
+            counter = CounterMetricFamily(f"imgvec_{name}", help_text, labels=names)
+            counter.add_metric(values, snapshot.get(name) or 0)
+            yield counter
+        for name, help_text in _GAUGES.items():
+            value = snapshot.get(name)
+            if value is not None:
+                yield _gauge(name, help_text, names, values, value)
+        stages = CounterMetricFamily("imgvec_stage_seconds", "Time spent per stage.", labels=[*names, "stage"])
+        for stage, seconds in sorted(snapshot.get("stage_seconds", {}).items()):
+            stages.add_metric([*values, stage], seconds)
+        yield stages
+
+
+def _gauge(name: str, help_text: str, names: list[str], values: list[str], value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(f"imgvec_{name}", help_text, labels=names)
+    gauge.add_metric(values, value)
+    return gauge
+
+
 def prometheus_text(snapshot: dict[str, Any], labels: dict[str, str]) -> str:
-    """The Prometheus text exposition format (version 0.0.4), for a node_exporter textfile or a scrape."""
-    label = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-    lines: list[str] = []
-    for name, help_text in _COUNTERS.items():
-        lines += [f"# HELP imgvec_{name}_total {help_text}", f"# TYPE imgvec_{name}_total counter"]
-        lines.append(f"imgvec_{name}_total{{{label}}} {snapshot.get(name, 0)}")
-    for name, help_text in _GAUGES.items():
-        value = snapshot.get(name)
-        if value is None:
-            continue
-        lines += [
-            f"# HELP imgvec_{name} {help_text}",
-            f"# TYPE imgvec_{name} gauge",
-            f"imgvec_{name}{{{label}}} {value}",
-        ]
-    lines += ["# HELP imgvec_stage_seconds_total Time spent per stage.", "# TYPE imgvec_stage_seconds_total counter"]
-    for stage, seconds in sorted(snapshot.get("stage_seconds", {}).items()):
-        stage_label = f'{label},stage="{stage}"' if label else f'stage="{stage}"'
-        lines.append(f"imgvec_stage_seconds_total{{{stage_label}}} {seconds}")
-    return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """The Prometheus text exposition format, for a node_exporter textfile or a scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunMetricsCollector(lambda: snapshot, labels))
+    return generate_latest(registry).decode()

@@ -19,14 +19,15 @@ class LocationReader:
         self.s3 = s3 or S3Options()
         self._client = client
 
-    def read(self, location: str) -> bytes:
+    def read(self, location: str, max_bytes: int | None = None) -> bytes:
+        """``max_bytes``: an S3 object over it is refused before its body is read."""
         remote = parse_s3_url(location, self.s3.endpoint_url)
         if remote is not None:
             if not remote.key:
                 raise SourceError(f"{location!r} names a bucket, not an object")
             if self._client is None:
                 self._client = make_client(self.s3)
-            return read_object(self._client, remote)
+            return read_object(self._client, remote, max_bytes)
         if re.match(r"^[a-z][a-z0-9+.-]*://", location) and not location.startswith("file://"):
             raise SourceError(f"cannot read {location!r}: not an S3 URL or a local path")
         path = Path(unquote(urlsplit(location).path) if location.startswith("file://") else location).expanduser()

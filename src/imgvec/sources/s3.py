@@ -162,17 +162,27 @@ class S3Bucket:
         return read_object(self.client, ObjectLocation(item.bucket or self.bucket, item.file_key or ""))
 
 
-def read_object(client: S3Client, location: ObjectLocation) -> bytes:
-    """The object's bytes. A failure is raised as OSError with a readable reason (the pipeline records it)."""
+def read_object(client: S3Client, location: ObjectLocation, max_bytes: int | None = None) -> bytes:
+    """The object's bytes. A failure is raised as OSError with a readable reason (the pipeline records it).
+    ``max_bytes``: refuse a larger object before its body is read (a URL a client names may point at anything)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         response = client.get_object(Bucket=location.bucket, Key=location.key)
+        if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
+            response["Body"].close()
+            raise ObjectTooLargeError(
+                f"{location.s3_url} is {int(response['ContentLength']) >> 20} MiB, over the {max_bytes >> 20} MiB limit"
+            )
         return response["Body"].read()
     except (BotoCoreError, ClientError) as exc:
         if _code(exc) in MISSING_OBJECT_CODES:
             raise FileNotFoundError(f"{location.s3_url} no longer exists (deleted after it was listed?)") from exc
         raise OSError(describe_s3_error(exc, f"cannot get {location.s3_url}")) from exc
+
+
+class ObjectTooLargeError(OSError):
+    """An object over the size a caller accepts."""
 
 
 def describe_s3_error(exc: BaseException, doing: str) -> str:

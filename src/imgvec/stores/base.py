@@ -39,6 +39,8 @@ class IndexStats:
     with_vector: int
     dimension: int | None
     model: str | None
+    random_weights: bool = False
+    """The model's weights are seeded random (``NAME/random``): its vectors find nothing meaningful."""
 
     @property
     def without_vector(self) -> int:
@@ -52,6 +54,7 @@ class IndexStats:
             "without_vector": self.without_vector,
             "dimension": self.dimension,
             "model": self.model,
+            "random_weights": self.random_weights,
         }
 
 
@@ -94,6 +97,11 @@ class Store(Protocol):
 
     def lookup(self, ids: Sequence[str]) -> dict[str, StoredFile]:
         """What the store holds for these ids (missing ids are absent), to skip unchanged files."""
+        ...
+
+    def get(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None] | None:
+        """One document by id: its fields (without the vector) and its vector, or None when the index does not
+        hold it (the HTTP service serves documents, thumbnails and neighbours only of what this returns)."""
         ...
 
     def vectors_by_hash(self, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:

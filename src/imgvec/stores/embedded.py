@@ -254,6 +254,16 @@ class EmbeddedStore:
                 )
         return found
 
+    def get(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None] | None:
+        if not self.exists():
+            return None
+        rows = self._open().search().where(f"id = {_sql_str(doc_id)}").limit(1).to_arrow()
+        if not rows.num_rows:
+            return None
+        vector = rows.column("vector")[0].values
+        fields = rows.drop_columns(["vector"]).to_pylist()[0]
+        return fields, None if vector is None else vector.to_numpy(zero_copy_only=False).astype(np.float32)
+
     def vectors_by_hash(self, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
         if not content_hashes or not self.exists():
             return {}
@@ -350,6 +360,7 @@ class EmbeddedStore:
             with_vector=table.count_rows("vector IS NOT NULL"),
             dimension=identity.dimension if identity else table.schema.field("vector").type.list_size,
             model=identity.model if identity else None,
+            random_weights=bool(identity and identity.random_weights),
         )
 
     # -- housekeeping -------------------------------------------------------------------------------

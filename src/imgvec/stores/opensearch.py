@@ -232,6 +232,17 @@ class OpenSearchStore:
             )
         return found
 
+    def get(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None] | None:
+        if not self.exists():
+            return None
+        hits = self._search({"query": self._id_query([doc_id]), "size": 1})["hits"]["hits"]
+        if not hits:
+            return None
+        document = dict(hits[0]["_source"])
+        vector = document.pop(VECTOR_FIELD, None)
+        document.setdefault("id", document.get("doc_id") or hits[0]["_id"])
+        return document, None if vector is None else np.asarray(vector, dtype=np.float32)
+
     def vectors_by_hash(self, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
         if not content_hashes or not self.exists():
             return {}
@@ -283,6 +294,7 @@ class OpenSearchStore:
             with_vector=with_vector,
             dimension=vector.get("dimension"),
             model=identity.model if identity else None,
+            random_weights=bool(identity and identity.random_weights),
         )
 
     def _count(self, query: dict[str, Any] | None) -> int:

@@ -1,0 +1,83 @@
+"""`imgvec serve`: the HTTP API, the search page and /metrics in one long-running process."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Annotated
+
+import typer
+
+from imgvec.cli.app import app
+from imgvec.cli.base import command
+from imgvec.cli.render import log_line, warn
+from imgvec.errors import UsageError
+from imgvec.settings import Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+@command(app)
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to share it.")] = LOOPBACK,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMGVEC_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' for searches, thumbnails and /api/embed.",
+            show_default=False,
+        ),
+    ] = None,
+    max_upload_mb: Annotated[int, typer.Option(min=1, max=4096, help="Largest request body (an uploaded image).")] = 64,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send each part of a body (then 408).")
+    ] = 30.0,
+    batch_size: Annotated[int, typer.Option(min=1, max=256, help="Most requests one model call serves.")] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0, max=1000, help="How long a model call waits for more requests to join it.")
+    ] = 10.0,
+) -> None:
+    """Serve the search page at /, the HTTP API under /api (OpenAPI at /openapi.json) and /metrics.
+
+    The model loads once, on the first query; concurrent requests share model calls."""
+    import uvicorn
+
+    from imgvec.service.app import create_app
+    from imgvec.service.searcher import ServiceConfig
+
+    settings: Settings = ctx.obj
+    if not token and not _loopback(host):
+        warn(f"--host {host} without --token: anyone who can reach this port can spend its model time")
+    if token is not None and not token.strip():
+        raise UsageError("--token is empty")
+    config = ServiceConfig(
+        token=token,
+        max_upload_bytes=max_upload_mb << 20,
+        body_timeout=body_timeout,
+        max_batch=batch_size,
+        max_wait=batch_wait_ms / 1000,
+    )
+    service = create_app(settings, config)
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    guarded = " (token required)" if token else ""
+    log_line(f"serving index {settings.index!r} of {settings.store} at {where}{guarded}")
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    uvicorn.run(
+        service,
+        host=host,
+        port=port,
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,172 @@
+"""What the HTTP service does, without HTTP: the routes in ``app.py`` only parse, call one method here, and answer.
+
+The store is opened once and the model loaded once for the life of the process (the CLI pays both on every
+query). The model loads on first need, not at start-up, so that a service started before its index exists, or
+while the store is unreachable, still answers /healthz and /api/status, and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgvec import runs
+from imgvec.embed.base import Embedder
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS
+from imgvec.errors import ImgvecError, IndexNotFoundError, UsageError
+from imgvec.search import check_compatible, document_json, hit_json, image_pixels, neighbours
+from imgvec.service.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_SECONDS, ModelBatcher
+from imgvec.service.thumbnails import Thumbnails
+from imgvec.settings import Settings
+from imgvec.sources.locations import parse_s3_url
+from imgvec.sources.reader import LocationReader
+from imgvec.stores.base import SearchFilter, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
+"""Larger than any camera JPEG or phone HEIC; a request over it is refused before it is read in full."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    token: str | None = None
+    """When set, requests that cost model or decode time, or write, need ``Authorization: Bearer TOKEN``."""
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    body_timeout: float = 30.0
+    """Seconds a client may take to send each part of a request body before it gets 408."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait: float = DEFAULT_MAX_WAIT_SECONDS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    thumbnail_dir: Path | None = None
+    """None: ``thumbnails/<index>`` in the store's state folder."""
+
+
+class NotInIndexError(IndexNotFoundError):
+    """A document id the index does not hold (the service serves nothing else)."""
+
+
+class NoVectorError(ImgvecError):
+    """The document is indexed but not embedded yet: it has no neighbours to find."""
+
+
+class Searcher:
+    def __init__(
+        self, settings: Settings, config: ServiceConfig, *, on_batch: Callable[[str, int, float], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.store: Store = settings.open_store()
+        self.reader = LocationReader(settings.s3_options())
+        folder = config.thumbnail_dir or settings.state_dir / "thumbnails" / runs.state_name(settings)
+        self.thumbnails = Thumbnails(folder, self.reader, max_pixels=config.max_pixels)
+        self._embedder: Embedder | None = None
+        self._batcher: ModelBatcher | None = None
+        self._loading = threading.Lock()
+        self._on_batch = on_batch
+
+    # -- the model ----------------------------------------------------------------------------------
+
+    def model(self) -> tuple[Embedder, ModelBatcher]:
+        """The embedder and its batcher, loaded on first use by the same rule as the CLI (``runs.embedder_for``)."""
+        with self._loading:
+            if self._batcher is None:
+                embedder = runs.embedder_for(self.settings, self.store)
+                self._embedder = embedder
+                self._batcher = ModelBatcher(
+                    embedder, max_batch=self.config.max_batch, max_wait=self.config.max_wait, on_batch=self._on_batch
+                )
+                log.info("model loaded: %s", embedder.identity.describe())
+            assert self._embedder is not None
+            return self._embedder, self._batcher
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+
+    # -- queries ------------------------------------------------------------------------------------
+
+    def search_text(self, text: str, k: int, where: SearchFilter) -> list[dict[str, Any]]:
+        if not text.strip():
+            raise UsageError("the query text is empty")
+        embedder, batcher = self.model()
+        check_compatible(self.store, embedder)
+        return [hit_json(hit) for hit in self.store.search(batcher.embed_text(text), k, where)]
+
+    def search_image(self, data: bytes, k: int, where: SearchFilter) -> list[dict[str, Any]]:
+        embedder, batcher = self.model()
+        check_compatible(self.store, embedder)
+        vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels))
+        return [hit_json(hit) for hit in self.store.search(vector, k, where)]
+
+    def similar(self, doc_id: str, k: int, where: SearchFilter) -> list[dict[str, Any]]:
+        _, vector = self._document(doc_id)
+        if vector is None:
+            raise NoVectorError(f"document {doc_id!r} has no vector yet (`imgvec ingest --missing` embeds it)")
+        return [hit_json(hit) for hit in neighbours(self.store, doc_id, vector, k, where)]
+
+    def document(self, doc_id: str) -> dict[str, Any]:
+        return document_json(self._document(doc_id)[0])
+
+    def thumbnail(self, doc_id: str, size: int) -> bytes:
+        fields, _ = self._document(doc_id)
+        return self.thumbnails.get(doc_id, fields, size)
+
+    def _document(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None]:
+        found = self.store.get(doc_id)
+        if found is None:
+            raise NotInIndexError(f"no document {doc_id!r} in index {self.store.index!r}")
+        return found
+
+    # -- the worker's embedding endpoint ------------------------------------------------------------
+
+    def read_image_url(self, url: str) -> bytes:
+        """The bytes of an S3 object the worker names. Only S3 locations: a local path or any other URL is refused
+        (a client must not make the service read its files or call arbitrary hosts)."""
+        if parse_s3_url(url, self.settings.s3_endpoint_url) is None:
+            raise UsageError(f"imageUrl must be an s3://bucket/key or S3 https URL, not {url[:200]!r}")
+        return self.reader.read(url, max_bytes=self.config.max_upload_bytes)
+
+    def embed(self, data: bytes, *, use_cache: bool) -> dict[str, Any]:
+        """``{"embedding", "dimension", "model", "cached"}``. ``use_cache``: identical bytes already in the index
+        (same sha256 as an ingest records) return their stored vector without a model call."""
+        embedder, batcher = self.model()
+        identity = embedder.identity
+        vector = None
+        if use_cache:
+            stored = self.store.identity()
+            if stored is not None and stored.model == identity.model and stored.dimension == identity.dimension:
+                content_hash = hashlib.sha256(data).hexdigest()
+                vector = self.store.vectors_by_hash([content_hash]).get(content_hash)
+        cached = vector is not None
+        if vector is None:
+            vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels))
+        values = np.asarray(vector, dtype=np.float32).tolist()
+        return {"embedding": values, "dimension": len(values), "model": identity.model, "cached": cached}
+
+    # -- the CLI's read commands, as JSON -----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.store.stats().as_dict()
+
+    def progress(self) -> dict[str, Any]:
+        run_progress, _ = runs.latest_run(self.settings)
+        return run_progress.as_dict()
+
+    def run_metrics(self) -> dict[str, Any] | None:
+        """The latest run's metrics snapshot, or None before any run (for /metrics)."""
+        try:
+            return runs.latest_run(self.settings)[1]
+        except ImgvecError:
+            return None
+
+    def failures(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        records = runs.journal_for(self.settings, create=False).failures(offset=offset, limit=limit)
+        return [record.as_dict() for record in records]
