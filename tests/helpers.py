@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -105,3 +106,42 @@ class HangingPreprocessor(TrappedPreprocessor):
 
     def spring(self) -> None:
         time.sleep(3600)
+
+
+class Service:
+    """`imgvec serve` as a user starts it: the real CLI in its own process, on a free port of 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imgvec.cli", "serve", "--port", str(self.port), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"imgvec serve exited {self.process.returncode}: {self.process.stdout.read()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("imgvec serve did not listen within 60 s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> str:
+        """Stop it as systemd would (SIGTERM); returns what it printed."""
+        self.process.terminate()
+        try:
+            output, _ = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output, _ = self.process.communicate()
+        return output

@@ -42,6 +42,7 @@ def test_ingest_status_search_round_trip(photos: Path, cli_env: dict[str, str]) 
         "without_vector": 0,
         "dimension": 512,
         "model": "imgvec-tiny/random",
+        "random_weights": True,
     }
 
     # no --model: search uses the model recorded in the index

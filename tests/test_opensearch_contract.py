@@ -353,7 +353,24 @@ def test_status_counts_documents_with_and_without_vectors(cluster: RecordedClust
         "without_vector": 3,
         "dimension": 512,
         "model": CLIP.model,
+        "random_weights": False,
     }
+
+
+def test_get_finds_a_worker_document_by_its_id_and_splits_off_the_vector(cluster: RecordedCluster):
+    existing_index(cluster, ours())
+    source = {"file_path": "/nas/a.jpg", "image_vector": [0.5] * 4}
+    cluster.on(
+        "POST",
+        f"/{INDEX}/_search",
+        (200, search_answer([{"_index": INDEX, "_id": "w1", "_score": 1.0, "_source": source}])),
+    )
+    fields, vector = store_for(cluster).get("w1")
+    assert fields == {"file_path": "/nas/a.jpg", "id": "w1"}
+    assert vector is not None and vector.dtype == np.float32 and vector.tolist() == [0.5] * 4
+    assert cluster.of("search")[0].body["query"]["bool"]["should"][1] == {"ids": {"values": ["w1"]}}
+    cluster.on("POST", f"/{INDEX}/_search", (200, search_answer([])))
+    assert store_for(cluster).get("absent") is None
 
 
 def test_lookup_matches_by_doc_id_or_worker_id(cluster: RecordedCluster):

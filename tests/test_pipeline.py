@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from imgvec.pipeline.indexer import index_source
 from imgvec.pipeline.journal import RunJournal
@@ -153,11 +154,15 @@ def test_run_state_records_progress_and_metrics(
     assert metrics["embedding_seconds_per_image_p95"] >= metrics["embedding_seconds_per_image_mean"] * 0.5
     assert set(metrics["stage_seconds"]) == {"list", "read", "decode", "embed", "write"}
 
-    text = prometheus_text(metrics, {"index": "images"})
-    assert 'imgvec_images_embedded_total{index="images"} 6' in text
-    assert 'imgvec_stage_seconds_total{index="images",stage="embed"}' in text
-    for line in text.splitlines():
-        assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_text(metrics, {"index": "images"}))}
+    embedded = families["imgvec_images_embedded"]
+    assert embedded.type == "counter"
+    assert [(s.name, s.labels, s.value) for s in embedded.samples] == [
+        ("imgvec_images_embedded_total", {"index": "images"}, 6)
+    ]
+    stages = {s.labels["stage"]: s.value for s in families["imgvec_stage_seconds"].samples}
+    assert set(stages) == {"list", "read", "decode", "embed", "write"} and stages["embed"] > 0
+    assert families["imgvec_success_rate"].samples[0].value == pytest.approx(6 / 7)
 
 
 def test_a_run_recorded_running_without_its_lock_reads_as_interrupted(tmp_path: Path, state: RunJournal) -> None:

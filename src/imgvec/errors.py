@@ -41,6 +41,10 @@ class IndexNotFoundError(StoreError, LookupError):
     """The named index does not exist in the store."""
 
 
+class NoRunError(ImgvecError, LookupError):
+    """No ingest has run for the index: there is no progress, metrics or failure list to show."""
+
+
 class SourceError(ImgvecError, OSError):
     """The source as a whole cannot be read (missing folder, not a directory)."""
 

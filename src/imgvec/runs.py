@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imgvec.embed.modelspec import DEFAULT_MODEL
-from imgvec.errors import ImgvecError, UsageError
+from imgvec.errors import ImgvecError, NoRunError, UsageError
 from imgvec.settings import Settings
 from imgvec.stores.base import Store
 
@@ -172,7 +172,7 @@ def journal_for(settings: Settings, *, create: bool = True) -> RunJournal:
     if create:
         return RunJournal(path)
     if not path.exists():
-        raise ImgvecError(f"no ingest has run for index {settings.index!r} in {settings.store}")
+        raise NoRunError(f"no ingest has run for index {settings.index!r} in {settings.store}")
     return RunJournal.read_only(path)
 
 
@@ -185,7 +185,7 @@ def latest_run(settings: Settings) -> tuple[Progress, dict[str, Any]]:
     """The newest run's progress and metrics; a run whose process is gone reads as interrupted."""
     latest = journal_for(settings, create=False).latest(lock_for(settings))
     if latest is None:
-        raise ImgvecError(f"no ingest has run for index {settings.index!r}")
+        raise NoRunError(f"no ingest has run for index {settings.index!r}")
     return latest
 
 

@@ -27,7 +27,9 @@ from imgvec.service.thumbnails import Thumbnails
 from imgvec.settings import Settings
 from imgvec.sources.locations import parse_s3_url
 from imgvec.sources.reader import LocationReader
+from imgvec.stores import is_remote
 from imgvec.stores.base import SearchFilter, Store
+from imgvec.stores.embedded_aliases import EmbeddedAliases
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ class Searcher:
     ) -> None:
         self.settings = settings
         self.config = config
-        self.store: Store = settings.open_store()
+        self._store: Store | None = None
+        self._opening = threading.Lock()
         self.reader = LocationReader(settings.s3_options())
         folder = config.thumbnail_dir or settings.state_dir / "thumbnails" / runs.state_name(settings)
         self.thumbnails = Thumbnails(folder, self.reader, max_pixels=config.max_pixels)
@@ -71,6 +74,21 @@ class Searcher:
         self._batcher: ModelBatcher | None = None
         self._loading = threading.Lock()
         self._on_batch = on_batch
+
+    @property
+    def store(self) -> Store:
+        """Opened on first use, so the service starts while OpenSearch is down and says so per request; opened
+        again when an embedded store's alias now names another index (`imgvec migrate` switched it while the
+        service ran). OpenSearch resolves its aliases itself."""
+        with self._opening:
+            if self._store is None or self._store.index != self._embedded_target():
+                self._store = self.settings.open_store()
+            return self._store
+
+    def _embedded_target(self) -> str | None:
+        if self._store is None or is_remote(self.settings.store):
+            return self._store.index if self._store is not None else None
+        return EmbeddedAliases(self.settings.store).target(self.settings.index) or self.settings.index
 
     # -- the model ----------------------------------------------------------------------------------
 

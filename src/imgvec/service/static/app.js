@@ -1,0 +1,305 @@
+// The search page: plain JavaScript, no build step and nothing fetched from outside this server.
+// State lives in the URL (?q=…, ?similar=ID, filters), so a search can be shared and the back button works.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "imgvec-token";
+const PROGRESS_EVERY_MS = 3000;
+let objectUrls = [];
+
+// -- talking to the API ----------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+function authHeaders() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function api(path, options = {}, retried = false) {
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  } catch (error) {
+    throw new ApiError(0, "the imgvec service does not answer: is `imgvec serve` still running?");
+  }
+  if (response.status === 401 && !retried) {
+    const token = window.prompt("This imgvec service needs a token (imgvec serve --token / IMGVEC_TOKEN):");
+    if (token) {
+      localStorage.setItem(TOKEN_KEY, token.trim());
+      return api(path, options, true);
+    }
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try {
+      const body = await response.json();
+      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, detail);
+  }
+  return response;
+}
+
+// -- notices ---------------------------------------------------------------------------------------
+
+function notice(text, isError = false) {
+  const box = $("notice");
+  box.hidden = !text;
+  box.textContent = text || "";
+  box.classList.toggle("error", isError);
+}
+
+async function loadStatus() {
+  try {
+    const status = await (await api("/api/status")).json();
+    const model = status.model ? `model ${status.model} (${status.dimension}-dim)` : "no model recorded";
+    $("index-info").textContent =
+      `index ${status.index}: ${status.documents} documents, ${status.with_vector} with vectors · ${model}`;
+    if (status.documents === 0) {
+      notice(`The index “${status.index}” is empty: add pictures with \`imgvec ingest FOLDER\`.`);
+    } else if (status.with_vector === 0) {
+      notice(`No document has a vector yet: \`imgvec ingest --missing\` embeds them.`);
+    } else if (status.random_weights) {
+      notice(`The model ${status.model} has random weights: the vectors are real computations but the ` +
+        `results mean nothing. Index with a trained model (e.g. ViT-B-32/openai) for real searches.`);
+    } else {
+      notice("");
+    }
+  } catch (error) {
+    $("index-info").textContent = "";
+    if (error.status === 404) {
+      notice(`${error.message}`);
+    } else if (error.status >= 500 || error.status === 0) {
+      notice(`The store cannot be reached: ${error.message}`, true);
+    } else {
+      notice(error.message, true);
+    }
+  }
+}
+
+async function loadProgress() {
+  const line = $("progress");
+  try {
+    const run = await (await api("/api/progress")).json();
+    if (run.state !== "running") {
+      line.hidden = true;
+      return;
+    }
+    const total = run.total ? ` of ${run.total}` : "";
+    const eta = run.eta_seconds != null ? `, about ${formatSeconds(run.eta_seconds)} left` : "";
+    line.textContent = `Ingest running (${run.mode}, ${run.source}): ${run.processed}${total} files, ` +
+      `${run.failed} failed, ${run.rate.toFixed(1)} images/s${eta}`;
+    line.hidden = false;
+  } catch (_) {
+    line.hidden = true;
+  }
+}
+
+function formatSeconds(seconds) {
+  const s = Math.round(seconds);
+  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+// -- state in the URL ------------------------------------------------------------------------------
+
+function filters() {
+  const params = new URLSearchParams();
+  const k = parseInt($("k").value, 10);
+  params.set("k", String(Number.isFinite(k) && k > 0 ? Math.min(k, 1000) : 24));
+  const ext = $("ext").value.trim();
+  if (ext) params.set("ext", ext);
+  const prefix = $("path-prefix").value.trim();
+  if (prefix) params.set("path_prefix", prefix);
+  return params;
+}
+
+function showState(params, { push }) {
+  const url = `${location.pathname}?${params.toString()}`;
+  if (push && url !== `${location.pathname}${location.search}`) history.pushState(null, "", url);
+}
+
+async function runFromUrl() {
+  const params = new URLSearchParams(location.search);
+  $("query").value = params.get("q") || "";
+  $("ext").value = params.get("ext") || "";
+  $("path-prefix").value = params.get("path_prefix") || "";
+  if (params.get("k")) $("k").value = params.get("k");
+  if (params.get("similar")) return findSimilar(params.get("similar"), { push: false });
+  if (params.get("q")) return searchText(params.get("q"), { push: false });
+  render(null);
+}
+
+// -- searches --------------------------------------------------------------------------------------
+
+async function searchText(text, { push = true } = {}) {
+  const params = filters();
+  params.set("q", text);
+  showState(params, { push });
+  $("query-info").textContent = `Pictures matching “${text}”`;
+  await show(() => api(`/api/search?${params.toString()}`));
+}
+
+async function searchImage(file, { push = true } = {}) {
+  if (!file || !file.type.startsWith("image/") && file.type !== "") {
+    notice(`${file ? file.name : "that"} is not an image`, true);
+    return;
+  }
+  $("query").value = "";
+  const params = filters();
+  showState(params, { push }); // an uploaded picture cannot live in a URL: the filters do
+  const info = $("query-info");
+  info.textContent = "";
+  const preview = document.createElement("img");
+  preview.alt = "query image";
+  preview.src = keep(URL.createObjectURL(file));
+  info.append("Pictures like ", preview, ` ${file.name || "the pasted image"}`);
+  const form = new FormData();
+  form.append("image", file, file.name || "pasted.png");
+  await show(() => api(`/api/search?${params.toString()}`, { method: "POST", body: form }));
+}
+
+async function findSimilar(id, { push = true } = {}) {
+  const params = filters();
+  params.set("similar", id);
+  showState(params, { push });
+  $("query").value = "";
+  const info = $("query-info");
+  info.textContent = "Pictures like ";
+  try {
+    const doc = await (await api(`/api/documents/${encodeURIComponent(id)}`)).json();
+    info.append(doc.file_path || id);
+  } catch (_) {
+    info.append(id);
+  }
+  const query = new URLSearchParams(params);
+  query.delete("similar");
+  await show(() => api(`/api/similar/${encodeURIComponent(id)}?${query.toString()}`));
+}
+
+async function show(request) {
+  const results = $("results");
+  results.setAttribute("aria-busy", "true");
+  try {
+    render(await (await request()).json());
+  } catch (error) {
+    render([]);
+    notice(error.message, true);
+  } finally {
+    results.removeAttribute("aria-busy");
+  }
+}
+
+// -- the grid --------------------------------------------------------------------------------------
+
+function keep(url) {
+  objectUrls.push(url);
+  return url;
+}
+
+function render(hits) {
+  objectUrls.forEach((url) => URL.revokeObjectURL(url));
+  objectUrls = [];
+  const results = $("results");
+  results.replaceChildren();
+  if (hits === null) return;
+  if (hits.length === 0) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = "No results.";
+    results.append(empty);
+    return;
+  }
+  const template = $("result-template");
+  for (const hit of hits) {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.dataset.id = hit.id;
+    card.querySelector(".score").textContent = hit.score.toFixed(4);
+    card.querySelector(".path").textContent = hit.file_path || hit.s3_url || hit.id;
+    card.title = "Find similar pictures";
+    const img = card.querySelector("img");
+    img.alt = hit.file_name || hit.file_path || hit.id;
+    loadThumbnail(img, hit.id);
+    card.addEventListener("click", () => findSimilar(hit.id));
+    card.addEventListener("keydown", (event) => { if (event.key === "Enter") findSimilar(hit.id); });
+    results.append(card);
+  }
+}
+
+async function loadThumbnail(img, id) {
+  const url = `/api/thumbnail/${encodeURIComponent(id)}?size=256`;
+  img.addEventListener("error", () => img.parentElement.classList.add("broken"), { once: true });
+  if (!localStorage.getItem(TOKEN_KEY)) {
+    img.src = url;
+    return;
+  }
+  try {  // an <img> cannot send the token: fetch the picture and show it from memory
+    img.src = keep(URL.createObjectURL(await (await api(url, {}, true)).blob()));
+  } catch (_) {
+    img.parentElement.classList.add("broken");
+  }
+}
+
+// -- input: typing, choosing, dropping and pasting -------------------------------------------------
+
+function firstImage(items) {
+  for (const item of items || []) {
+    const file = item instanceof File ? item : item.kind === "file" ? item.getAsFile() : null;
+    if (file && file.type.startsWith("image/")) return file;
+  }
+  return null;
+}
+
+function wire() {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("query").value.trim();
+    if (text) searchText(text);
+  });
+  $("image-input").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) searchImage(file);
+    event.target.value = "";
+  });
+  const zone = $("drop-zone");
+  let depth = 0;
+  window.addEventListener("dragenter", (event) => {
+    if (![...(event.dataTransfer?.types || [])].includes("Files")) return;
+    depth += 1;
+    zone.hidden = false;
+  });
+  window.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) zone.hidden = true;
+  });
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0;
+    zone.hidden = true;
+    const file = firstImage(event.dataTransfer?.files);
+    if (file) searchImage(file);
+    else notice("Drop an image file to search with it.", true);
+  });
+  window.addEventListener("paste", (event) => {
+    const file = firstImage(event.clipboardData?.items);
+    if (file) {
+      event.preventDefault();
+      searchImage(file);
+    }
+  });
+  window.addEventListener("popstate", runFromUrl);
+}
+
+wire();
+loadStatus();
+loadProgress();
+setInterval(loadProgress, PROGRESS_EVERY_MS);
+runFromUrl();

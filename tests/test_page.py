@@ -1,0 +1,252 @@
+"""The search page in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright), served by a real
+`imgvec serve`. Screenshots are kept in test-artifacts/ at the repository root."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import Service, encode, photo, run_cli
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TOKEN = "page-token"
+
+
+@pytest.fixture(scope="module")
+def env(model_config_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("page")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGVEC_")}
+    environment.update(
+        IMGVEC_STORE=str(root / "store"),
+        IMGVEC_CACHE_DIR=str(cache_dir),
+        IMGVEC_MODEL_CONFIG_DIR=str(model_config_dir),
+        IMGVEC_MODEL="imgvec-tiny/random",
+        IMGVEC_THREADS="2",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return environment
+
+
+@pytest.fixture(scope="module")
+def photos(env: dict[str, str]) -> Path:
+    folder = Path(env["IMGVEC_STORE"]).parent / "photos"
+    (folder / "2024").mkdir(parents=True)
+    (folder / "2025").mkdir()
+    for i in range(10):
+        (folder / "2024" / f"img{i}.jpg").write_bytes(encode(photo(300 + i)))
+    for i in range(4):
+        (folder / "2025" / f"shot{i}.png").write_bytes(encode(photo(400 + i), "PNG"))
+    assert run_cli(["ingest", str(folder)], env).returncode == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def service(env: dict[str, str], photos: Path) -> Iterator[Service]:
+    running = Service(env)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, errors
+
+
+def grid_paths(page) -> list[str]:
+    return page.locator(".result .path").all_inner_texts()
+
+
+def wait_for_grid(page, previous: list[str] | None = None) -> list[str]:
+    page.wait_for_selector(".result", timeout=30_000)
+    if previous is not None:
+        page.wait_for_function(
+            "previous => JSON.stringify([...document.querySelectorAll('.result .path')].map(e => e.textContent))"
+            " !== previous",
+            arg=__import__("json").dumps(previous),
+            timeout=30_000,
+        )
+    page.wait_for_function("!document.querySelector('#results').hasAttribute('aria-busy')")
+    return grid_paths(page)
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_type_a_query_upload_an_image_click_a_result_and_share_the_url(page, service, photos) -> None:
+    page.goto(service.url)
+    page.wait_for_function("document.querySelector('#index-info').textContent.includes('14 documents')")
+    assert "random weights" in page.inner_text("#notice")  # the test model says so, as any random model would
+
+    page.fill("#query", "a sunny beach")
+    page.press("#query", "Enter")
+    paths = wait_for_grid(page)
+    assert len(paths) == 14 and "q=a+sunny+beach" in page.url
+    scores = [float(s) for s in page.locator(".result .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth)")
+    shot(page, "serve-page.png")
+
+    query = photos / "2024" / "img4.jpg"
+    page.set_input_files("#image-input", str(query))
+    paths = wait_for_grid(page, paths)
+    assert paths[0] == str(query)
+    assert page.locator("#query-info img").count() == 1  # the query picture is shown
+
+    page.locator(".result").nth(2).click()
+    clicked = paths[2]
+    page.wait_for_url("**similar=**")
+    paths = wait_for_grid(page, paths)
+    assert paths[0] == clicked
+    assert clicked in page.inner_text("#query-info")
+
+    shared = page.url  # the same URL in a fresh tab shows the same results
+    other = page.context.new_page()
+    other.goto(shared)
+    assert wait_for_grid(other) == paths
+    other.close()
+
+    page.go_back()  # history: back to the image search's state (the filters; the picture itself is not in a URL)
+    page.wait_for_function("!location.search.includes('similar')")
+
+
+def test_filters_live_in_the_url(page, service, photos) -> None:
+    page.goto(f"{service.url}/?q=mountains&ext=png&k=10")
+    paths = wait_for_grid(page)
+    assert len(paths) == 4 and all(p.endswith(".png") for p in paths)
+    assert page.input_value("#ext") == "png"
+    page.fill("#ext", "")
+    page.fill("#path-prefix", str(photos / "2024") + "/")
+    page.fill("#k", "3")
+    page.press("#query", "Enter")
+    paths = wait_for_grid(page, paths)
+    assert len(paths) == 3 and all("/2024/" in p for p in paths)
+    assert "path_prefix=" in page.url and "k=3" in page.url
+
+
+def test_drop_and_paste_an_image(page, service, photos) -> None:
+    page.goto(service.url)
+    query = photos / "2025" / "shot2.png"
+    data = base64.b64encode(query.read_bytes()).decode()
+    make_transfer = """([data, name]) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, {type: 'image/png'}));
+        return transfer;
+    }"""
+    transfer = page.evaluate_handle(make_transfer, [data, "dropped.png"])
+    page.dispatch_event("body", "dragenter", {"dataTransfer": transfer})
+    assert page.is_visible("#drop-zone")
+    page.dispatch_event("body", "drop", {"dataTransfer": transfer})
+    paths = wait_for_grid(page)
+    assert paths[0] == str(query) and not page.is_visible("#drop-zone")
+
+    page.fill("#query", "")
+    page.evaluate(
+        f"""([data, name]) => {{
+            const transfer = ({make_transfer})([data, name]);
+            document.dispatchEvent(new ClipboardEvent('paste', {{clipboardData: transfer, bubbles: true}}));
+        }}""",
+        [base64.b64encode((photos / "2024" / "img7.jpg").read_bytes()).decode(), "pasted.png"],
+    )
+    paths = wait_for_grid(page, paths)
+    assert paths[0] == str(photos / "2024" / "img7.jpg")
+
+
+def test_a_running_ingest_shows_as_a_live_progress_line(page, service, env, photos) -> None:
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "imgvec.cli", "watch", str(photos)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/api/progress").json().get("state") != "running":
+                assert time.monotonic() < deadline, "the watch never reported running"
+                time.sleep(0.5)
+        page.goto(service.url)
+        page.wait_for_selector("#progress:not([hidden])", timeout=15_000)
+        assert "Ingest running (watch" in page.inner_text("#progress")
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=60)
+    page.wait_for_selector("#progress", state="hidden", timeout=15_000)
+
+
+def test_a_token_is_asked_for_once_and_thumbnails_still_load(browser, env, photos) -> None:
+    guarded = Service({**env, "IMGVEC_TOKEN": TOKEN})
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        asked: list[str] = []
+
+        def answer(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept(TOKEN)
+
+        page.on("dialog", answer)
+        page.goto(f"{guarded.url}/?q=a+cat&k=5")
+        wait_for_grid(page)
+        page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth)")
+        assert len(asked) == 1 and "token" in asked[0]
+    finally:
+        context.close()
+        guarded.stop()
+
+
+def test_an_empty_store_and_an_unreachable_one_are_explained(page, env, tmp_path) -> None:
+    empty = Service({**env, "IMGVEC_STORE": str(tmp_path / "nothing-here")})
+    try:
+        page.goto(empty.url)
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "imgvec ingest" in page.inner_text("#notice")
+    finally:
+        empty.stop()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    down = Service({**env, "IMGVEC_STORE": f"http://127.0.0.1:{port}"})
+    try:
+        page.goto(down.url)
+        page.wait_for_selector("#notice.error:not([hidden])")
+        assert "cannot be reached" in page.inner_text("#notice")
+        shot(page, "serve-page-unreachable.png")
+    finally:
+        down.stop()
