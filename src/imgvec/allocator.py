@@ -10,6 +10,9 @@ PyArrow brings its own allocator, mimalloc, which reserves a large region at the
 pages resident there long after Arrow's own pool has freed them, stepping up each time the vector index is built
 or merged. Arrow goes on the system allocator instead. ARROW_DEFAULT_MEMORY_POOL is read when Arrow first
 allocates, so it is set here, before anything imports pyarrow; a user's own setting wins.
+
+The price is paid by reads: with large blocks mapped and unmapped on every allocation, a k-NN search of the
+embedded store runs several times slower. Commands that only query (`search`, `serve`) therefore skip this.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ from imgvec.embed.modelspec import DEFAULT_MODEL
 from imgvec.embed.runtime import Precision, Runtime
 from imgvec.settings import DEFAULT_INDEX, DEFAULT_STORE, Settings
 
+QUERY_COMMANDS = frozenset({"search", "serve"})
+"""Commands that answer queries keep glibc's default allocator: the tuning that keeps an ingest's heap flat makes
+every k-NN search of the embedded store several times slower (docs/serving.md), and these commit nothing."""
+
 app = typer.Typer(
     help="Turn a large image collection into a searchable CLIP vector index.",
     no_args_is_help=True,
@@ -103,7 +107,8 @@ def main(
     # is 7, skip loading it" each time an index optimize joins small IVF partitions, which is expected and harmless
     # (search results were checked). Errors still raise; LANCEDB_LOG=warn (or debug) brings the rest back.
     os.environ.setdefault("LANCEDB_LOG", "warn" if verbose else "error")
-    limit_heap_growth()  # before the store's threads start: long runs stay flat (see allocator.py)
+    if ctx.invoked_subcommand not in QUERY_COMMANDS:
+        limit_heap_growth()  # before the store's threads start: long runs stay flat (see allocator.py)
     ctx.obj = Settings(
         store=store,
         index=index,
