@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from imgvec.documents import ImageDocument, SourceItem
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import Service, encode, photo, run_cli
 
@@ -122,6 +123,17 @@ def test_similar_puts_the_document_first_and_a_document_comes_without_its_vector
     document = client.get(f"/api/documents/{doc_id}").json()
     assert document["file_path"] == str(photos / "a" / "p5.jpg") and document["id"] == doc_id
     assert "vector" not in document and isinstance(document["indexed_at"], str)
+
+
+def test_a_document_without_a_vector_has_no_neighbours_yet(client, env) -> None:
+    waiting = ImageDocument(SourceItem.of_path("/nas/not-yet-embedded.jpg", 10, 1.0), None)
+    EmbeddedStore(env["IMGVEC_STORE"], "images").upsert([waiting])
+    try:
+        answer = client.get(f"/api/similar/{waiting.id}")
+        assert answer.status_code == 409 and "ingest --missing" in answer.json()["detail"]
+        assert client.get(f"/api/documents/{waiting.id}").json()["file_path"] == "/nas/not-yet-embedded.jpg"
+    finally:
+        EmbeddedStore(env["IMGVEC_STORE"], "images").delete([waiting.id])
 
 
 def test_thumbnails_are_jpegs_made_once_then_served_from_the_cache(client, env, photos) -> None:

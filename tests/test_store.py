@@ -59,6 +59,18 @@ def test_upsert_lookup_counts_and_delete(store: EmbeddedStore) -> None:
     assert docs[0].id not in store.lookup([docs[0].id])
 
 
+def test_get_returns_one_document_and_its_vector(store: EmbeddedStore) -> None:
+    vector = unit(np.random.default_rng(3), 1)[0]
+    with_vector, without = doc("/p/a.jpg", vector), doc("/p/b.jpg", None)
+    store.upsert([with_vector, without])
+    fields, stored = store.get(with_vector.id)
+    assert fields["file_path"] == "/p/a.jpg" and "vector" not in fields
+    assert stored is not None and stored.dtype == np.float32 and np.allclose(stored, vector)
+    assert store.get(without.id)[1] is None
+    assert store.get("no-such-id") is None and store.get("x' OR '1'='1") is None  # an id is a value, never SQL
+    assert EmbeddedStore(store.path, "absent").get(with_vector.id) is None
+
+
 def test_a_reader_sees_commits_made_after_it_opened(store: EmbeddedStore, tmp_path: Path) -> None:
     reader = EmbeddedStore(tmp_path / "store", "images")
     assert reader.stats().documents == 0
