@@ -24,3 +24,4 @@ echo; echo "\$ imgvec search \"a yellow triangle\" -k 5"
 imgvec search "a yellow triangle" -k 5
 echo; echo "\$ imgvec ingest $PHOTOS      # again: nothing changed, nothing re-embedded"
 imgvec ingest "$PHOTOS"
+echo; echo "Browse it: $VENV/bin/imgvec --store $IMGVEC_STORE --index $IMGVEC_INDEX serve   # then http://127.0.0.1:8000"

@@ -55,12 +55,11 @@ def tiny_embedder(settings: Settings):
         return settings.load_embedder(TINY_MODEL)
 
 
-@pytest.fixture
-def cli_env(model_config_dir: Path, cache_dir: Path, tmp_path: Path) -> dict[str, str]:
-    """Environment for running the real `imgvec` command in a subprocess, offline."""
+def offline_env(store: Path, model_config_dir: Path, cache_dir: Path) -> dict[str, str]:
+    """Environment for running the real `imgvec` command in a subprocess, offline, on ``store``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGVEC_")}
     env.update(
-        IMGVEC_STORE=str(tmp_path / "store"),
+        IMGVEC_STORE=str(store),
         IMGVEC_CACHE_DIR=str(cache_dir),
         IMGVEC_MODEL_CONFIG_DIR=str(model_config_dir),
         IMGVEC_THREADS="2",
@@ -68,6 +67,18 @@ def cli_env(model_config_dir: Path, cache_dir: Path, tmp_path: Path) -> dict[str
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture
+def cli_env(model_config_dir: Path, cache_dir: Path, tmp_path: Path) -> dict[str, str]:
+    return offline_env(tmp_path / "store", model_config_dir, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def module_env(model_config_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """``cli_env`` shared by a module's tests, with the tiny model: one ingest serves them all (the service tests)."""
+    store = tmp_path_factory.mktemp("module") / "store"
+    return offline_env(store, model_config_dir, cache_dir) | {"IMGVEC_MODEL": TINY_MODEL}
 
 
 class OpenSearchNode:

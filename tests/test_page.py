@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import subprocess
 import sys
@@ -25,19 +24,8 @@ TOKEN = "page-token"
 
 
 @pytest.fixture(scope="module")
-def env(model_config_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("page")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGVEC_")}
-    environment.update(
-        IMGVEC_STORE=str(root / "store"),
-        IMGVEC_CACHE_DIR=str(cache_dir),
-        IMGVEC_MODEL_CONFIG_DIR=str(model_config_dir),
-        IMGVEC_MODEL="imgvec-tiny/random",
-        IMGVEC_THREADS="2",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return environment
+def env(module_env: dict[str, str]) -> dict[str, str]:
+    return module_env
 
 
 @pytest.fixture(scope="module")

@@ -29,19 +29,8 @@ JPEGS, PNGS = 8, 3
 
 
 @pytest.fixture(scope="module")
-def env(model_config_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("serve")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMGVEC_")}
-    environment.update(
-        IMGVEC_STORE=str(root / "store"),
-        IMGVEC_CACHE_DIR=str(cache_dir),
-        IMGVEC_MODEL_CONFIG_DIR=str(model_config_dir),
-        IMGVEC_MODEL="imgvec-tiny/random",
-        IMGVEC_THREADS="2",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return environment
+def env(module_env: dict[str, str]) -> dict[str, str]:
+    return module_env
 
 
 @pytest.fixture(scope="module")

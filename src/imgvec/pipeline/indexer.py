@@ -118,7 +118,7 @@ class Indexer:
             self.progress.mode = mode
             self.progress.started_at = datetime.now(UTC).isoformat(timespec="seconds")
             if self.journal is not None:
-                self.journal.start_run(self.progress.source, os.getpid())
+                self.journal.start_run(self.progress.source, os.getpid(), self.progress)
             self._started = time.monotonic()
             self.started_at = time.time()
             self._pools = DecodePools(self.source, self.embedder.preprocessor, self.options)

@@ -95,13 +95,15 @@ class RunJournal:
 
     # -- the run ------------------------------------------------------------------------------------
 
-    def start_run(self, source: str, pid: int) -> None:
+    def start_run(self, source: str, pid: int, progress: Progress | None = None) -> None:
+        """``progress``: what a reader sees until the first save (its mode and source, from the first moment)."""
         now = time.time()
+        initial = json.dumps(progress.as_dict()) if progress is not None else "{}"
         with self._transaction():
             cursor = self._db.execute(
                 "INSERT INTO runs (state, pid, source, started_at, updated_at, progress, metrics) "
-                "VALUES ('running', ?, ?, ?, ?, '{}', '{}')",
-                (pid, source, now, now),
+                "VALUES ('running', ?, ?, ?, ?, ?, '{}')",
+                (pid, source, now, now, initial),
             )
         self.run_id = cursor.lastrowid
 
