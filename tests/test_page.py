@@ -24,26 +24,21 @@ TOKEN = "page-token"
 
 
 @pytest.fixture(scope="module")
-def env(module_env: dict[str, str]) -> dict[str, str]:
-    return module_env
-
-
-@pytest.fixture(scope="module")
-def photos(env: dict[str, str]) -> Path:
-    folder = Path(env["IMGVEC_STORE"]).parent / "photos"
+def photos(module_env: dict[str, str]) -> Path:
+    folder = Path(module_env["IMGVEC_STORE"]).parent / "photos"
     (folder / "2024").mkdir(parents=True)
     (folder / "2025").mkdir()
     for i in range(10):
         (folder / "2024" / f"img{i}.jpg").write_bytes(encode(photo(300 + i)))
     for i in range(4):
         (folder / "2025" / f"shot{i}.png").write_bytes(encode(photo(400 + i), "PNG"))
-    assert run_cli(["ingest", str(folder)], env).returncode == 0
+    assert run_cli(["ingest", str(folder)], module_env).returncode == 0
     return folder
 
 
 @pytest.fixture(scope="module")
-def service(env: dict[str, str], photos: Path) -> Iterator[Service]:
-    running = Service(env)
+def service(module_env: dict[str, str], photos: Path) -> Iterator[Service]:
+    running = Service(module_env)
     yield running
     running.stop()
 
@@ -79,10 +74,11 @@ def grid_paths(page) -> list[str]:
 def wait_for_grid(page, previous: list[str] | None = None) -> list[str]:
     page.wait_for_selector(".result", timeout=30_000)
     if previous is not None:
+        # both sides serialised by JSON.stringify: Python's json.dumps spaces its separators, so it never matched
         page.wait_for_function(
             "previous => JSON.stringify([...document.querySelectorAll('.result .path')].map(e => e.textContent))"
-            " !== previous",
-            arg=__import__("json").dumps(previous),
+            " !== JSON.stringify(previous)",
+            arg=previous,
             timeout=30_000,
         )
     page.wait_for_function("!document.querySelector('#results').hasAttribute('aria-busy')")
@@ -176,10 +172,10 @@ def test_drop_and_paste_an_image(page, service, photos) -> None:
     assert paths[0] == str(photos / "2024" / "img7.jpg")
 
 
-def test_a_running_ingest_shows_as_a_live_progress_line(page, service, env, photos) -> None:
+def test_a_running_ingest_shows_as_a_live_progress_line(page, service, module_env, photos) -> None:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "imgvec.cli", "watch", str(photos)],
-        env=env,
+        env=module_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -198,8 +194,8 @@ def test_a_running_ingest_shows_as_a_live_progress_line(page, service, env, phot
     page.wait_for_selector("#progress", state="hidden", timeout=15_000)
 
 
-def test_a_token_is_asked_for_once_and_thumbnails_still_load(browser, env, photos) -> None:
-    guarded = Service({**env, "IMGVEC_TOKEN": TOKEN})
+def test_a_token_is_asked_for_once_and_thumbnails_still_load(browser, module_env, photos) -> None:
+    guarded = Service({**module_env, "IMGVEC_TOKEN": TOKEN})
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -219,8 +215,8 @@ def test_a_token_is_asked_for_once_and_thumbnails_still_load(browser, env, photo
         guarded.stop()
 
 
-def test_an_empty_store_and_an_unreachable_one_are_explained(page, env, tmp_path) -> None:
-    empty = Service({**env, "IMGVEC_STORE": str(tmp_path / "nothing-here")})
+def test_an_empty_store_and_an_unreachable_one_are_explained(page, module_env, tmp_path) -> None:
+    empty = Service({**module_env, "IMGVEC_STORE": str(tmp_path / "nothing-here")})
     try:
         page.goto(empty.url)
         page.wait_for_selector("#notice:not([hidden])")
@@ -230,7 +226,7 @@ def test_an_empty_store_and_an_unreachable_one_are_explained(page, env, tmp_path
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    down = Service({**env, "IMGVEC_STORE": f"http://127.0.0.1:{port}"})
+    down = Service({**module_env, "IMGVEC_STORE": f"http://127.0.0.1:{port}"})
     try:
         page.goto(down.url)
         page.wait_for_selector("#notice.error:not([hidden])")

@@ -29,14 +29,9 @@ JPEGS, PNGS = 8, 3
 
 
 @pytest.fixture(scope="module")
-def env(module_env: dict[str, str]) -> dict[str, str]:
-    return module_env
-
-
-@pytest.fixture(scope="module")
-def photos(env: dict[str, str]) -> Path:
+def photos(module_env: dict[str, str]) -> Path:
     """Indexed: 8 JPEGs under a/, 3 PNGs under b/, and one file that is not an image (a recorded failure)."""
-    folder = Path(env["IMGVEC_STORE"]).parent / "photos"
+    folder = Path(module_env["IMGVEC_STORE"]).parent / "photos"
     (folder / "a").mkdir(parents=True)
     (folder / "b").mkdir()
     for i in range(JPEGS):
@@ -44,21 +39,21 @@ def photos(env: dict[str, str]) -> Path:
     for i in range(PNGS):
         (folder / "b" / f"q{i}.png").write_bytes(encode(photo(800 + i), "PNG"))
     (folder / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    result = run_cli(["ingest", str(folder)], env)
+    result = run_cli(["ingest", str(folder)], module_env)
     assert result.returncode == 3, result.stderr
     return folder
 
 
 @pytest.fixture(scope="module")
-def service(env: dict[str, str], photos: Path) -> Iterator[Service]:
-    running = Service(env, "--batch-wait-ms", "50", "--max-upload-mb", "2", "--body-timeout", "2")
+def service(module_env: dict[str, str], photos: Path) -> Iterator[Service]:
+    running = Service(module_env, "--batch-wait-ms", "50", "--max-upload-mb", "2", "--body-timeout", "2")
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def guarded(env: dict[str, str], photos: Path) -> Iterator[Service]:
-    running = Service({**env, "IMGVEC_TOKEN": TOKEN})
+def guarded(module_env: dict[str, str], photos: Path) -> Iterator[Service]:
+    running = Service({**module_env, "IMGVEC_TOKEN": TOKEN})
     yield running
     running.stop()
 
@@ -69,19 +64,19 @@ def client(service: Service) -> Iterator[httpx.Client]:
         yield http
 
 
-def stored(env: dict[str, str]) -> dict[str, dict]:
+def stored(module_env: dict[str, str]) -> dict[str, dict]:
     """What the index holds, by file path: id and vector."""
-    rows = EmbeddedStore(env["IMGVEC_STORE"], "images")._open().to_arrow().to_pylist()
+    rows = EmbeddedStore(module_env["IMGVEC_STORE"], "images")._open().to_arrow().to_pylist()
     return {row["file_path"]: row for row in rows}
 
 
 # -- the main flows ------------------------------------------------------------------------------------
 
 
-def test_text_search_returns_what_the_cli_prints(client, env) -> None:
+def test_text_search_returns_what_the_cli_prints(client, module_env) -> None:
     answer = client.get("/api/search", params={"q": "a red car", "k": 5})
     assert answer.status_code == 200
-    cli = json.loads(run_cli(["search", "a red car", "-k", "5", "--json"], env).stdout)
+    cli = json.loads(run_cli(["search", "a red car", "-k", "5", "--json"], module_env).stdout)
     assert [h["id"] for h in answer.json()] == [h["id"] for h in cli]
     assert [h["score"] for h in answer.json()] == pytest.approx([h["score"] for h in cli], abs=1e-5)
     first = answer.json()[0]
@@ -105,8 +100,8 @@ def test_image_search_finds_the_uploaded_picture_first_and_filters_apply(client,
     assert sorted(Path(h["file_path"]).name for h in under_b) == [f"q{i}.png" for i in range(PNGS)]
 
 
-def test_similar_puts_the_document_first_and_a_document_comes_without_its_vector(client, env, photos) -> None:
-    doc_id = stored(env)[str(photos / "a" / "p5.jpg")]["id"]
+def test_similar_puts_the_document_first_and_a_document_comes_without_its_vector(client, module_env, photos) -> None:
+    doc_id = stored(module_env)[str(photos / "a" / "p5.jpg")]["id"]
     hits = client.get(f"/api/similar/{doc_id}", params={"k": 3}).json()
     assert len(hits) == 3 and hits[0]["id"] == doc_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     document = client.get(f"/api/documents/{doc_id}").json()
@@ -114,20 +109,20 @@ def test_similar_puts_the_document_first_and_a_document_comes_without_its_vector
     assert "vector" not in document and isinstance(document["indexed_at"], str)
 
 
-def test_a_document_without_a_vector_has_no_neighbours_yet(client, env) -> None:
+def test_a_document_without_a_vector_has_no_neighbours_yet(client, module_env) -> None:
     waiting = ImageDocument(SourceItem.of_path("/nas/not-yet-embedded.jpg", 10, 1.0), None)
-    EmbeddedStore(env["IMGVEC_STORE"], "images").upsert([waiting])
+    EmbeddedStore(module_env["IMGVEC_STORE"], "images").upsert([waiting])
     try:
         answer = client.get(f"/api/similar/{waiting.id}")
         assert answer.status_code == 409 and "ingest --missing" in answer.json()["detail"]
         assert client.get(f"/api/documents/{waiting.id}").json()["file_path"] == "/nas/not-yet-embedded.jpg"
     finally:
-        EmbeddedStore(env["IMGVEC_STORE"], "images").delete([waiting.id])
+        EmbeddedStore(module_env["IMGVEC_STORE"], "images").delete([waiting.id])
 
 
-def test_thumbnails_are_jpegs_made_once_then_served_from_the_cache(client, env, photos) -> None:
+def test_thumbnails_are_jpegs_made_once_then_served_from_the_cache(client, module_env, photos) -> None:
     original = photos / "a" / "p6.jpg"
-    doc_id = stored(env)[str(original)]["id"]
+    doc_id = stored(module_env)[str(original)]["id"]
     answer = client.get(f"/api/thumbnail/{doc_id}", params={"size": 64})
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
     with Image.open(__import__("io").BytesIO(answer.content)) as thumb:
@@ -144,9 +139,9 @@ def test_thumbnails_are_jpegs_made_once_then_served_from_the_cache(client, env, 
         moved.rename(original)
 
 
-def test_embed_returns_the_vector_the_ingest_stored_for_the_same_bytes(client, env, photos) -> None:
+def test_embed_returns_the_vector_the_ingest_stored_for_the_same_bytes(client, module_env, photos) -> None:
     path = photos / "a" / "p1.jpg"
-    vector = np.asarray(stored(env)[str(path)]["vector"], dtype=np.float32)
+    vector = np.asarray(stored(module_env)[str(path)]["vector"], dtype=np.float32)
     computed = client.post(
         "/api/embed", params={"useCache": "false"}, content=path.read_bytes(), headers={"content-type": "image/jpeg"}
     )
@@ -188,15 +183,15 @@ def _batches(client: httpx.Client) -> tuple[float, float]:
     return 0, 0
 
 
-def test_status_progress_and_failures_are_the_cli_json(client, env) -> None:
+def test_status_progress_and_failures_are_the_cli_json(client, module_env) -> None:
     for path, command in (("/api/status", "status"), ("/api/progress", "progress"), ("/api/failures", "failures")):
-        assert client.get(path).json() == json.loads(run_cli([command, "--json"], env).stdout), path
+        assert client.get(path).json() == json.loads(run_cli([command, "--json"], module_env).stdout), path
     failures = client.get("/api/failures").json()
     assert [(Path(f["file_path"]).name, f["stage"]) for f in failures] == [("broken.jpg", "decode")]
     assert client.get("/api/failures", params={"offset": 1}).json() == []
 
 
-def test_metrics_are_prometheus_and_imgvec_metrics_prints_the_same_run(client, env) -> None:
+def test_metrics_are_prometheus_and_imgvec_metrics_prints_the_same_run(client, module_env) -> None:
     client.get("/api/search", params={"q": "a dog"})
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     requests = {
@@ -208,7 +203,7 @@ def test_metrics_are_prometheus_and_imgvec_metrics_prints_the_same_run(client, e
     assert "imgvec_http_request_duration_seconds" in families
     served = {s.name: s.value for s in families["imgvec_images_embedded"].samples}
     printed = {
-        f.name: f for f in text_string_to_metric_families(run_cli(["metrics"], env).stdout)
+        f.name: f for f in text_string_to_metric_families(run_cli(["metrics"], module_env).stdout)
     }  # the same library, the same names
     assert served == {s.name: s.value for s in printed["imgvec_images_embedded"].samples}
     assert served["imgvec_images_embedded_total"] == JPEGS + PNGS
@@ -231,8 +226,8 @@ def test_healthz_the_page_and_the_openapi_schema(client) -> None:
 # -- security ------------------------------------------------------------------------------------------
 
 
-def test_a_token_guards_what_costs_model_time_and_nothing_else(guarded, env, photos) -> None:
-    doc_id = stored(env)[str(photos / "a" / "p0.jpg")]["id"]
+def test_a_token_guards_what_costs_model_time_and_nothing_else(guarded, module_env, photos) -> None:
+    doc_id = stored(module_env)[str(photos / "a" / "p0.jpg")]["id"]
     image = (photos / "a" / "p0.jpg").read_bytes()
     costly = [
         ("GET", "/api/search?q=cat", None),
@@ -328,11 +323,11 @@ def test_a_slow_client_gets_408_and_holds_up_no_one(service) -> None:
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
 
 
-def test_an_unreachable_store_is_503_and_the_process_stays_up(env) -> None:
+def test_an_unreachable_store_is_503_and_the_process_stays_up(module_env) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    down = Service({**env, "IMGVEC_STORE": f"http://127.0.0.1:{port}"})
+    down = Service({**module_env, "IMGVEC_STORE": f"http://127.0.0.1:{port}"})
     try:
         with httpx.Client(base_url=down.url, timeout=60) as http:
             assert http.get("/healthz").status_code == 200
@@ -346,8 +341,8 @@ def test_an_unreachable_store_is_503_and_the_process_stays_up(env) -> None:
     assert "Traceback" not in output
 
 
-def test_fuzzing_from_the_openapi_schema_finds_no_server_error(service, env, photos, tmp_path) -> None:
-    doc_id = stored(env)[str(photos / "a" / "p2.jpg")]["id"]
+def test_fuzzing_from_the_openapi_schema_finds_no_server_error(service, module_env, photos, tmp_path) -> None:
+    doc_id = stored(module_env)[str(photos / "a" / "p2.jpg")]["id"]
     config = tmp_path / "schemathesis.toml"
     config.write_text(
         '[[operations]]\ninclude-path-regex = "/api/(documents|similar|thumbnail)/"\n'
@@ -378,7 +373,7 @@ def test_fuzzing_from_the_openapi_schema_finds_no_server_error(service, env, pho
 
 
 @pytest.mark.s3
-def test_embed_by_image_url_reads_the_object_from_s3(env, photos, tmp_path_factory) -> None:
+def test_embed_by_image_url_reads_the_object_from_s3(module_env, photos, tmp_path_factory) -> None:
     from tests.s3server import SeaweedServer
 
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed-serve"))
@@ -388,7 +383,7 @@ def test_embed_by_image_url_reads_the_object_from_s3(env, photos, tmp_path_facto
         s3 = server.client()
         s3.create_bucket(Bucket="worker")
         s3.put_object(Bucket="worker", Key="in/p 4.jpg", Body=body)
-        running = Service({**env, **server.env()})
+        running = Service({**module_env, **server.env()})
         try:
             with httpx.Client(base_url=running.url, timeout=60) as http:
                 direct = http.post("/api/embed", content=body).json()["data"]
@@ -407,9 +402,9 @@ def test_embed_by_image_url_reads_the_object_from_s3(env, photos, tmp_path_facto
 
 
 @pytest.mark.opensearch
-def test_the_api_works_the_same_on_opensearch(env, photos, opensearch_url, tmp_path) -> None:
+def test_the_api_works_the_same_on_opensearch(module_env, photos, opensearch_url, tmp_path) -> None:
     index = f"serve-{os.getpid()}"
-    remote = {**env, "IMGVEC_STORE": opensearch_url, "IMGVEC_INDEX": index, "HOME": str(tmp_path)}
+    remote = {**module_env, "IMGVEC_STORE": opensearch_url, "IMGVEC_INDEX": index, "HOME": str(tmp_path)}
     folder = tmp_path / "photos"
     shutil.copytree(photos / "a", folder)
     # lucene: the test node's k-NN plugin has no native engines (scripts/opensearch.sh)

@@ -46,8 +46,11 @@ class IndexIdentity:
     def describe(self) -> str:
         return f"{self.model} ({self.dimension}-dim{', random weights' if self.random_weights else ''})"
 
-    def require_compatible(self, incoming: IndexIdentity, *, action: str = "write") -> None:
-        """Raise unless vectors described by ``incoming`` may be mixed with this index's vectors."""
+    def compatible(self, incoming: IndexIdentity) -> bool:
+        """Vectors described by ``incoming`` may be mixed with (and stand in for) this index's vectors."""
+        return not self._differences(incoming)
+
+    def _differences(self, incoming: IndexIdentity) -> list[str]:
         problems = []
         if incoming.dimension != self.dimension:
             problems.append(f"dimension {incoming.dimension} != {self.dimension}")
@@ -55,6 +58,11 @@ class IndexIdentity:
             problems.append(f"model {incoming.model!r} != {self.model!r}")
         if incoming.normalized != self.normalized:
             problems.append("normalisation differs")
+        return problems
+
+    def require_compatible(self, incoming: IndexIdentity, *, action: str = "write") -> None:
+        """Raise unless vectors described by ``incoming`` may be mixed with this index's vectors."""
+        problems = self._differences(incoming)
         if problems:
             raise IdentityMismatchError(
                 f"refusing to {action}: the index holds vectors of {self.describe()}, "

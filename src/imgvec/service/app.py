@@ -68,8 +68,9 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (ImgvecError, 500),
     (OSError, 502),
 ]
-"""First match wins: an error a client can fix is 4xx with its reason; a store or S3 that does not answer is
-503/502, which a client may retry."""
+"""Starlette answers with the handler of the most specific class (``NotInIndexError`` before ``StoreError``): an
+error a client can fix is 4xx with its reason; a store or S3 that does not answer is 503/502, which a client may
+retry."""
 
 ID = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="A document id from a search result.")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results.")]
@@ -280,9 +281,8 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
 
 
 def _filter(ext: list[str] | None, path_prefix: str | None) -> SearchFilter:
-    """``ext=jpg&ext=png`` or ``ext=jpg,png``; '.JPG' and 'jpg' are the same."""
-    parts = (part.strip().lower().lstrip(".") for value in ext or () for part in value.split(","))
-    extensions = tuple(dict.fromkeys(part for part in parts if part))
+    """``ext=jpg&ext=png`` or ``ext=jpg,png`` (the stores make '.JPG' and 'jpg' the same)."""
+    extensions = tuple(part.strip() for value in ext or () for part in value.split(",") if part.strip())
     return SearchFilter(extensions=extensions, path_prefix=path_prefix or None)
 
 

@@ -84,11 +84,11 @@ class ModelBatcher:
                     job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if job is None or job.kind != first.kind:
+                if job is None:
+                    self._queue.put(None)  # close(): seen again once this batch is done
+                    break
+                if job.kind != first.kind:
                     self._held = job
-                    if job is None:
-                        self._queue.put(None)  # seen again once this batch is done
-                        self._held = None
                     break
                 batch.append(job)
             self._run(first.kind, batch)

@@ -9,10 +9,9 @@ connection waits on its own.
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 from fastapi import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -38,7 +37,9 @@ class BodyLimits:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _refuse(send, BodyTooLarge(self.max_bytes))
+            refused = BodyTooLarge(self.max_bytes)
+            answer = JSONResponse({"detail": refused.detail}, refused.status_code, headers={"connection": "close"})
+            await answer(scope, receive, send)
             return
         received = 0
         more = True
@@ -69,11 +70,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-async def _refuse(send: Send, error: HTTPException) -> None:
-    body = json.dumps({"detail": error.detail}).encode()
-    headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -115,20 +115,23 @@ class Searcher:
         if not text.strip():
             raise UsageError("the query text is empty")
         embedder, batcher = self.model()
-        check_compatible(self.store, embedder)
-        return [hit_json(hit) for hit in self.store.search(batcher.embed_text(text), k, where)]
+        store = self.store
+        check_compatible(store, embedder)
+        return [hit_json(hit) for hit in store.search(batcher.embed_text(text), k, where)]
 
     def search_image(self, data: bytes, k: int, where: SearchFilter) -> list[dict[str, Any]]:
         embedder, batcher = self.model()
-        check_compatible(self.store, embedder)
+        store = self.store
+        check_compatible(store, embedder)
         vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels))
-        return [hit_json(hit) for hit in self.store.search(vector, k, where)]
+        return [hit_json(hit) for hit in store.search(vector, k, where)]
 
     def similar(self, doc_id: str, k: int, where: SearchFilter) -> list[dict[str, Any]]:
-        _, vector = self._document(doc_id)
+        store = self.store
+        _, vector = self._document(doc_id, store)
         if vector is None:
             raise NoVectorError(f"document {doc_id!r} has no vector yet (`imgvec ingest --missing` embeds it)")
-        return [hit_json(hit) for hit in neighbours(self.store, doc_id, vector, k, where)]
+        return [hit_json(hit) for hit in neighbours(store, doc_id, vector, k, where)]
 
     def document(self, doc_id: str) -> dict[str, Any]:
         return document_json(self._document(doc_id)[0])
@@ -137,10 +140,11 @@ class Searcher:
         fields, _ = self._document(doc_id)
         return self.thumbnails.get(doc_id, fields, size)
 
-    def _document(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None]:
-        found = self.store.get(doc_id)
+    def _document(self, doc_id: str, store: Store | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+        store = store or self.store
+        found = store.get(doc_id)
         if found is None:
-            raise NotInIndexError(f"no document {doc_id!r} in index {self.store.index!r}")
+            raise NotInIndexError(f"no document {doc_id!r} in index {store.index!r}")
         return found
 
     # -- the worker's embedding endpoint ------------------------------------------------------------
@@ -158,11 +162,12 @@ class Searcher:
         embedder, batcher = self.model()
         identity = embedder.identity
         vector = None
+        store = self.store
         if use_cache:
-            stored = self.store.identity()
-            if stored is not None and stored.model == identity.model and stored.dimension == identity.dimension:
+            stored = store.identity()
+            if stored is not None and stored.compatible(identity):  # another model's vectors never stand in
                 content_hash = hashlib.sha256(data).hexdigest()
-                vector = self.store.vectors_by_hash([content_hash]).get(content_hash)
+                vector = store.vectors_by_hash([content_hash]).get(content_hash)
         cached = vector is not None
         if vector is None:
             vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels))

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, decode_image
+from imgvec.pipeline.workers import max_file_bytes
 from imgvec.sources.index import item_of_document
 from imgvec.sources.reader import LocationReader
 
@@ -52,7 +53,7 @@ class Thumbnails:
         if item is None:
             raise ThumbnailError("the document has no s3_url, bucket+file_key or file_path to read")
         try:
-            original = self.reader.read(item.uri, max_bytes=_max_file_bytes(self.max_pixels))
+            original = self.reader.read(item.uri, max_bytes=max_file_bytes(self.max_pixels))
         except OSError as exc:
             raise ThumbnailError(f"cannot read {item.file_path}: {exc.strerror or exc}") from None
         image = decode_image(original, max_pixels=self.max_pixels, reduce_for=size)
@@ -79,9 +80,3 @@ class Thumbnails:
     def _key(doc_id: str, fields: dict[str, Any], size: int) -> str:
         version = [fields.get(name) for name in ("file_size", "mtime", "content_hash", "etag")]
         return hashlib.sha256(repr((doc_id, version, size)).encode()).hexdigest()[:40]
-
-
-def _max_file_bytes(max_pixels: int) -> int:
-    from imgvec.pipeline.workers import max_file_bytes
-
-    return max_file_bytes(max_pixels)
