@@ -50,7 +50,7 @@ from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
 from tests.helpers import encode, textured_photo  # noqa: E402
 
 MODEL = "ViT-B-32/random"
-RUNTIMES = {"torch": {}, "onnx": {"runtime": "onnx"}, "int8": {"precision": "int8"}}
+RUNTIMES = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"}, "int8": {"precision": "int8"}, "auto": {}}
 SIZES = {"12MP": (4000, 3000), "1080p": (1920, 1080)}
 WARM_UP = 8
 

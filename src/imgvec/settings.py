@@ -30,10 +30,10 @@ class Settings:
     threads: int | None = None
     device: str = "auto"
     """auto (a CUDA GPU when present), cpu, cuda or cuda:N."""
-    runtime: str | None = None
-    """torch or onnx; None: onnx for int8, torch otherwise."""
+    runtime: str = "auto"
+    """auto (measured per CPU, see embed/probe.py; torch on a GPU), torch, onnx or openvino."""
     precision: str = "auto"
-    """auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or int8."""
+    """auto (with runtime auto: measured; fp16 on a GPU), fp32, bf16, int8 or fp16."""
     cache_dir: str | Path | None = None
     model_config_dir: str | None = None
     s3_endpoint_url: str | None = None

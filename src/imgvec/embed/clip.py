@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from imgvec.embed import probe
+from imgvec.embed.cpu import cpu_info
 from imgvec.embed.modelspec import ModelSpec, WeightsKind
-from imgvec.embed.onnx import OnnxImageEncoder
+from imgvec.embed.onnx import OnnxImageEncoder, exported_tower
+from imgvec.embed.openvino import OpenVinoImageEncoder
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.embed.runtime import Precision, Runtime, RuntimeChoice, choose
 from imgvec.errors import ModelLoadError, ModelSpecError
@@ -52,9 +55,10 @@ def register_model_configs(config_dir: str | os.PathLike[str] | None) -> None:
 class ClipEmbedder:
     """A CLIP model loaded through open_clip, producing L2-normalised float32 vectors.
 
-    Images run through torch (fp32 on a CPU, fp16 autocast on a GPU) or through the image tower exported to ONNX
-    Runtime (fp32 or int8); texts always run through torch, since a query is one short call. The index identity
-    is the model's, whatever runtime wrote the vectors: they agree to the cosines in docs/performance.md.
+    Images run through torch (fp32 on a CPU, fp16 autocast on a GPU), or through the image tower exported to ONNX
+    and run by ONNX Runtime (fp32, int8) or OpenVINO (fp32, bf16); ``--runtime auto`` measures which is fastest
+    on this CPU (``embed/probe.py``). Texts always run through torch, since a query is one short call. The index
+    identity is the model's, whatever runtime wrote the vectors: they agree to the cosines in docs/performance.md.
     """
 
     def __init__(
@@ -78,17 +82,18 @@ class ClipEmbedder:
         self._model.eval().to(self.device)
         cfg = _preprocess_cfg(self._model)
         self.preprocessor = Preprocessor.from_open_clip_cfg(cfg)
-        self._onnx: OnnxImageEncoder | None = None
-        if self.runtime.runtime is Runtime.ONNX:
-            with _load_lock:
-                self._onnx = OnnxImageEncoder(
-                    self._model,
-                    image_size=self._input_size(),
-                    precision=self.runtime.precision,
-                    device=self.device,
-                    threads=threads,
-                    cache_dir=self._cache_dir,
-                )
+        self.probe: probe.Probe | None = None
+        """The measurements behind an ``auto`` choice (None when the runtime was named)."""
+        if not self.runtime.resolved:
+            self.runtime, self.probe = probe.settle(
+                self.runtime,
+                cpu=cpu_info(),
+                model_key=f"{spec.architecture} {self._weights_identity()}",
+                preprocessor=self.preprocessor,
+                build=lambda engine, precision: self._image_encoder(engine, precision, None),
+                cache_dir=self._cache_dir,
+            )
+        self._encode = self._image_encoder(self.runtime.runtime, self.runtime.precision, threads)
         self.identity = IndexIdentity(
             model=spec.text,
             architecture=spec.architecture,
@@ -106,8 +111,18 @@ class ClipEmbedder:
             )
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        if self._onnx is not None:
-            return self._onnx(pixels)
+        return self._encode(pixels)
+
+    def _image_encoder(self, engine: Runtime, precision: Precision, threads: int | None) -> probe.ImageEncoder:
+        if engine is Runtime.TORCH:
+            return self._torch_images
+        with _load_lock:  # one export per process, however many threads load the model at once
+            fp32 = exported_tower(self._model, self._input_size(), self._cache_dir)
+        if engine is Runtime.OPENVINO:
+            return OpenVinoImageEncoder(fp32, precision=precision, threads=threads, cache_dir=self._cache_dir)
+        return OnnxImageEncoder(fp32, precision=precision, device=self.device, threads=threads, vnni=cpu_info().vnni)
+
+    def _torch_images(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode(), self._autocast():

@@ -35,31 +35,19 @@ EXPORT_AGREEMENT = 0.9999
 class OnnxImageEncoder:
     """(N, 3, H, W) float32 → (N, D) L2-normalised float32, through ONNX Runtime."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        *,
-        image_size: tuple[int, int],
-        precision: Precision,
-        device: str,
-        threads: int | None,
-        cache_dir: Path,
-    ) -> None:
+    def __init__(self, fp32: Path, *, precision: Precision, device: str, threads: int | None, vnni: bool) -> None:
+        """``fp32``: the exported tower (``exported_tower``). ``vnni``: the CPU multiplies int8 with 32-bit sums,
+        so int8 weights may use their full range."""
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise ModelLoadError("--runtime onnx needs onnxruntime: pip install onnxruntime") from exc
         self.precision = precision
-        folder = cache_dir / "onnx"
-        key = _weights_key(model, image_size)
-        fp32 = folder / f"{key}-fp32.onnx"
-        if not fp32.is_file():
-            _export(model, image_size, fp32)
         path = fp32
         if precision is Precision.INT8:
-            path = folder / f"{key}-int8.onnx"
+            path = fp32.with_name(fp32.name.replace("-fp32.onnx", "-int8.onnx" if vnni else "-int8-r7.onnx"))
             if not path.is_file():
-                _quantize(fp32, path)
+                _quantize(fp32, path, reduce_range=not vnni)
         self.path = path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -74,6 +62,15 @@ class OnnxImageEncoder:
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(pixels, dtype=np.float32)
         return self._session.run(None, {self._input: batch})[0].astype(np.float32, copy=False)
+
+
+def exported_tower(model: torch.nn.Module, image_size: tuple[int, int], cache_dir: Path) -> Path:
+    """The image tower as an fp32 ONNX file, exported on first use and checked against torch; ONNX Runtime and
+    OpenVINO both start from it."""
+    path = cache_dir / "onnx" / f"{_weights_key(model, image_size)}-fp32.onnx"
+    if not path.is_file():
+        _export(model, image_size, path)
+    return path
 
 
 def _providers(ort: object, device: str) -> list[str]:
@@ -166,7 +163,7 @@ def _check_agreement(path: Path, probe: np.ndarray, expected: np.ndarray) -> Non
         )
 
 
-def _quantize(fp32: Path, path: Path) -> None:
+def _quantize(fp32: Path, path: Path, *, reduce_range: bool) -> None:
     """Dynamic quantisation: int8 weights, activations quantised per batch at run time. It needs no calibration
     images, so it works for any model the same way."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -177,10 +174,12 @@ def _quantize(fp32: Path, path: Path) -> None:
     level = root.level
     try:
         root.setLevel(logging.ERROR)  # its advice to pre-process first is for static quantisation
-        # 7-bit weights per output channel: on CPUs without VNNI the int8 kernels add pairs of products in 16 bits,
-        # which saturates with full 8-bit weights (cosine to fp32 fell to 0.98 on ViT-B/32); this keeps it at
-        # 0.9997 for the same speed.
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        # Weights per output channel. Without VNNI the int8 kernels add pairs of products in 16 bits, which
+        # saturates with full 8-bit weights (cosine to fp32 fell to 0.98 on ViT-B/32): there 7-bit weights
+        # (reduce_range) hold it at 0.9997. With VNNI the sums are 32-bit and full range is closer still.
+        quantize_dynamic(
+            str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range
+        )
         os.replace(tmp, path)
     except Exception as exc:
         raise ModelLoadError(f"cannot quantise the ONNX image tower to int8: {exc}; use --precision fp32") from exc

@@ -1,23 +1,32 @@
-"""Which device, runtime and precision a model runs with: one place that turns ``auto`` into a decision and
-refuses combinations that cannot work, before minutes are spent loading weights."""
+"""Which device, runtime and precision a model runs with: one place that turns the flags into a decision and
+refuses combinations that cannot work, before minutes are spent loading weights.
+
+On a CPU, ``--runtime auto`` (the default) is settled only once the model is loaded: ``embed/probe.py`` measures
+the candidates this CPU's flags allow and keeps the fastest whose vectors agree with torch fp32. The flags alone
+cannot say it: the same bf16 kernels are 4x torch on one machine and slower than fp32 on another.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from imgvec.embed.cpu import CpuInfo, cpu_info
 from imgvec.errors import ModelSpecError
 
 
 class Runtime(StrEnum):
+    AUTO = "auto"
     TORCH = "torch"
     ONNX = "onnx"
+    OPENVINO = "openvino"
 
 
 class Precision(StrEnum):
     AUTO = "auto"
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"
     INT8 = "int8"
 
 
@@ -32,19 +41,32 @@ class RuntimeChoice:
     device: str
     """``cpu``, ``cuda`` or ``cuda:N``."""
     runtime: Runtime
+    """AUTO until the probe has measured this CPU (``resolved``)."""
     precision: Precision
-    """Never AUTO once chosen."""
+    """AUTO only while ``runtime`` is: the probe decides both."""
+    reason: str = ""
+    """Why this runtime, in words: shown by ``imgvec estimate`` and in the run's progress and metrics."""
 
     @property
     def on_gpu(self) -> bool:
         return self.device.startswith("cuda")
 
     @property
+    def resolved(self) -> bool:
+        return self.runtime is not Runtime.AUTO and self.precision is not Precision.AUTO
+
+    @property
     def batch_size(self) -> int:
         return GPU_BATCH_SIZE if self.on_gpu else CPU_BATCH_SIZE
 
     def describe(self) -> str:
+        if self.runtime is Runtime.AUTO:
+            precision = "" if self.precision is Precision.AUTO else f" {self.precision.value}"
+            return f"auto{precision} on {self.device} (measured when the model loads)"
         return f"{self.runtime.value} {self.precision.value} on {self.device}"
+
+    def settled(self, runtime: Runtime, precision: Precision, reason: str) -> RuntimeChoice:
+        return replace(self, runtime=runtime, precision=precision, reason=reason)
 
 
 def resolve_device(device: str) -> str:
@@ -66,31 +88,59 @@ def resolve_device(device: str) -> str:
     raise ModelSpecError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
-def choose(device: str = "auto", runtime: str | None = None, precision: str = "auto") -> RuntimeChoice:
-    """Resolve the flags. ``runtime`` None: ONNX Runtime for int8 (torch has no fast int8 path for a ViT on CPU),
-    torch otherwise. ``precision`` auto: fp16 on a GPU (tensor cores, half the memory), fp32 on a CPU."""
+def choose(
+    device: str = "auto", runtime: str | None = None, precision: str = "auto", cpu: CpuInfo | None = None
+) -> RuntimeChoice:
+    """Resolve the flags as far as they can be without measuring.
+
+    A precision names its runtime where only one runs it (int8: ONNX Runtime, bf16: OpenVINO, fp16: torch on a
+    GPU). On a GPU, auto is torch with fp16 autocast. On a CPU, auto stays AUTO for the probe, restricted to the
+    precision asked for, if any."""
     try:
         wanted = Precision(precision.strip().lower())
     except ValueError:
-        raise ModelSpecError(f"--precision {precision!r}: use auto, fp32, fp16 or int8") from None
+        raise ModelSpecError(f"--precision {precision!r}: use auto, fp32, bf16, int8 or fp16") from None
     try:
-        engine = Runtime(runtime.strip().lower()) if runtime else None
+        engine = Runtime((runtime or "auto").strip().lower())
     except ValueError:
-        raise ModelSpecError(f"--runtime {runtime!r}: use torch or onnx") from None
+        raise ModelSpecError(f"--runtime {runtime!r}: use auto, torch, onnx or openvino") from None
     resolved = resolve_device(device)
     on_gpu = resolved.startswith("cuda")
-    if wanted is Precision.AUTO:
-        wanted = Precision.FP16 if on_gpu and engine is not Runtime.ONNX else Precision.FP32
-    if engine is None:
-        engine = Runtime.ONNX if wanted is Precision.INT8 else Runtime.TORCH
-    if wanted is Precision.INT8:
-        if engine is Runtime.TORCH:
-            raise ModelSpecError("--precision int8 runs through ONNX Runtime; use --runtime onnx (or leave it out)")
-        if on_gpu:
-            raise ModelSpecError("--precision int8 is dynamic quantisation for CPUs; on a GPU use fp16 (the default)")
+    cpu = cpu or cpu_info()
+    by_precision = {Precision.INT8: Runtime.ONNX, Precision.BF16: Runtime.OPENVINO}
+    if engine is Runtime.AUTO and (on_gpu or wanted in by_precision):
+        engine = Runtime.TORCH if on_gpu else by_precision[wanted]
+    if on_gpu:
+        if engine is Runtime.OPENVINO:
+            raise ModelSpecError("--runtime openvino runs on the CPU; use --device cpu, or torch on the GPU")
+        if wanted in (Precision.INT8, Precision.BF16):
+            raise ModelSpecError(f"--precision {wanted.value} is for CPUs; on a GPU use fp16 (the default)")
+    if wanted is Precision.AUTO and engine is not Runtime.AUTO:
+        wanted = _default_precision(engine, on_gpu, cpu)
+    reason = "asked for by name" if engine is not Runtime.AUTO else ""
+    if wanted is Precision.INT8 and engine is not Runtime.ONNX:
+        raise ModelSpecError("--precision int8 runs through ONNX Runtime; use --runtime onnx (or auto)")
+    if wanted is Precision.BF16:
+        if engine is not Runtime.OPENVINO:
+            raise ModelSpecError("--precision bf16 runs through OpenVINO; use --runtime openvino (or auto)")
+        if not cpu.bf16:
+            raise ModelSpecError(
+                "--precision bf16 needs a CPU with AMX or AVX512-BF16 (this one has "
+                f"{' '.join(cpu.notable_flags()) or 'neither'}); use --precision fp32 or int8, or --runtime auto"
+            )
     if wanted is Precision.FP16:
         if not on_gpu:
-            raise ModelSpecError("--precision fp16 needs a CUDA GPU; on a CPU use fp32 or int8")
-        if engine is Runtime.ONNX:
+            raise ModelSpecError("--precision fp16 needs a CUDA GPU; on a CPU use bf16, fp32 or int8 (or auto)")
+        if engine is not Runtime.TORCH:
             raise ModelSpecError("--precision fp16 runs through torch; use --runtime torch on the GPU")
-    return RuntimeChoice(device=resolved, runtime=engine, precision=wanted)
+    if on_gpu and engine is Runtime.TORCH and wanted is Precision.FP16 and runtime in (None, "auto"):
+        reason = "a CUDA GPU: torch with fp16 autocast"
+    return RuntimeChoice(device=resolved, runtime=engine, precision=wanted, reason=reason)
+
+
+def _default_precision(engine: Runtime, on_gpu: bool, cpu: CpuInfo) -> Precision:
+    if on_gpu and engine is Runtime.TORCH:
+        return Precision.FP16
+    if engine is Runtime.OPENVINO and cpu.bf16:
+        return Precision.BF16
+    return Precision.FP32

@@ -9,9 +9,9 @@ their core back.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from imgvec.embed.cpu import usable_cores as cores
 from imgvec.embed.runtime import RuntimeChoice
 
 WORKER_MEMORY = 384 << 20
@@ -28,14 +28,6 @@ class Tuning:
     workers: int
     threads: int
     batch_size: int
-
-
-def cores() -> int:
-    """The cores this process may use (a container's CPU set), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def available_memory() -> int | None:

@@ -1,0 +1,278 @@
+"""``--runtime auto`` on a CPU: measure the runtimes this CPU's flags allow, once, and keep the fastest whose
+vectors agree with torch fp32.
+
+Flags say what can run (bf16 needs AMX or AVX512-BF16; int8 pays only with VNNI), not what is fastest: that
+depends on the CPU's generation, its core count and the library versions, so it is measured on the model itself,
+on a batch of the size the pipeline runs, with every core. The result is cached per CPU, model and library
+versions (``runtime-probe.json`` in the cache directory); a new CPU, model or version measures again.
+
+Agreement is checked on the probe batch too: a candidate whose minimum cosine to torch fp32 falls under
+``MIN_COSINE`` is never chosen, whatever its speed. ``tests/test_runtime.py`` holds each candidate to that bound on
+the full ViT-B/32 architecture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgvec.embed.cpu import CpuInfo
+from imgvec.embed.preprocess import Preprocessor
+from imgvec.embed.runtime import CPU_BATCH_SIZE, Precision, Runtime, RuntimeChoice
+
+log = logging.getLogger(__name__)
+
+PROBE_FILE = "runtime-probe.json"
+MIN_COSINE = 0.999
+"""The agreement every runtime must keep with torch fp32 (docs/performance.md has the measured cosines)."""
+TIMED_SECONDS = 1.0
+"""Each candidate runs at least two timed batches and at least this long, after one untimed warm-up batch."""
+
+ImageEncoder = Callable[[np.ndarray], np.ndarray]
+Builder = Callable[[Runtime, Precision], ImageEncoder]
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    runtime: Runtime
+    precision: Precision
+    images_per_second: float | None = None
+    min_cosine: float | None = None
+    error: str | None = None
+    """Why it could not run here (a library missing, a compile failure): it is then never chosen."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime.value} {self.precision.value}"
+
+    def agrees(self) -> bool:
+        return self.error is None and self.min_cosine is not None and self.min_cosine >= MIN_COSINE
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    key: str
+    cpu: str
+    cores: int
+    batch_size: int
+    measured_at: str
+    measurements: tuple[Measurement, ...]
+
+    def best(self) -> Measurement:
+        agreeing = [m for m in self.measurements if m.agrees() and m.images_per_second]
+        if not agreeing:  # torch fp32 is its own reference: only a failure to run at all leaves nothing
+            raise RuntimeError("no runtime could run the model on this CPU")
+        return max(agreeing, key=lambda m: m.images_per_second or 0.0)
+
+    def reference(self) -> Measurement | None:
+        return next((m for m in self.measurements if (m.runtime, m.precision) == REFERENCE), None)
+
+    def model_core_seconds(self) -> float:
+        """CPU time the chosen runtime spends per image, all cores together: what the decode workers compete with."""
+        return self.cores / (self.best().images_per_second or 1.0)
+
+    def reason(self, cpu: CpuInfo) -> str:
+        best, base = self.best(), self.reference()
+        speed = ""
+        if base is not None and base.images_per_second and best.images_per_second:
+            speed = f"{best.images_per_second / base.images_per_second:.1f}x torch fp32, "
+        others = [m for m in self.measurements if m is not best]
+        rejected = [f"{m.label} {_why_not(m, best)}" for m in others]
+        flags = " ".join(cpu.notable_flags()) or "no AVX2"
+        return (
+            f"fastest measured on this CPU ({flags}): {speed}{best.images_per_second:.1f} images/s, "
+            f"min cosine {best.min_cosine:.5f} to torch fp32; measured {self.measured_at[:10]}"
+            + (f"; others: {', '.join(rejected)}" if rejected else "")
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Probe:
+        measurements = tuple(
+            Measurement(
+                runtime=Runtime(m["runtime"]),
+                precision=Precision(m["precision"]),
+                images_per_second=m.get("images_per_second"),
+                min_cosine=m.get("min_cosine"),
+                error=m.get("error"),
+            )
+            for m in data["measurements"]
+        )
+        return cls(
+            key=data["key"],
+            cpu=data["cpu"],
+            cores=int(data["cores"]),
+            batch_size=int(data["batch_size"]),
+            measured_at=data["measured_at"],
+            measurements=measurements,
+        )
+
+
+REFERENCE = (Runtime.TORCH, Precision.FP32)
+
+
+def candidates(cpu: CpuInfo, precision: Precision = Precision.AUTO) -> list[tuple[Runtime, Precision]]:
+    """What may run on this CPU, torch fp32 (the reference) first. bf16 only with hardware bf16 (emulated it is
+    slower than fp32); int8 only with VNNI (without it, ONNX Runtime's kernels trade accuracy for ~1.4x)."""
+    found = [REFERENCE, (Runtime.OPENVINO, Precision.FP32)]
+    if cpu.bf16:
+        found.append((Runtime.OPENVINO, Precision.BF16))
+    if cpu.vnni:
+        found.append((Runtime.ONNX, Precision.INT8))
+    if precision is not Precision.AUTO:
+        found = [REFERENCE] + [c for c in found[1:] if c[1] is precision]
+    return found
+
+
+def settle(
+    choice: RuntimeChoice,
+    *,
+    cpu: CpuInfo,
+    model_key: str,
+    preprocessor: Preprocessor,
+    build: Builder,
+    cache_dir: Path,
+) -> tuple[RuntimeChoice, Probe]:
+    """Turn an AUTO choice into a measured one, from the cache when this CPU has measured this model before."""
+    wanted = candidates(cpu, choice.precision)
+    key = cache_key(cpu, model_key, choice.precision)
+    probe = load(cache_dir, key)
+    if probe is None or [(m.runtime, m.precision) for m in probe.measurements] != wanted:
+        log.warning(
+            "measuring the runtimes this CPU allows for %s, once (%s; cached in %s)",
+            model_key,
+            ", ".join(f"{r.value} {p.value}" for r, p in wanted),
+            cache_dir / PROBE_FILE,
+        )
+        probe = measure(key, cpu, wanted, build, probe_pixels(preprocessor, CPU_BATCH_SIZE))
+        save(cache_dir, probe)
+    best = probe.best()
+    return choice.settled(best.runtime, best.precision, probe.reason(cpu)), probe
+
+
+def cache_key(cpu: CpuInfo, model_key: str, precision: Precision) -> str:
+    return "|".join([cpu.signature(), model_key, f"precision {precision.value}", _versions()])
+
+
+def measure(
+    key: str, cpu: CpuInfo, wanted: list[tuple[Runtime, Precision]], build: Builder, pixels: np.ndarray
+) -> Probe:
+    measurements: list[Measurement] = []
+    expected: np.ndarray | None = None
+    with _all_torch_threads(cpu.cores):
+        for runtime, precision in wanted:
+            try:
+                encode = build(runtime, precision)
+                vectors = encode(pixels)  # warm-up: allocations, kernel choice, lazy compilation
+                rate = _rate(encode, pixels)
+            except Exception as exc:  # noqa: BLE001 - any failure only rules this candidate out
+                log.info("runtime %s %s cannot run here: %s", runtime.value, precision.value, exc)
+                measurements.append(Measurement(runtime, precision, error=str(exc).splitlines()[0][:200]))
+                continue
+            if expected is None:
+                expected = vectors
+            cosine = float((vectors * expected).sum(axis=1).min())
+            measurements.append(Measurement(runtime, precision, images_per_second=rate, min_cosine=cosine))
+            log.info("runtime %s %s: %.2f images/s, min cosine %.6f", runtime.value, precision.value, rate, cosine)
+    return Probe(
+        key=key,
+        cpu=cpu.describe(),
+        cores=cpu.cores,
+        batch_size=len(pixels),
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        measurements=tuple(measurements),
+    )
+
+
+def probe_pixels(preprocessor: Preprocessor, count: int) -> np.ndarray:
+    """A fixed batch of photo-like inputs (smooth colour fields, edges and grain): agreement on noise says
+    little about photos, and the timing does not depend on the content."""
+    rng = np.random.default_rng(20261126)
+    batch = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        field = np.asarray(Image.fromarray(coarse, "RGB").resize((320, 240), Image.Resampling.BICUBIC), np.float32)
+        field[rng.integers(0, 120) :, rng.integers(0, 160) :] *= 0.6
+        field += rng.normal(0, 8, field.shape).astype(np.float32)
+        batch.append(preprocessor(Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "RGB")))
+    return np.stack(batch)
+
+
+def load(cache_dir: Path, key: str) -> Probe | None:
+    try:
+        data = json.loads((cache_dir / PROBE_FILE).read_text())
+        return Probe.from_json(data[key]) if key in data else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: measure again
+
+
+def save(cache_dir: Path, probe: Probe) -> None:
+    """Atomic, and merged with what other models and CPUs measured (a cache dir on a shared home)."""
+    path = cache_dir / PROBE_FILE
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[probe.key] = probe.to_json()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs the next run another probe
+        log.warning("cannot cache the runtime probe in %s: %s", path, exc)
+
+
+def _rate(encode: ImageEncoder, pixels: np.ndarray) -> float:
+    calls, began = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - began < TIMED_SECONDS:
+        encode(pixels)
+        calls += 1
+    return calls * len(pixels) / (time.perf_counter() - began)
+
+
+def _why_not(measurement: Measurement, best: Measurement) -> str:
+    if measurement.error:
+        return f"cannot run ({measurement.error})"
+    if not measurement.agrees():
+        return f"disagrees (min cosine {measurement.min_cosine:.5f} < {MIN_COSINE})"
+    return f"{measurement.images_per_second:.1f}/s"
+
+
+@contextlib.contextmanager
+def _all_torch_threads(count: int) -> Iterator[None]:
+    """torch's thread count is per process: the probe measures every runtime with every core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} -")
+    return ", ".join(found)
