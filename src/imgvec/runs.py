@@ -79,9 +79,21 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
             f"--workers {asked} is more than this machine can run: {tuning.workers} decode workers", stacklevel=2
         )
     given = {name: value for name, value in flags.items() if value is not None}
-    given |= {"workers": tuning.workers, "batch_size": tuning.batch_size}
+    given |= {"workers": tuning.workers, "batch_size": tuning.batch_size, "workers_tuned": asked is None}
     given.setdefault("io_concurrency", S3_READS if remote else FOLDER_READS)
     return replace(settings, threads=tuning.threads), PipelineOptions(**given)
+
+
+def fit_to_model(options: PipelineOptions, embedder: Embedder) -> PipelineOptions:
+    """Decode workers from measured costs, when ``--workers`` was left out and the model's runtime was measured
+    on this CPU (``embed/probe.py``): a model several times faster than torch needs more cores decoding."""
+    from imgvec.pipeline.tuning import split_workers
+
+    probe = getattr(embedder, "probe", None)
+    if not options.workers_tuned or probe is None or probe.decode_core_seconds is None:
+        return options
+    workers = split_workers(probe.decode_core_seconds, probe.model_core_seconds(), probe.cores)
+    return replace(options, workers=workers)
 
 
 def open_source(settings: Settings, location: str, options: PipelineOptions) -> Source:

@@ -90,6 +90,7 @@ def migrate(
     aliases = open_aliases(settings.store, settings.opensearch_options())
     runs.refuse_if_busy(fill_settings)
     embedder = runs.embedder_for(settings, target)
+    options = runs.fit_to_model(options, embedder)
 
     def fill() -> RunReport:
         source = runs.missing_vectors(fill_settings, target, options)

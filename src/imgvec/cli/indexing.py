@@ -75,6 +75,7 @@ def ingest(
     if not dry_run:
         runs.refuse_if_busy(settings)  # before loading a model for nothing
     embedder = runs.embedder_for(settings, store)
+    options = runs.fit_to_model(options, embedder)
     if dry_run:
         journal = runs.existing_journal(settings)
         result = plan(source, store, embedder, options, journal, scratch_store=runs.scratch_store)
@@ -121,6 +122,7 @@ def sync(
     if not dry_run:
         runs.refuse_if_busy(settings)
     embedder = runs.embedder_for(settings, store)
+    options = runs.fit_to_model(options, embedder)
     if dry_run:
         result = plan(
             source, store, embedder, options, runs.existing_journal(settings), scratch_store=runs.scratch_store
@@ -193,6 +195,7 @@ def watch(
     source = LocalFolder(folder, follow_external=options.follow_external)
     runs.refuse_if_busy(settings)
     embedder = runs.embedder_for(settings, store)
+    options = runs.fit_to_model(options, embedder)
     run = runs.indexer(settings, source, store, embedder, options, label=f"watch {source.location}")
     watcher = Watcher(source, run, watch_options, log=log_line)
     log_line(f"watching {source.location} → {_destination(settings)}")
@@ -240,6 +243,7 @@ def estimate(
     store = settings.open_store()
     source = runs.open_source(settings, source_location, options)
     embedder = runs.embedder_for(settings, store)
+    options = runs.fit_to_model(options, embedder)
     counted = plan(
         source,
         store,
@@ -260,10 +264,10 @@ def estimate(
     )
     result = predict(counted, cores=cores(), price_per_hour=price_per_hour, serverless=serverless, s3_source=remote)
     if as_json:
-        print_json(result.as_dict())
+        runtime = {"runtime": embedder.runtime.describe(), "runtime_reason": embedder.runtime.reason}
+        print_json(result.as_dict() | runtime | {"decode_workers": options.workers})
         return
-    runtime = getattr(embedder, "runtime", None)
-    print_lines(format_estimate(result, runtime.describe() if runtime else "model", options))
+    print_lines(format_estimate(result, embedder.runtime, options))
 
 
 def _follow(settings: Settings, source: Source, run: Indexer, interval: str) -> None:

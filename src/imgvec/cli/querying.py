@@ -71,7 +71,7 @@ def status(ctx: typer.Context, as_json: AsJson = False) -> None:
 def progress(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Where the latest ingest of the index stands; works from a second terminal while it runs."""
     run_progress, _ = runs.latest_run(ctx.obj)
-    _print_fields(run_progress.as_dict(), as_json, width=12)
+    _print_fields(run_progress.as_dict(), as_json, width=14)
 
 
 @command(app)

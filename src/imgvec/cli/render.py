@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
+    from imgvec.embed.runtime import RuntimeChoice
     from imgvec.pipeline.estimate import Estimate
     from imgvec.pipeline.options import PipelineOptions
     from imgvec.pipeline.plan import Plan
@@ -96,18 +97,20 @@ def format_sync_plan(plan: Plan, stale: SyncResult, location: str) -> str:
     )
 
 
-def format_estimate(result: Estimate, runtime: str, options: PipelineOptions) -> list[str]:
+def format_estimate(result: Estimate, runtime: RuntimeChoice, options: PipelineOptions) -> list[str]:
     found = result.plan
     lines = [
         f"images: {found.listed} ({found.listed_bytes / 1e9:.2f} GB); to embed: {found.would_process} "
         f"({found.would_process_bytes / 1e9:.2f} GB), {found.unchanged} already indexed, "
-        f"{found.listing_errors} listing errors"
+        f"{found.listing_errors} listing errors",
+        f"runtime: {runtime.describe()} ({runtime.reason or 'asked for by name'})",
     ]
     if not found.images_per_second:
         return [*lines, "no rate: nothing to calibrate on (no image to embed, or none decodable)"]
     lines.append(
         f"calibration: {found.calibration_files} sampled files at {found.images_per_second:.2f} images/s "
-        f"({runtime}, decode workers: {options.workers}, batch {options.batch_size})"
+        f"({runtime.runtime.value} {runtime.precision.value}, decode workers: {options.workers}, "
+        f"batch {options.batch_size})"
     )
     cost = f", {format_money(result.machine_cost)} at the given hourly price" if result.machine_cost is not None else ""
     lines.append(f"this machine ({result.cores} cores): {format_duration(result.machine_seconds or 0)}{cost}")

@@ -8,12 +8,15 @@ from typing import Protocol
 import numpy as np
 
 from imgvec.embed.preprocess import Preprocessor
+from imgvec.embed.runtime import RuntimeChoice
 from imgvec.identity import IndexIdentity
 
 
 class Embedder(Protocol):
     identity: IndexIdentity
     preprocessor: Preprocessor
+    runtime: RuntimeChoice
+    """Resolved: the runtime, precision and device that embed images, and why."""
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 from ``preprocessor`` → (N, dimension) float32, rows L2-normalised."""

@@ -177,9 +177,7 @@ def _quantize(fp32: Path, path: Path, *, reduce_range: bool) -> None:
         # Weights per output channel. Without VNNI the int8 kernels add pairs of products in 16 bits, which
         # saturates with full 8-bit weights (cosine to fp32 fell to 0.98 on ViT-B/32): there 7-bit weights
         # (reduce_range) hold it at 0.9997. With VNNI the sums are 32-bit and full range is closer still.
-        quantize_dynamic(
-            str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range
-        )
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
         os.replace(tmp, path)
     except Exception as exc:
         raise ModelLoadError(f"cannot quantise the ONNX image tower to int8: {exc}; use --precision fp32") from exc

@@ -44,7 +44,7 @@ class OpenVinoImageEncoder:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
             compiled = core.compile_model(str(fp32), "CPU", config)
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ModelLoadError(f"OpenVINO cannot compile the image tower: {exc}; use --runtime onnx") from exc
         self._request = compiled.create_infer_request()
         log.info("OpenVINO %s: %s", precision.value, compiled.get_property("EXECUTION_DEVICES"))

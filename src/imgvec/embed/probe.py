@@ -14,12 +14,13 @@ the full ViT-B/32 architecture.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,6 +68,9 @@ class Probe:
     batch_size: int
     measured_at: str
     measurements: tuple[Measurement, ...]
+    decode_core_seconds: float | None = None
+    """One core's time to decode and preprocess a camera-sized JPEG (``reference_photo``): with the model's
+    cost it sets how many decode workers keep the model fed (``pipeline/tuning.py``)."""
 
     def best(self) -> Measurement:
         agreeing = [m for m in self.measurements if m.agrees() and m.images_per_second]
@@ -117,6 +121,7 @@ class Probe:
             batch_size=int(data["batch_size"]),
             measured_at=data["measured_at"],
             measurements=measurements,
+            decode_core_seconds=data.get("decode_core_seconds"),
         )
 
 
@@ -157,6 +162,7 @@ def settle(
             cache_dir / PROBE_FILE,
         )
         probe = measure(key, cpu, wanted, build, probe_pixels(preprocessor, CPU_BATCH_SIZE))
+        probe = replace(probe, decode_core_seconds=decode_cost(preprocessor))
         save(cache_dir, probe)
     best = probe.best()
     return choice.settled(best.runtime, best.precision, probe.reason(cpu)), probe
@@ -208,6 +214,35 @@ def probe_pixels(preprocessor: Preprocessor, count: int) -> np.ndarray:
         field += rng.normal(0, 8, field.shape).astype(np.float32)
         batch.append(preprocessor(Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "RGB")))
     return np.stack(batch)
+
+
+REFERENCE_PHOTO = (4000, 3000)
+"""A 12 MP camera JPEG: the common case in a photo collection, and the costliest decode per file among them."""
+
+
+def reference_photo(size: tuple[int, int] = REFERENCE_PHOTO) -> bytes:
+    """A camera-like JPEG (quality 90, 4:2:0, grain), made in memory: what decode costs depends on the entropy
+    coded bytes, so it needs a photo's detail, not a flat field."""
+    rng = np.random.default_rng(4000)
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse, "RGB").resize(size, Image.Resampling.BICUBIC), np.int16)
+    field += rng.integers(-12, 13, field.shape, dtype=np.int16)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def decode_cost(preprocessor: Preprocessor, repeats: int = 3) -> float:
+    """Seconds of one core per image: the decode workers' reduced decode plus preprocessing, best of a few."""
+    from imgvec.embed.decode import decode_image
+
+    data = reference_photo()
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        preprocessor(decode_image(data, reduce_for=preprocessor.reduce_for))
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 def load(cache_dir: Path, key: str) -> Probe | None:

@@ -74,7 +74,13 @@ class Indexer:
         self.on_progress = on_progress
         self.report = RunReport()
         self.metrics = Metrics()
-        self.progress = Progress(pid=os.getpid(), source=label)
+        self.progress = Progress(
+            pid=os.getpid(),
+            source=label,
+            runtime=embedder.runtime.describe(),
+            runtime_reason=embedder.runtime.reason,
+            decode_workers=self.options.workers,
+        )
         self.writer = BatchWriter(store, embedder, self.report, self.metrics, journal, self.options.retry)
         self._stop = threading.Event()
         self._finished = threading.Event()

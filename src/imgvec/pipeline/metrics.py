@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from imgvec.pipeline.report import Progress, RunReport
@@ -74,6 +74,7 @@ def snapshot(
         "error_rate": report.failed / attempted if attempted else None,
         "cache_hit_rate": report.cache_hits / report.succeeded if report.succeeded else None,
         "stage_seconds": dict(metrics.stage_seconds),
+        "runtime": {"runtime": progress.runtime, "reason": progress.runtime_reason, "workers": progress.decode_workers},
     }
 
 
@@ -119,6 +120,11 @@ class RunMetricsCollector(Collector):
         for stage, seconds in sorted(snapshot.get("stage_seconds", {}).items()):
             stages.add_metric([*values, stage], seconds)
         yield stages
+        runtime = snapshot.get("runtime")
+        if runtime:
+            info = InfoMetricFamily("imgvec_runtime", "What embeds images in this run, and why.", labels=names)
+            info.add_metric(values, {k: "" if v is None else str(v) for k, v in runtime.items()})
+            yield info
 
 
 def _gauge(name: str, help_text: str, names: list[str], values: list[str], value: float) -> GaugeMetricFamily:

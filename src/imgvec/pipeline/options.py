@@ -14,6 +14,9 @@ class PipelineOptions:
     batch_size: int = 32
     workers: int = field(default_factory=default_workers)
     """Decode worker processes; 0 decodes in threads of this process (tests, tiny runs)."""
+    workers_tuned: bool = False
+    """``workers`` was left to the machine: once the model is loaded, its measured cost may change it
+    (``runs.fit_to_model``)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int | None = None
     io_concurrency: int = 8

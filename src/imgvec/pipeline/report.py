@@ -91,6 +91,11 @@ class Progress:
     """Documents removed because their files are gone (sync, watch)."""
     moved: int = 0
     """Documents moved to a file's new path with their vector kept (watch)."""
+    runtime: str = ""
+    """What embeds, e.g. ``openvino bf16 on cpu``; ``runtime_reason`` says why (measured, or asked for by name)."""
+    runtime_reason: str = ""
+    decode_workers: int | None = None
+    """Decode worker processes (0: threads), from ``--workers`` or from the measured decode and model costs."""
     health: dict[str, Any] | None = None
     """watch only: source_available, observer, pending_changes, last_change_at, last_reconcile_at, heartbeat_at,
     errors_in_a_row, last_error."""

@@ -1,14 +1,16 @@
 """How many decode workers, inference threads and images per batch suit this machine, when the user leaves them out.
 
-On a CPU a real CLIP model costs more per image than the reduced decode of a camera JPEG, so the model is the
-bottleneck: it gets every core and the decode workers take their share when they need it (measured by
-benchmarks/throughput.py; figures in docs/performance.md). A model as small as the tests' tiny one is decode-bound
-instead; no real CLIP model is that small. ONNX Runtime's pool is told not to spin, so idle model threads give
-their core back.
+The model gets every core for its threads; the decode workers take their share when they need it. How many
+workers that share needs follows the measured costs (``split_workers``): with torch fp32 on a CPU the model costs
+more per image than the reduced decode of a camera JPEG, and one worker per spare core keeps it fed; with OpenVINO
+bf16 the model is several times faster and decode becomes the limit, so more workers run (benchmarks/throughput.py;
+figures in docs/performance.md). ONNX Runtime's and OpenVINO's pools do not spin, so idle model threads give their
+core back.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from imgvec.embed.cpu import usable_cores as cores
@@ -72,3 +74,17 @@ def tune(
     if threads is None:
         threads = 1 if choice.on_gpu else cores()
     return Tuning(workers=workers, threads=threads, batch_size=batch_size or choice.batch_size)
+
+
+def split_workers(
+    decode_seconds: float, model_seconds: float, count: int | None = None, available: int | None = None
+) -> int:
+    """Decode workers for the cores decode needs beside the model, measured: ``decode_seconds`` of one core per
+    image, ``model_seconds`` of all cores together per image. One more than decode's share of the cores, so a
+    worker waiting on a read or a hand-off never leaves that share idle; capped like ``--workers``."""
+    count = cores() if count is None else count
+    share = decode_seconds / (decode_seconds + model_seconds) if decode_seconds + model_seconds > 0 else 1.0
+    wanted = math.ceil(count * share) + 1
+    available = available_memory() if available is None else available
+    by_memory = max(1, available // (2 * WORKER_MEMORY)) if available is not None else wanted
+    return max(1, min(wanted, by_memory, max_workers(count, available)))
