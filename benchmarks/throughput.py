@@ -1,21 +1,26 @@
 """Images per second: the model alone, imgvec end to end, and the simple loop, on the same images and weights.
 
 One run, one machine, same weights (ViT-B-32/random: the compute of ViT-B/32, no download):
-  1. ceiling: the image encoder alone on ready tensors (batches of --batch-size), per runtime, all cores;
+  1. ceiling: the image encoder alone on ready tensors (batches of 32), per runtime, all cores; `auto` is what
+     --runtime auto chose here after its own measurement (embed/probe.py);
   2. imgvec end to end on 4000x3000 and 1920x1080 JPEGs (list, skip check, read, hash, reduced decode,
-     preprocess in worker processes, embed, write to the embedded store), per runtime, with the automatic
-     workers/threads/batch size; its ratio to (1). Timed after a short warm-up in the same session, so worker
-     start-up and model loading are left out (the full-run time is printed too);
-  3. the naive loop: open, full decode, open_clip's preprocess, encode one image at a time; (2) / (3);
-  4. the CPU-work bound: 1 / (decode cost per image on one core + model cost per image on all cores), i.e. what
-     a perfect pipeline reaches when decode and the model share the same cores; (2) / (4) shows what the
-     pipeline itself loses.
-Files are distinct (each JPEG carries its own comment segment), so the content cache never hits.
+     preprocess in worker processes, embed, write to the embedded store), per runtime, inference on every core
+     and the decode workers split from the measured costs (pipeline/tuning.py); its ratio to (1). Timed after a
+     short warm-up in the same session, so worker start-up and model loading are left out (the full-run time is
+     printed too);
+  3. the naive loop: open, full decode, open_clip's preprocess, encode one image at a time, torch fp32;
+  4. the CPU-work bound: cores / (decode cost per image on one core + model cost per image on all cores x cores),
+     i.e. what a perfect pipeline reaches when decode and the model share the same cores; (2) / (4) shows what
+     the pipeline itself loses;
+  5. decode+preprocess per core: full, reduced, and the entropy-decoding floor of a JPEG (libjpeg's 1/8 scale,
+     which keeps only each block's DC value: no decoder through libjpeg can go below it); and a phone-sized HEIC.
+Files are distinct (each JPEG carries its own comment segment), so the content cache never hits. The last line is
+for scripts: `auto runtime: NAME PRECISION; 12MP e2e/naive X; e2e/bound Y`.
 
-    .venv/bin/python benchmarks/throughput.py                  # ~6 min on 2 cores
-    .venv/bin/python benchmarks/throughput.py --runtimes torch --files 32
-    .venv/bin/python benchmarks/throughput.py --clip-retrieval /tmp/crvenv/bin/clip-retrieval   # adds (5)
-  5. with --clip-retrieval: `clip-retrieval inference` on the same folders and weights (its own venv; see
+    .venv/bin/python benchmarks/throughput.py                  # ~8 min on 2 cores
+    .venv/bin/python benchmarks/throughput.py --runtimes torch,auto --files 32
+    .venv/bin/python benchmarks/throughput.py --clip-retrieval /tmp/crvenv/bin/clip-retrieval   # adds (6)
+  6. with --clip-retrieval: `clip-retrieval inference` on the same folders and weights (its own venv; see
      docs/performance.md), imgvec / clip-retrieval.
 """
 
@@ -40,17 +45,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from imgvec.embed.cpu import cpu_info  # noqa: E402
 from imgvec.embed.decode import decode_image  # noqa: E402
 from imgvec.pipeline.indexer import Indexer  # noqa: E402
 from imgvec.pipeline.options import PipelineOptions  # noqa: E402
-from imgvec.pipeline.tuning import cores, tune  # noqa: E402
+from imgvec.pipeline.tuning import cores, split_workers  # noqa: E402
 from imgvec.settings import Settings  # noqa: E402
 from imgvec.sources.local import LocalFolder  # noqa: E402
 from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
-from tests.helpers import encode, textured_photo  # noqa: E402
+from tests.helpers import encode, photo, textured_photo  # noqa: E402
 
 MODEL = "ViT-B-32/random"
-RUNTIMES = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"}, "int8": {"precision": "int8"}, "auto": {}}
+RUNTIMES = {
+    "torch": {"runtime": "torch"},
+    "onnx": {"runtime": "onnx"},
+    "int8": {"precision": "int8"},
+    "openvino": {"runtime": "openvino", "precision": "fp32"},
+    "bf16": {"precision": "bf16"},
+    "auto": {},
+}
 SIZES = {"12MP": (4000, 3000), "1080p": (1920, 1080)}
 WARM_UP = 8
 
@@ -160,27 +173,67 @@ def clip_retrieval(binary: str, folder: Path, checkpoint: Path, work: Path, work
     return (counts["main"] - counts["warm"]) / (seconds["main"] - seconds["warm"]), seconds["main"]
 
 
+def decode_table(work: Path, folders: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """(5): images per second of one core for each kind of file, full vs reduced, and the JPEG entropy floor."""
+    from PIL import Image
+
+    from imgvec.embed.preprocess import Preprocessor
+
+    pre = Preprocessor()
+
+    def rate(decode, paths: list[Path]) -> float:
+        datas = [path.read_bytes() for path in paths]
+        decode(datas[0])
+        began = time.perf_counter()
+        for data in datas:
+            decode(data)
+        return len(datas) / (time.perf_counter() - began)
+
+    def floor(data: bytes) -> None:
+        image = Image.open(io.BytesIO(data))
+        image.draft("RGB", (image.size[0] // 8, image.size[1] // 8))
+        image.load()
+
+    rows: dict[str, dict[str, float]] = {}
+    heic = work / "heic"
+    heic.mkdir()
+    for i in range(4):  # phone-sized: 4032x3024, smooth like a phone's denoised output (grain makes HEVC crawl)
+        photo(40 + i, (4032, 3024)).save(heic / f"{i}.heic", "HEIF", quality=80)
+    cases = {label: sorted((folder / "main").iterdir())[:8] for label, folder in folders.items()}
+    cases["HEIC"] = sorted(heic.iterdir())
+    for label, paths in cases.items():
+        row = rows.setdefault(label, {})
+        row["full"] = rate(lambda d: pre(decode_image(d)), paths[:4])
+        row["reduced"] = rate(lambda d: pre(decode_image(d, reduce_for=224)), paths)
+        if label != "HEIC":
+            row["floor"] = rate(floor, paths)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=64, help="images per end-to-end run")
     parser.add_argument("--naive-files", type=int, default=16)
-    parser.add_argument("--runtimes", default="torch,onnx,int8")
+    parser.add_argument("--runtimes", default=None, help="default: every runtime this CPU runs, then auto")
     parser.add_argument("--sizes", default="12MP,1080p")
     parser.add_argument("--batches", type=int, default=6, help="batches timed for the ceiling")
-    parser.add_argument("--threads", type=int, default=None, help="inference threads end to end (default: tuned)")
-    parser.add_argument("--workers", type=int, default=None, help="decode workers end to end (default: tuned)")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads end to end (default: all)")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers end to end (default: split)")
     parser.add_argument(
         "--clip-retrieval",
         metavar="BIN",
         help="a clip-retrieval executable (installed in its own venv: it pins numpy<2, pyarrow<16, open_clip<3)",
     )
     args = parser.parse_args()
-    runtimes = args.runtimes.split(",")
+    cpu = cpu_info()
+    default = ["torch", "onnx", "openvino", "int8", *(["bf16"] if cpu.bf16 else []), "auto"]
+    runtimes = args.runtimes.split(",") if args.runtimes else default
     sizes = args.sizes.split(",")
 
     work = Path(tempfile.mkdtemp(prefix="imgvec-throughput-"))
     base = Settings(store=str(work / "store"), cache_dir=work / "cache", device="cpu")
-    print(f"machine: {platform.processor() or platform.machine()}, {cores()} cores, python {platform.python_version()}")
+    print(f"machine: {cpu.model}, {cores()} cores, python {platform.python_version()}")
+    print(f"cpu flags: {' '.join(cpu.notable_flags()) or 'no AVX2'}")
     try:
         folders = {}
         for label in sizes:
@@ -190,53 +243,62 @@ def main() -> None:
             mb = sum(p.stat().st_size for p in files) / len(files) / 1e6
             made = time.perf_counter() - began
             print(f"images: {args.files} x {label} {SIZES[label]} JPEG, {mb:.1f} MB each ({made:.0f} s to make)")
+        decode = {label: decode_cost(folders[label], 224) for label in sizes}
 
         results: dict[str, dict[str, float]] = {}
+        chosen = ""
         for name in runtimes:
             choice_settings = replace(base, **RUNTIMES[name])
-            tuning = tune(choice_settings.runtime_choice(), workers=args.workers)
-            threads = args.threads or tuning.threads
+            threads = args.threads or cores()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 full = replace(choice_settings, threads=cores()).load_embedder(MODEL)
                 piped = replace(choice_settings, threads=threads).load_embedder(MODEL)
+            if name == "auto":
+                chosen = f"{piped.runtime.runtime.value} {piped.runtime.precision.value}"
             row = results.setdefault(name, {})
-            row["ceiling"] = ceiling(full, tuning.batch_size, args.batches)
-            print(
-                f"\n[{name}] {piped.runtime.describe()}; end to end: {tuning.workers} decode worker(s), "
-                f"{threads} inference thread(s), batch {tuning.batch_size}"
-            )
+            row["ceiling"] = ceiling(full, 32, args.batches)
+            model_seconds = cores() / row["ceiling"]
+            print(f"\n[{name}] {piped.runtime.describe()}")
+            if piped.runtime.reason and name == "auto":
+                print(f"  why: {piped.runtime.reason}")
             print(f"  ceiling (model only, {cores()} threads):   {row['ceiling']:6.2f} images/s")
-            options = PipelineOptions(batch_size=tuning.batch_size, workers=tuning.workers, io_concurrency=8)
             set_torch_threads(threads)
             for label in sizes:
+                workers = args.workers or split_workers(decode[label], model_seconds)
+                options = PipelineOptions(batch_size=32, workers=workers, io_concurrency=8)
                 steady, total = end_to_end(piped, piped, folders[label], work / "e2e-store", options)
-                bound = 1 / (decode_cost(folders[label], 224) + 1 / row["ceiling"])
+                bound = cores() / (decode[label] + model_seconds)
                 row[label] = steady
                 row[f"{label}-bound"] = bound
                 print(
-                    f"  end to end {label:>5}:                   {steady:6.2f} images/s "
+                    f"  end to end {label:>5} ({workers} decode workers, {threads} threads): {steady:6.2f} images/s "
                     f"= {steady / row['ceiling']:.2f} x ceiling, {steady / bound:.2f} x CPU-work bound "
                     f"({bound:.2f}); full run {total:.1f} s for {args.files + WARM_UP}"
                 )
             del full, piped
 
         print("\n[naive loop] full decode + open_clip preprocess + batch of 1, torch fp32, all cores")
-        naive_settings = replace(base, threads=cores())
+        naive_rates = {}
+        naive_settings = replace(base, threads=cores(), runtime="torch")
         for label in sizes:
-            rate = naive(folders[label], naive_settings, args.naive_files)
-            decode_full = decode_cost(folders[label], None)
-            print(
-                f"  {label:>5}: {rate:6.2f} images/s (full decode+preprocess alone: {1 / decode_full:5.1f}/s, "
-                f"reduced: {1 / decode_cost(folders[label], 224):5.1f}/s)"
-            )
+            naive_rates[label] = rate = naive(folders[label], naive_settings, args.naive_files)
+            print(f"  {label:>5}: {rate:6.2f} images/s")
             for name, row in results.items():
                 if label in row:
                     print(f"         imgvec {name} / naive = {row[label] / rate:5.2f} x")
 
+        print("\n[decode + preprocess, one core] images/s: full, reduced (what the workers do), JPEG entropy floor")
+        for label, row in decode_table(work, folders).items():
+            floor = f", floor {row['floor']:5.1f}/s (reduced / floor = {row['reduced'] / row['floor']:.2f})"
+            print(
+                f"  {label:>5}: full {row['full']:5.1f}/s, reduced {row['reduced']:5.1f}/s "
+                f"({row['reduced'] / row['full']:.2f} x full){floor if 'floor' in row else ''}"
+            )
+
         if args.clip_retrieval:
             checkpoint = work / "cache" / "random" / "ViT-B-32-seed0.pt"
-            workers = tune(base.runtime_choice(), workers=args.workers).workers
+            workers = args.workers or max(1, cores() - 1)
             print(f"\n[clip-retrieval inference] same files and weights, batch 32, {workers} preprocessing worker(s)")
             for label in sizes:
                 rate, total = clip_retrieval(args.clip_retrieval, folders[label], checkpoint, work, workers)
@@ -245,14 +307,18 @@ def main() -> None:
                     if label in row:
                         print(f"         imgvec {name} / clip-retrieval = {row[label] / rate:5.2f} x")
 
+        print()
         if "torch" in results:
-            for name in ("onnx", "int8"):
-                if name in results:
-                    ratio = results[name]["ceiling"] / results["torch"]["ceiling"]
-                    print(f"\nceiling {name} / torch fp32 = {ratio:.2f} x", end="")
-            if "int8" in results and "onnx" in results:
-                print(f"\nceiling int8 / onnx fp32 = {results['int8']['ceiling'] / results['onnx']['ceiling']:.2f} x")
-            print()
+            for name, row in results.items():
+                if name != "torch":
+                    print(f"ceiling {name} / torch fp32 = {row['ceiling'] / results['torch']['ceiling']:.2f} x")
+        if "auto" in results and "12MP" in results["auto"]:
+            auto = results["auto"]
+            e2e_naive = auto["12MP"] / naive_rates["12MP"]
+            bounds = ", ".join(f"{label} {auto[label] / auto[f'{label}-bound']:.2f}" for label in sizes)
+            print(f"auto end to end / CPU-work bound: {bounds}")
+            e2e_bound = auto["12MP"] / auto["12MP-bound"]
+            print(f"auto runtime: {chosen}; 12MP e2e/naive {e2e_naive:.2f}; e2e/bound {e2e_bound:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.sync()

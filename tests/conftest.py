@@ -49,6 +49,14 @@ def settings(model_config_dir: Path, cache_dir: Path, tmp_path_factory: pytest.T
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def measured_runtime(settings: Settings) -> None:
+    """The session's first model load measures the runtimes (``--runtime auto``) and caches the choice, before any
+    test starts two processes at once: each would measure, and close speeds could choose differently."""
+    with pytest.warns(UserWarning, match="random weights"):
+        assert settings.load_embedder(TINY_MODEL).runtime.resolved
+
+
 @pytest.fixture(scope="session")
 def tiny_embedder(settings: Settings):
     with pytest.warns(UserWarning, match="random weights"):

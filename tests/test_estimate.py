@@ -45,6 +45,8 @@ def test_estimate_counts_calibrates_and_prices_without_writing(folder: Path, cli
     assert found["serverless_request_cost"] == pytest.approx(5 * 0.20 / 1e6)
     assert found["serverless_seconds"] == pytest.approx((VALID + 1) * 1.5 / 4)
     assert found["s3_get_cost"] is None
+    assert found["runtime"].endswith(" on cpu") and found["decode_workers"] == 1  # --workers 1 is kept
+    assert found["runtime_reason"].startswith("fastest measured on this CPU")  # --runtime auto, and why
     assert not Path(cli_env["IMGVEC_STORE"]).exists()  # calibration wrote to a scratch store only
 
 
@@ -55,6 +57,7 @@ def test_estimate_counts_only_what_is_left(folder: Path, cli_env: dict[str, str]
     assert f"images: {VALID + 1} " in text.stdout
     assert "to embed: 21 " in text.stdout and "20 already indexed" in text.stdout  # the corrupt file is retried
     assert "calibration: 8 sampled files" in text.stdout
+    assert "runtime: " in text.stdout and "(fastest measured on this CPU (" in text.stdout
     assert "this machine (" in text.stdout and "at the given hourly price" in text.stdout
     assert "per-image model:" in text.stdout and "measured here" in text.stdout
 

@@ -130,6 +130,12 @@ def test_kill_9_at_several_points_then_resume(folder: Path, cli_env: dict[str, s
     assert metrics.returncode == 0
     assert f'imgvec_images_embedded_total{{index="images"}} {report["embedded"]}' in metrics.stdout
     assert f'imgvec_images_skipped_total{{index="images"}} {before_final + 2}' in metrics.stdout
+    # What embedded, why, and with how many decode workers (split from the measured costs: no --workers given).
+    finished = progress(cli_env)
+    assert finished["runtime"].endswith(" on cpu") and finished["decode_workers"] >= 1
+    assert finished["runtime_reason"].startswith("fastest measured on this CPU")
+    assert f'imgvec_runtime_info{{index="images",reason="{finished["runtime_reason"]}"' in metrics.stdout
+    assert f'runtime="{finished["runtime"]}",workers="{finished["decode_workers"]}"}} 1.0' in metrics.stdout
 
 
 def test_sigterm_finishes_the_batch_and_saves_state(folder: Path, cli_env: dict[str, str]) -> None:

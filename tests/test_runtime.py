@@ -166,10 +166,12 @@ def test_exported_runtimes_give_torch_vectors(settings, torch_embedder, pixels, 
 
 def test_the_export_is_cached_per_weights(settings, tmp_path) -> None:
     first = load(settings, tmp_path, runtime="onnx")
+    assert not (tmp_path / "onnx").exists()  # exported on the first image, not at load: a text query needs none
+    first.embed_images(np.zeros((1, 3, 224, 224), np.float32))
     folder = tmp_path / "onnx"
     (path,) = folder.iterdir()
     written = path.stat().st_mtime_ns
-    load(settings, tmp_path, runtime="onnx")
+    load(settings, tmp_path, runtime="onnx").embed_images(np.zeros((1, 3, 224, 224), np.float32))
     assert list(folder.iterdir()) == [path] and path.stat().st_mtime_ns == written  # no temporary files either
 
     import torch
@@ -183,6 +185,9 @@ def test_the_export_is_cached_per_weights(settings, tmp_path) -> None:
 def test_auto_measures_once_per_cpu_and_model_and_keeps_the_choice(settings, torch_embedder, pixels, tmp_path) -> None:
     first = load(settings, tmp_path)
     cache = tmp_path / PROBE_FILE
+    first.embed_texts(["a query"])
+    assert not cache.exists()  # a text query never measures the image runtimes
+    assert first.runtime.resolved  # the first look at the runtime settles it
     record = json.loads(cache.read_text())
     (probe,) = record.values()
     measured = [(m["runtime"], m["precision"]) for m in probe["measurements"]]
@@ -196,10 +201,10 @@ def test_auto_measures_once_per_cpu_and_model_and_keeps_the_choice(settings, tor
 
     written = cache.stat().st_mtime_ns
     again = load(settings, tmp_path)
-    assert cache.stat().st_mtime_ns == written and again.runtime == first.runtime  # read, not measured again
+    assert again.runtime == first.runtime and cache.stat().st_mtime_ns == written  # read, not measured again
 
     cache.write_text("{not json")  # a damaged cache measures again instead of failing the run
-    load(settings, tmp_path)
+    assert load(settings, tmp_path).runtime.resolved
     assert list(json.loads(cache.read_text())) == list(record)
 
 

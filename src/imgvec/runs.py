@@ -89,8 +89,10 @@ def fit_to_model(options: PipelineOptions, embedder: Embedder) -> PipelineOption
     on this CPU (``embed/probe.py``): a model several times faster than torch needs more cores decoding."""
     from imgvec.pipeline.tuning import split_workers
 
+    if not options.workers_tuned or embedder.runtime.on_gpu:  # reading the runtime settles an auto choice
+        return options
     probe = getattr(embedder, "probe", None)
-    if not options.workers_tuned or probe is None or probe.decode_core_seconds is None:
+    if probe is None or probe.decode_core_seconds is None:
         return options
     workers = split_workers(probe.decode_core_seconds, probe.model_core_seconds(), probe.cores)
     return replace(options, workers=workers)

@@ -74,8 +74,8 @@ class ClipEmbedder:
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
-        self.runtime = runtime or choose("cpu")
-        self.device = self.runtime.device
+        self._runtime = runtime or choose("cpu")
+        self.device = self._runtime.device
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         with _load_lock:
             self._model, self._tokenizer = self._load()
@@ -84,16 +84,9 @@ class ClipEmbedder:
         self.preprocessor = Preprocessor.from_open_clip_cfg(cfg)
         self.probe: probe.Probe | None = None
         """The measurements behind an ``auto`` choice (None when the runtime was named)."""
-        if not self.runtime.resolved:
-            self.runtime, self.probe = probe.settle(
-                self.runtime,
-                cpu=cpu_info(),
-                model_key=f"{spec.architecture} {self._weights_identity()}",
-                preprocessor=self.preprocessor,
-                build=lambda engine, precision: self._image_encoder(engine, precision, None),
-                cache_dir=self._cache_dir,
-            )
-        self._encode = self._image_encoder(self.runtime.runtime, self.runtime.precision, threads)
+        self._threads = threads
+        self._encode: probe.ImageEncoder | None = None
+        self._settle_lock = threading.Lock()
         self.identity = IndexIdentity(
             model=spec.text,
             architecture=spec.architecture,
@@ -110,8 +103,29 @@ class ClipEmbedder:
                 stacklevel=2,
             )
 
+    @property
+    def runtime(self) -> RuntimeChoice:
+        """Settled on first use, not at load: a text query never measures the image runtimes."""
+        self._image_encoder_ready()
+        return self._runtime
+
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self._encode(pixels)
+        return self._image_encoder_ready()(pixels)
+
+    def _image_encoder_ready(self) -> probe.ImageEncoder:
+        with self._settle_lock:
+            if self._encode is None:
+                if not self._runtime.resolved:
+                    self._runtime, self.probe = probe.settle(
+                        self._runtime,
+                        cpu=cpu_info(),
+                        model_key=f"{self.spec.architecture} {self._weights_identity()}",
+                        preprocessor=self.preprocessor,
+                        build=lambda engine, precision: self._image_encoder(engine, precision, None),
+                        cache_dir=self._cache_dir,
+                    )
+                self._encode = self._image_encoder(self._runtime.runtime, self._runtime.precision, self._threads)
+            return self._encode
 
     def _image_encoder(self, engine: Runtime, precision: Precision, threads: int | None) -> probe.ImageEncoder:
         if engine is Runtime.TORCH:
@@ -142,7 +156,7 @@ class ClipEmbedder:
         """fp16 on a GPU through autocast: matrix products in half precision, normalisations kept in fp32."""
         import torch
 
-        if self.runtime.precision is Precision.FP16:
+        if self._runtime.precision is Precision.FP16:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
