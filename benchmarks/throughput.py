@@ -290,10 +290,12 @@ def main() -> None:
 
         print("\n[decode + preprocess, one core] images/s: full, reduced (what the workers do), JPEG entropy floor")
         for label, row in decode_table(work, folders).items():
-            floor = f", floor {row['floor']:5.1f}/s (reduced / floor = {row['reduced'] / row['floor']:.2f})"
+            floor = ""
+            if "floor" in row:
+                floor = f", floor {row['floor']:5.1f}/s (reduced / floor = {row['reduced'] / row['floor']:.2f})"
             print(
                 f"  {label:>5}: full {row['full']:5.1f}/s, reduced {row['reduced']:5.1f}/s "
-                f"({row['reduced'] / row['full']:.2f} x full){floor if 'floor' in row else ''}"
+                f"({row['reduced'] / row['full']:.2f} x full){floor}"
             )
 
         if args.clip_retrieval:
