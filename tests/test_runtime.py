@@ -101,6 +101,9 @@ def test_the_fastest_agreeing_runtime_wins() -> None:
     assert amx.best().label == "openvino bf16"
     assert "4.0x torch fp32" in amx.reason(AMX_XEON) and "onnx int8 84.6/s" in amx.reason(AMX_XEON)
     assert amx.model_core_seconds() == pytest.approx(2 / 138.6)
+    assert amx.model_core_seconds(Runtime.ONNX, Precision.INT8) == pytest.approx(2 / 84.6)
+    assert amx.costs() is None  # no decode measured: the worker split keeps its default
+    assert dataclasses.replace(amx, decode_core_seconds=0.04).costs().model_core_seconds == pytest.approx(2 / 138.6)
     # On an AVX2-only EPYC only fp32 runs; OpenVINO's may or may not beat torch: the measurement decides.
     assert probe_of({"torch fp32": (13.0, 1.0), "openvino fp32": (12.1, 1.0)}, AVX2_EPYC).best().label == "torch fp32"
     # A faster runtime that disagrees, or one that cannot run, is never chosen.
@@ -202,6 +205,14 @@ def test_auto_measures_once_per_cpu_and_model_and_keeps_the_choice(settings, tor
     written = cache.stat().st_mtime_ns
     again = load(settings, tmp_path)
     assert again.runtime == first.runtime and cache.stat().st_mtime_ns == written  # read, not measured again
+
+    costs = first.costs()
+    assert costs.model_core_seconds == pytest.approx(cpu_info().cores / best.images_per_second)
+    # A named runtime borrows what auto measured for it here; one never measured keeps the default split.
+    named = load(settings, tmp_path, runtime="torch").costs()
+    torch_rate = next(m for m in first.probe.measurements if m.label == "torch fp32").images_per_second
+    assert named.model_core_seconds == pytest.approx(cpu_info().cores / torch_rate)
+    assert load(settings, tmp_path / "elsewhere", runtime="torch").costs() is None
 
     cache.write_text("{not json")  # a damaged cache measures again instead of failing the run
     assert load(settings, tmp_path).runtime.resolved

@@ -85,17 +85,15 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
 
 
 def fit_to_model(options: PipelineOptions, embedder: Embedder) -> PipelineOptions:
-    """Decode workers from measured costs, when ``--workers`` was left out and the model's runtime was measured
-    on this CPU (``embed/probe.py``): a model several times faster than torch needs more cores decoding."""
+    """Decode workers from measured costs, when ``--workers`` was left out and this CPU has measured the model's
+    runtime (``embed/probe.py``): a model several times faster than torch needs more cores decoding."""
     from imgvec.pipeline.tuning import split_workers
 
-    if not options.workers_tuned or embedder.runtime.on_gpu:  # reading the runtime settles an auto choice
+    measured = getattr(embedder, "costs", None)
+    costs = measured() if options.workers_tuned and measured is not None else None
+    if costs is None:
         return options
-    probe = getattr(embedder, "probe", None)
-    if probe is None or probe.decode_core_seconds is None:
-        return options
-    workers = split_workers(probe.decode_core_seconds, probe.model_core_seconds(), probe.cores)
-    return replace(options, workers=workers)
+    return replace(options, workers=split_workers(costs.decode_core_seconds, costs.model_core_seconds))
 
 
 def open_source(settings: Settings, location: str, options: PipelineOptions) -> Source:

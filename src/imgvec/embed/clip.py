@@ -112,6 +112,19 @@ class ClipEmbedder:
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         return self._image_encoder_ready()(pixels)
 
+    def costs(self) -> probe.Costs | None:
+        """Decode and model costs measured on this CPU for this runtime, or None where it never measured them
+        (a GPU, or a named runtime that ``--runtime auto`` has not timed here)."""
+        runtime = self.runtime
+        if self.probe is not None:
+            return self.probe.costs()
+        if runtime.on_gpu:
+            return None
+        return probe.measured_costs(runtime, cpu=cpu_info(), model_key=self._model_key(), cache_dir=self._cache_dir)
+
+    def _model_key(self) -> str:
+        return f"{self.spec.architecture} {self._weights_identity()}"
+
     def _image_encoder_ready(self) -> probe.ImageEncoder:
         with self._settle_lock:
             if self._encode is None:
@@ -119,7 +132,7 @@ class ClipEmbedder:
                     self._runtime, self.probe = probe.settle(
                         self._runtime,
                         cpu=cpu_info(),
-                        model_key=f"{self.spec.architecture} {self._weights_identity()}",
+                        model_key=self._model_key(),
                         preprocessor=self.preprocessor,
                         build=lambda engine, precision: self._image_encoder(engine, precision, None),
                         cache_dir=self._cache_dir,

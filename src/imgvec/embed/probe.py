@@ -61,6 +61,15 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
+class Costs:
+    """Measured here: one core's seconds to decode and preprocess a 12 MP JPEG, and the model's core-seconds per
+    image. Their ratio sets how many decode workers keep the model fed."""
+
+    decode_core_seconds: float
+    model_core_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Probe:
     key: str
     cpu: str
@@ -81,9 +90,22 @@ class Probe:
     def reference(self) -> Measurement | None:
         return next((m for m in self.measurements if (m.runtime, m.precision) == REFERENCE), None)
 
-    def model_core_seconds(self) -> float:
-        """CPU time the chosen runtime spends per image, all cores together: what the decode workers compete with."""
-        return self.cores / (self.best().images_per_second or 1.0)
+    def model_core_seconds(self, runtime: Runtime | None = None, precision: Precision | None = None) -> float | None:
+        """CPU time a runtime (default: the chosen one) spends per image, all cores together: what the decode
+        workers compete with. None when that runtime was not measured here."""
+        if runtime is None or precision is None:
+            found: Measurement | None = self.best()
+        else:
+            found = next((m for m in self.measurements if (m.runtime, m.precision) == (runtime, precision)), None)
+        if found is None or not found.images_per_second:
+            return None
+        return self.cores / found.images_per_second
+
+    def costs(self, runtime: Runtime | None = None, precision: Precision | None = None) -> Costs | None:
+        model = self.model_core_seconds(runtime, precision)
+        if model is None or self.decode_core_seconds is None:
+            return None
+        return Costs(decode_core_seconds=self.decode_core_seconds, model_core_seconds=model)
 
     def reason(self, cpu: CpuInfo) -> str:
         best, base = self.best(), self.reference()
@@ -166,6 +188,12 @@ def settle(
         save(cache_dir, probe)
     best = probe.best()
     return choice.settled(best.runtime, best.precision, probe.reason(cpu)), probe
+
+
+def measured_costs(choice: RuntimeChoice, *, cpu: CpuInfo, model_key: str, cache_dir: Path) -> Costs | None:
+    """A named runtime's costs, from what ``--runtime auto`` measured on this CPU for this model, if it did."""
+    probe = load(cache_dir, cache_key(cpu, model_key, Precision.AUTO))
+    return probe.costs(choice.runtime, choice.precision) if probe is not None else None
 
 
 def cache_key(cpu: CpuInfo, model_key: str, precision: Precision) -> str:
