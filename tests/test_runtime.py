@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -241,3 +243,17 @@ def test_full_vit_b_32_agreement_across_runtimes(settings, tmp_path) -> None:
     print("min cosine to torch fp32:", {name: round(value, 6) for name, value in cosines.items()})
     assert cosines["onnx fp32"] >= 0.9999 and cosines["openvino fp32"] >= 0.9999
     assert min(cosines.values()) >= 0.999
+
+
+def test_openvino_is_imported_without_its_telemetry() -> None:
+    """`import openvino` alone forks a process that sends a usage event to Google Analytics (unless opted out in
+    ~/intel); imgvec's import hides the telemetry package, so OpenVINO takes its no-op stub."""
+    code = (
+        "import sys; from imgvec.embed.openvino import openvino; ov = openvino();"
+        "from openvino.tools.ovc import telemetry_utils as t;"
+        "print(t.tm.__name__, sys.modules['openvino_telemetry'], ov.Core().available_devices)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # the package would stay quiet in CI anyway
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split()[:2] == ["openvino.tools.ovc.telemetry_stub", "None"]

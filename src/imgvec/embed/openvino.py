@@ -8,7 +8,9 @@ on by itself wherever the CPU has it.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -25,7 +27,7 @@ class OpenVinoImageEncoder:
 
     def __init__(self, fp32: Path, *, precision: Precision, threads: int | None, cache_dir: Path) -> None:
         try:
-            import openvino as ov
+            ov = openvino()
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise ModelLoadError("--runtime openvino needs openvino: pip install openvino") from exc
         if precision not in _HINTS:
@@ -53,3 +55,15 @@ class OpenVinoImageEncoder:
         batch = np.ascontiguousarray(pixels, dtype=np.float32)
         result = self._request.infer({0: batch}, share_inputs=True)
         return np.array(result[0], dtype=np.float32)
+
+
+def openvino() -> ModuleType:
+    """``import openvino``, without its usage telemetry. The package sends an event to Google Analytics from a forked
+    process on every import unless the user has opted out in ``~/intel``; an indexer that reads private photo
+    collections does not phone home, and a fork of a process running LanceDB's threads is unsafe. With the
+    telemetry package hidden, OpenVINO falls back to its own no-op stub."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # its import then fails
+    import openvino as ov
+
+    return ov
