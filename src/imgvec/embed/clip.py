@@ -126,6 +126,8 @@ class ClipEmbedder:
         return f"{self.spec.architecture} {self._weights_identity()}"
 
     def _image_encoder_ready(self) -> probe.ImageEncoder:
+        if self._encode is not None:  # every batch after the first: no lock
+            return self._encode
         with self._settle_lock:
             if self._encode is None:
                 if not self._runtime.resolved:

@@ -46,11 +46,14 @@ def available_memory() -> int | None:
 def default_workers(available: int | None = None, count: int | None = None) -> int:
     """One decode worker per core beyond the first (inference needs one), fewer where memory is short."""
     count = cores() if count is None else count
-    workers = max(1, count - 1)
+    return _within_memory(max(1, count - 1), available)
+
+
+def _within_memory(workers: int, available: int | None) -> int:
+    """A default never plans on more than half the available memory for its workers (``--workers`` may ask for
+    up to all of it, ``max_workers``)."""
     available = available_memory() if available is None else available
-    if available is not None:
-        workers = min(workers, max(1, available // (2 * WORKER_MEMORY)))
-    return workers
+    return workers if available is None else max(1, min(workers, available // (2 * WORKER_MEMORY)))
 
 
 def max_workers(count: int | None = None, available: int | None = None) -> int:
@@ -84,7 +87,4 @@ def split_workers(
     worker waiting on a read or a hand-off never leaves that share idle; capped like ``--workers``."""
     count = cores() if count is None else count
     share = decode_seconds / (decode_seconds + model_seconds) if decode_seconds + model_seconds > 0 else 1.0
-    wanted = math.ceil(count * share) + 1
-    available = available_memory() if available is None else available
-    by_memory = max(1, available // (2 * WORKER_MEMORY)) if available is not None else wanted
-    return max(1, min(wanted, by_memory, max_workers(count, available)))
+    return min(_within_memory(math.ceil(count * share) + 1, available), max_workers(count, available))
