@@ -13,7 +13,9 @@ import numpy as np
 import psutil
 from PIL import Image, ImageDraw
 
+from imgvec.documents import SourceItem
 from imgvec.embed.preprocess import Preprocessor
+from imgvec.sources.local import LocalFolder
 
 
 def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -96,6 +98,16 @@ class CrashingPreprocessor(TrappedPreprocessor):
 
     def spring(self) -> None:
         os._exit(70)
+
+
+class CrashingFolder(LocalFolder):
+    """A folder whose files named ``crash-me*`` kill the process that reads them: a Ray worker that dies on one
+    image, as on a decoder segfault. Pickled by reference, so a Ray node must be able to import this module."""
+
+    def read(self, item: SourceItem) -> bytes:
+        if item.file_name.startswith("crash-me"):
+            os._exit(70)
+        return super().read(item)
 
 
 class HangingPreprocessor(TrappedPreprocessor):

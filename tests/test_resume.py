@@ -134,7 +134,9 @@ def test_kill_9_at_several_points_then_resume(folder: Path, cli_env: dict[str, s
     finished = progress(cli_env)
     assert finished["runtime"].endswith(" on cpu") and finished["decode_workers"] >= 1
     assert finished["runtime_reason"].startswith("fastest measured on this CPU")
-    assert f'imgvec_runtime_info{{index="images",reason="{finished["runtime_reason"]}"' in metrics.stdout
+    assert finished["executor"] == "local" and finished["workers"] is None
+    info = f'imgvec_runtime_info{{executor="local",index="images",reason="{finished["runtime_reason"]}"'
+    assert info in metrics.stdout
     assert f'runtime="{finished["runtime"]}",workers="{finished["decode_workers"]}"}} 1.0' in metrics.stdout
 
 

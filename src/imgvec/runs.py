@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +25,7 @@ from imgvec.stores.base import Store
 if TYPE_CHECKING:
     from imgvec.embed.base import Embedder
     from imgvec.identity import IndexIdentity
+    from imgvec.pipeline.executor import ExecutorFactory
     from imgvec.pipeline.indexer import Indexer, ProgressCallback
     from imgvec.pipeline.journal import RunJournal
     from imgvec.pipeline.lock import IndexLock
@@ -78,16 +80,33 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
         warnings.warn(
             f"--workers {asked} is more than this machine can run: {tuning.workers} decode workers", stacklevel=2
         )
+    _check_executor(flags)
     given = {name: value for name, value in flags.items() if value is not None}
     given |= {"workers": tuning.workers, "batch_size": tuning.batch_size, "workers_tuned": asked is None}
     given.setdefault("io_concurrency", S3_READS if remote else FOLDER_READS)
     return replace(settings, threads=tuning.threads), PipelineOptions(**given)
 
 
+def _check_executor(flags: PipelineFlags) -> None:
+    executor = flags.get("executor") or "local"
+    if executor not in ("local", "ray"):
+        raise UsageError(f"--executor {executor!r}: choose local or ray")
+    if executor == "local":
+        given = [name for name in ("ray_address", "ray_workers") if flags.get(name) is not None]
+        given += ["ray_gpus_per_worker"] if flags.get("ray_gpus_per_worker") else []
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} goes with --executor ray")
+
+
 def fit_to_model(options: PipelineOptions, embedder: Embedder) -> PipelineOptions:
     """Decode workers from measured costs, when ``--workers`` was left out and this CPU has measured the model's
-    runtime (``embed/probe.py``): a model several times faster than torch needs more cores decoding."""
+    runtime (``embed/probe.py``): a model several times faster than torch needs more cores decoding. Not for
+    ``--executor ray``, whose workers decode and embed on their own nodes (and measure there)."""
     from imgvec.pipeline.tuning import split_workers
+
+    if options.executor != "local":
+        return options
 
     measured = getattr(embedder, "costs", None)
     costs = measured() if options.workers_tuned and measured is not None else None
@@ -133,7 +152,20 @@ def indexer(
         lock=lock_for(settings),
         label=label,
         on_progress=on_progress,
+        executor=executor_for(settings, options, embedder),
     )
+
+
+def executor_for(settings: Settings, options: PipelineOptions, embedder: Embedder) -> ExecutorFactory:
+    """``--executor``: this machine, or actors on a Ray cluster that load the run's model themselves."""
+    from imgvec.pipeline.executor import LocalExecutor
+
+    if options.executor == "local":
+        return LocalExecutor
+    from imgvec.pipeline.ray_executor import RayExecutor, import_ray
+
+    import_ray()  # not installed: say so before a run starts
+    return partial(RayExecutor, settings=settings, model=embedder.identity.model)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import typer
 from imgvec import runs
 from imgvec.cli.app import alias_app, app, index_app
 from imgvec.cli.base import EXIT_ERROR, EXIT_OK, command
-from imgvec.cli.options import TUNING, AsJson
+from imgvec.cli.options import EXECUTING, TUNING, AsJson
 from imgvec.cli.render import ProgressDisplay, out, print_json, step
 from imgvec.errors import ImgvecError
 from imgvec.pipeline.report import RunReport
@@ -66,7 +66,7 @@ def index_verify(
     raise typer.Exit(EXIT_ERROR if problems else EXIT_OK)
 
 
-@command(app, pipeline=TUNING, knn=True, aborted="aborted; run the same command again to continue")
+@command(app, pipeline=(*TUNING, *EXECUTING), knn=True, aborted="aborted; run the same command again to continue")
 def migrate(
     ctx: typer.Context,
     origin_index: Annotated[str, typer.Option("--from", help="The index to copy documents from.")],

@@ -9,7 +9,7 @@ import typer
 from imgvec import runs
 from imgvec.cli.app import app
 from imgvec.cli.base import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, command
-from imgvec.cli.options import RUNNING, TUNING, AsJson, MaxDelete, parse_duration
+from imgvec.cli.options import EXECUTING, RUNNING, TUNING, AsJson, MaxDelete, parse_duration
 from imgvec.cli.render import (
     ProgressDisplay,
     fail,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 SourceLocation = Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")]
 
 
-@command(app, pipeline=(*RUNNING, "max_files"))
+@command(app, pipeline=(*RUNNING, "max_files", *EXECUTING))
 def ingest(
     ctx: typer.Context,
     source_location: Annotated[
@@ -101,7 +101,7 @@ def ingest(
     raise typer.Exit(EXIT_OK if report.ok else EXIT_PARTIAL)
 
 
-@command(app, pipeline=RUNNING, aborted="aborted; committed batches are kept and nothing was deleted")
+@command(app, pipeline=(*RUNNING, *EXECUTING), aborted="aborted; committed batches are kept and nothing was deleted")
 def sync(
     ctx: typer.Context,
     source_location: SourceLocation,

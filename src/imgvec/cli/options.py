@@ -74,12 +74,54 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
+    "executor": (
+        Annotated[
+            str,
+            typer.Option(
+                metavar="local|ray",
+                help="Where images are decoded and embedded: this machine, or actors on a Ray cluster "
+                "(pip install 'imgvec[ray]'; docs/scaling.md).",
+            ),
+        ],
+        "local",
+    ),
+    "ray_address": (
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="ADDRESS",
+                help="With --executor ray: auto, ray://host:10001 or host:port (default: start Ray on this machine).",
+            ),
+        ],
+        None,
+    ),
+    "ray_workers": (
+        Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="With --executor ray: actors, each loading the model once (default: fill the "
+                "cluster's CPUs, or GPUs with --ray-gpus-per-worker).",
+            ),
+        ],
+        None,
+    ),
+    "ray_gpus_per_worker": (
+        Annotated[
+            float,
+            typer.Option(min=0, help="With --executor ray: GPUs per actor (0.5: two actors share one GPU)."),
+        ],
+        0.0,
+    ),
 }
 """Each pipeline flag: (annotation, default), keyed by its ``PipelineOptions`` field."""
 TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout", "full_decode")
 """How the pipeline runs on this machine: every command that runs the pipeline takes these."""
 RUNNING = (*TUNING, "follow_external", "rate_limit", "retry_failed")
 """A run over a source: ``sync`` and ``watch`` (``ingest`` adds ``max_files``)."""
+
+EXECUTING = ("executor", "ray_address", "ray_workers", "ray_gpus_per_worker")
+"""Where a batch run's images are embedded: ``ingest`` (with ``--missing``), ``sync`` and ``migrate``'s fill."""
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 MaxDelete = Annotated[

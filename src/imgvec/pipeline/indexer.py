@@ -20,9 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import islice
@@ -31,11 +29,11 @@ from typing import Any
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.base import Embedder
 from imgvec.errors import ImgvecError
+from imgvec.pipeline.executor import Embedded, Executor, ExecutorFactory, LocalExecutor
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import Metrics, snapshot
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.pools import DecodePools, Pending
 from imgvec.pipeline.report import Progress, RunReport
 from imgvec.pipeline.skip import Verdict, judge
 from imgvec.pipeline.workers import Prepared
@@ -64,6 +62,7 @@ class Indexer:
         lock: IndexLock | None = None,
         label: str = "",
         on_progress: ProgressCallback | None = None,
+        executor: ExecutorFactory = LocalExecutor,
     ) -> None:
         self.source = source
         self.store = store
@@ -74,13 +73,7 @@ class Indexer:
         self.on_progress = on_progress
         self.report = RunReport()
         self.metrics = Metrics()
-        self.progress = Progress(
-            pid=os.getpid(),
-            source=label,
-            runtime=embedder.runtime.describe(),
-            runtime_reason=embedder.runtime.reason,
-            decode_workers=self.options.workers,
-        )
+        self.progress = Progress(pid=os.getpid(), source=label, decode_workers=self.options.workers)
         self.writer = BatchWriter(store, embedder, self.report, self.metrics, journal, self.options.retry)
         self._stop = threading.Event()
         self._finished = threading.Event()
@@ -90,7 +83,8 @@ class Indexer:
         """Wall-clock start of the session: failure records older than this were not renewed by it."""
         self._last_save = 0.0
         self._next_admission = time.monotonic()
-        self._pools: DecodePools | None = None
+        self._executor_factory = executor
+        self._executor: Executor | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -115,7 +109,7 @@ class Indexer:
 
     @contextmanager
     def session(self, *, mode: str = "batch") -> Iterator[Indexer]:
-        """Lock, run journal and worker pools for one or many ``process`` calls (``watch`` keeps one for hours:
+        """Lock, run journal and executor for one or many ``process`` calls (``watch`` keeps one for hours:
         spawning decode workers costs seconds, too much per file event). ``mode``: batch, or watch (a service)."""
         self.store.ensure_index(self.embedder.identity)  # a model/dimension mismatch stops us before any work
         if self.lock is not None:
@@ -127,11 +121,12 @@ class Indexer:
                 self.journal.start_run(self.progress.source, os.getpid(), self.progress)
             self._started = time.monotonic()
             self.started_at = time.time()
-            self._pools = DecodePools(self.source, self.embedder.preprocessor, self.options)
+            self._executor = self._executor_factory(self.source, self.embedder, self.options)
+            self._show_executor()
             try:
                 yield self
             finally:
-                self._pools.close()
+                self._executor.close()
             if self.report.succeeded and not self._stop.is_set():
                 self.writer.optimize()
             self.report.interrupted = self._stop.is_set() and mode == "batch"
@@ -148,49 +143,35 @@ class Indexer:
 
     def process(self, items: Iterable[SourceItem]) -> None:
         """Skip what is unchanged, then read, decode, embed and write the rest; returns when all is committed.
-        Stops early (after the batch in hand) once ``stop()`` was called."""
-        assert self._pools is not None, "process() runs inside session()"
-        in_flight: deque[tuple[SourceItem, Pending]] = deque()
-        options = self.options
-        look_ahead = max(2 * options.batch_size, 4 * max(1, options.workers), 2 * options.io_concurrency)
-        batch: list[Prepared] = []
-        for item in self._changed_items(items):
-            if self._stop.is_set():
-                break
-            self._admit()
-            in_flight.append((item, self._pools.submit(item)))
-            while len(in_flight) >= look_ahead:
-                self._collect(in_flight, batch)
-        # Drain what is already decoding, even when stopping: the signal says "finish the batch in hand".
-        while in_flight:
-            self._collect(in_flight, batch)
-        if batch:
-            self._write(batch)
-
-    def _collect(self, in_flight: deque[tuple[SourceItem, Pending]], batch: list[Prepared]) -> None:
-        """Take the oldest result. A worker that died broke the pool: every file in flight is run again alone."""
-        assert self._pools is not None
-        item, future = in_flight.popleft()
-        try:
-            results: Iterable[Prepared | Failure] = [self._pools.result(item, future)]
-        except BrokenProcessPool:
-            suspects = [item, *(other for other, _ in in_flight)]
-            in_flight.clear()
-            results = self._pools.one_by_one(suspects)
-        for result in results:
-            if isinstance(result, Failure):
-                self.writer.fail([result])
+        Stops early (after the work in hand) once ``stop()`` was called."""
+        assert self._executor is not None, "process() runs inside session()"
+        batch: list[Prepared | Embedded] = []
+        for outcome in self._executor.outcomes(self._admitted(items)):
+            if isinstance(outcome, Failure):
+                self.writer.fail([outcome])
                 continue
-            for warning in result.warnings:
-                log.info("%s: %s", result.item.file_path, warning)
-            self.metrics.stage_seconds["read"] += result.read_seconds
-            self.metrics.stage_seconds["decode"] += result.decode_seconds
-            batch.append(result)
+            for warning in outcome.warnings:
+                log.info("%s: %s", outcome.item.file_path, warning)
+            self.metrics.stage_seconds["read"] += outcome.read_seconds
+            self.metrics.stage_seconds["decode"] += outcome.decode_seconds
+            if isinstance(outcome, Embedded):
+                self.metrics.record_embed(outcome.embed_seconds, 1)
+            batch.append(outcome)
             if len(batch) >= self.options.batch_size:
                 self._write(batch)
                 batch.clear()
+        if batch:
+            self._write(batch)
 
-    def _write(self, batch: list[Prepared]) -> None:
+    def _admitted(self, items: Iterable[SourceItem]) -> Iterator[SourceItem]:
+        """The changed items, at the rate limit, until ``stop()``."""
+        for item in self._changed_items(items):
+            if self._stop.is_set():
+                return
+            self._admit()
+            yield item
+
+    def _write(self, batch: list[Prepared | Embedded]) -> None:
         self.writer.write(batch)
         self.save()
 
@@ -275,11 +256,21 @@ class Indexer:
             return
         self._last_save = now
         self.report.seconds = now - self._started
+        self._show_executor()
         metrics = snapshot(self.report, self.metrics, self.progress, elapsed=self.report.seconds, total=self._total)
         if self.journal is not None:
             self.journal.save(self.progress, metrics)
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+    def _show_executor(self) -> None:
+        if self._executor is None:
+            return
+        status = self._executor.status()
+        self.progress.executor = status.executor
+        self.progress.runtime, self.progress.runtime_reason = status.runtime, status.runtime_reason
+        self.progress.workers_alive, self.progress.workers = status.workers_alive, status.workers
+        self.progress.bytes_per_image, self.progress.decode_workers = status.bytes_per_image, status.decode_workers
 
 
 def index_source(

@@ -74,7 +74,13 @@ def snapshot(
         "error_rate": report.failed / attempted if attempted else None,
         "cache_hit_rate": report.cache_hits / report.succeeded if report.succeeded else None,
         "stage_seconds": dict(metrics.stage_seconds),
-        "runtime": {"runtime": progress.runtime, "reason": progress.runtime_reason, "workers": progress.decode_workers},
+        "runtime": {
+            "runtime": progress.runtime,
+            "reason": progress.runtime_reason,
+            "workers": progress.decode_workers,
+            "executor": progress.executor,
+        },
+        "workers_alive": progress.workers_alive,
     }
 
 
@@ -92,6 +98,7 @@ _GAUGES = {
     "success_rate": "Share of attempted images that got a vector.",
     "error_rate": "Share of attempted images that failed.",
     "cache_hit_rate": "Share of vectors reused from the content cache.",
+    "workers_alive": "Workers running: decode workers, or Ray actors with the model loaded (--executor ray).",
 }
 
 

@@ -34,3 +34,12 @@ class PipelineOptions:
     full_decode: bool = False
     """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
     reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""
+    executor: str = "local"
+    """local: this machine decodes and embeds; ray: actors on a Ray cluster do (``ray_executor.py``)."""
+    ray_address: str | None = None
+    """With ``executor`` ray: ``auto`` (the cluster this machine belongs to), ``ray://host:10001``, or host:port;
+    None starts a Ray instance on this machine for the run."""
+    ray_workers: int | None = None
+    """Ray actors (each loads the model once); None: as many as the cluster's CPUs (or GPUs) hold."""
+    ray_gpus_per_worker: float = 0.0
+    """GPUs each actor asks Ray for (fractions share a GPU); 0: actors embed on CPUs."""

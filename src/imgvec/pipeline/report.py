@@ -96,6 +96,14 @@ class Progress:
     runtime_reason: str = ""
     decode_workers: int | None = None
     """Decode worker processes (0: threads), from ``--workers`` or from the measured decode and model costs."""
+    executor: str = "local"
+    """local (this machine), or ray (actors on a Ray cluster read, decode and embed)."""
+    workers_alive: int | None = None
+    """local: the decode workers; ray: the actors that have their model loaded and are not lost."""
+    workers: list[dict[str, Any]] | None = None
+    """ray only: per actor, ``worker``, ``node``, ``alive``, ``images`` and ``rate`` (images/s since it started)."""
+    bytes_per_image: float | None = None
+    """ray only: bytes sent and received between this process and the actors, per image."""
     health: dict[str, Any] | None = None
     """watch only: source_available, observer, pending_changes, last_change_at, last_reconcile_at, heartbeat_at,
     errors_in_a_row, last_error."""

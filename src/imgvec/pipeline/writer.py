@@ -19,6 +19,7 @@ import numpy as np
 from imgvec.documents import Failure, ImageDocument, SourceItem, document_id, usable_vector
 from imgvec.embed.base import Embedder
 from imgvec.errors import UNWRITABLE_HELP, IdentityMismatchError, StoreError, errno_of, reason
+from imgvec.pipeline.executor import Embedded
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.report import RunReport
@@ -79,12 +80,17 @@ class BatchWriter:
 
     # -- writes ---------------------------------------------------------------------------------------
 
-    def write(self, batch: Sequence[Prepared]) -> None:
-        """Embed what the content cache does not know, and write the batch in one upsert."""
-        vectors, reused = self._vectors_for(batch)
-        self.write_vectors(
-            [(entry.item, entry.content_hash, vector) for entry, vector in zip(batch, vectors, strict=True)], reused
-        )
+    def write(self, batch: Sequence[Prepared | Embedded]) -> None:
+        """Embed what the content cache does not know, and write the batch in one upsert. Items an executor
+        embedded already (``Embedded``) keep their vectors."""
+        prepared = [entry for entry in batch if isinstance(entry, Prepared)]
+        vectors, reused = self._vectors_for(prepared) if prepared else ([], [])
+        entries = [(entry.item, entry.content_hash, vector) for entry, vector in zip(prepared, vectors, strict=True)]
+        for entry in batch:
+            if isinstance(entry, Embedded):
+                entries.append((entry.item, entry.content_hash, entry.vector))
+                reused.append(False)
+        self.write_vectors(entries, reused)
 
     def write_vectors(self, entries: Sequence[tuple[SourceItem, str, np.ndarray]], reused: Sequence[bool]) -> None:
         """Write items whose vectors are known (embedded here or elsewhere); ``reused``: from the content cache."""

@@ -1,0 +1,221 @@
+"""`--executor ray` vs the in-process pipeline on the same images, and the driver's memory at 10k and 100k items.
+
+    python benchmarks/ray.py [--images 384] [--rss-items 100000]
+
+1. Overhead: 1080p photo-like JPEGs, ViT-B-32 with random weights (full-size compute), the auto runtime. The
+   in-process pipeline (decode workers split as the CLI splits them) and the Ray executor with 2 workers (a Ray
+   started on this machine, one CPU per worker) each index a warm-up folder, then the measured one, in one session;
+   the ratio of their steady rates is the overhead (the issue's target: >= 0.85). Also: bytes sent and received
+   between driver and workers per image.
+2. Driver memory: a child process drives the Ray executor over N virtual items (the same small JPEG behind each,
+   the tiny model: how memory scales with the number of items does not depend on the model) and reports its own
+   RSS when 10k items are done and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# This file is named ray.py: as a script its folder comes first on sys.path and would shadow the ray package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from imgvec import runs  # noqa: E402
+from imgvec.documents import SourceItem  # noqa: E402
+from imgvec.embed.cpu import cpu_info  # noqa: E402
+from imgvec.pipeline.indexer import Indexer  # noqa: E402
+from imgvec.pipeline.options import PipelineOptions  # noqa: E402
+from imgvec.pipeline.ray_executor import RayExecutor  # noqa: E402
+from imgvec.settings import Settings  # noqa: E402
+from imgvec.sources.local import LocalFolder  # noqa: E402
+from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
+from tests.helpers import encode, photo, textured_photo  # noqa: E402
+
+MODEL = "ViT-B-32/random"
+TINY = {
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+WARM_UP = 96
+
+
+def make_folder(root: Path, count: int) -> Path:
+    bases = [encode(textured_photo(seed, (1920, 1080)), quality=90) for seed in range(8)]
+    for name, total in (("warm", WARM_UP), ("main", count)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(total):
+            # A comment segment makes each file's bytes (and hash) its own; the decode work is the same.
+            text = f"{name}-{i}".encode()
+            jpeg = bases[i % len(bases)]
+            jpeg = jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+            (folder / f"{i:05d}.jpg").write_bytes(jpeg)
+    return root
+
+
+class Captured:
+    """The session's executor, kept for its status (workers ready, bytes per image)."""
+
+    def __init__(self, settings: Settings, model: str) -> None:
+        self.settings, self.model, self.executor = settings, model, None
+
+    def __call__(self, source, embedder, options) -> RayExecutor:
+        self.executor = RayExecutor(source, embedder, options, settings=self.settings, model=self.model)
+        return self.executor
+
+
+def steady_rate(run: Indexer, folder: Path, captured: Captured | None) -> float:
+    source = LocalFolder(folder)
+    with run.session():
+        run.process(source.scan(lambda _: None, under=folder / "warm"))
+        if captured is not None:  # every worker loaded and working before the clock starts
+            deadline = time.monotonic() + 300
+            while captured.executor.status().workers_alive < run.options.ray_workers:
+                assert time.monotonic() < deadline, "Ray workers did not start"
+                time.sleep(0.2)
+        began, before = time.perf_counter(), run.report.embedded
+        run.process(source.scan(lambda _: None, under=folder / "main"))
+        rate = (run.report.embedded - before) / (time.perf_counter() - began)
+    if run.report.failures:
+        raise SystemExit(f"unexpected failures: {run.report.failures[:3]}")
+    return rate
+
+
+def overhead(work: Path, images: int) -> dict:
+    settings = Settings(store=str(work / "store"), cache_dir=work / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        embedder = settings.load_embedder(MODEL)
+    folder = make_folder(work / "photos", images)
+    local_options = runs.fit_to_model(PipelineOptions(workers_tuned=True), embedder)
+    local = Indexer(LocalFolder(folder), EmbeddedStore(work / "local", "images"), embedder, local_options)
+    local_rate = steady_rate(local, folder, None)
+    captured = Captured(settings, MODEL)
+    ray_options = PipelineOptions(executor="ray", ray_workers=2)
+    remote = Indexer(
+        LocalFolder(folder), EmbeddedStore(work / "ray", "images"), embedder, ray_options, executor=captured
+    )
+    ray_rate = steady_rate(remote, folder, captured)
+    status = captured.executor.status()
+    return {
+        "runtime": embedder.runtime.describe(),
+        "local_workers": local_options.workers,
+        "local_rate": local_rate,
+        "ray_rate": ray_rate,
+        "ray_runtime": status.runtime,
+        "ratio": ray_rate / local_rate,
+        "bytes_per_image": status.bytes_per_image,
+        "per_worker": [(w["node"], w["images"], w["rate"]) for w in status.workers or []],
+    }
+
+
+class RepeatedImage:
+    """N items with their own paths, all with one small JPEG's bytes: a collection of any size without the disk."""
+
+    def __init__(self, count: int, data: bytes) -> None:
+        self.count, self.data = count, data
+
+    @property
+    def location(self) -> str:
+        return "/virtual"
+
+    @property
+    def scope(self) -> str:
+        return "/virtual/"
+
+    def scan(self, on_error) -> Iterator[SourceItem]:
+        for i in range(self.count):
+            yield SourceItem.of_path(f"/virtual/{i // 1000:04d}/{i:07d}.jpg", len(self.data), 1.0)
+
+    def read(self, item: SourceItem) -> bytes:
+        return self.data
+
+
+def driver_rss(items: int) -> dict:
+    """Runs in its own process: the Ray executor's driver over ``items`` items, its RSS at 10k and at the end."""
+    work = Path(tempfile.mkdtemp(prefix="imgvec-ray-rss-"))
+    try:
+        (work / "configs").mkdir()
+        (work / "configs" / "imgvec-tiny.json").write_text(json.dumps(TINY))
+        settings = Settings(store=str(work / "store"), cache_dir=work / "cache", model_config_dir=str(work / "configs"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            embedder = settings.load_embedder("imgvec-tiny/random")
+        source = RepeatedImage(items, encode(photo(1, (64, 48))))
+        options = PipelineOptions(executor="ray", batch_size=256)
+        seen: dict[int, float] = {}
+        me = psutil.Process()
+
+        def sample(progress) -> None:
+            for mark in (1_000, 10_000, items):
+                if progress.succeeded >= mark and mark not in seen:
+                    seen[mark] = me.memory_info().rss / 2**20
+
+        captured = Captured(settings, "imgvec-tiny/random")
+        run = Indexer(
+            source, EmbeddedStore(work / "store", "images"), embedder, options, executor=captured, on_progress=sample
+        )
+        began = time.perf_counter()
+        report = run.run()
+        sample(run.progress)
+        return {
+            "items": items,
+            "seconds": time.perf_counter() - began,
+            "embedded": report.embedded,
+            "rss_mib": {str(k): round(v, 1) for k, v in sorted(seen.items())},
+            "bytes_per_image": run.progress.bytes_per_image,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=384)
+    parser.add_argument("--rss-items", type=int, default=100_000)
+    parser.add_argument("--driver-rss", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.driver_rss:
+        print(json.dumps(driver_rss(args.driver_rss)))
+        return
+    cpu = cpu_info()
+    print(f"CPU: {cpu.model}, {os.cpu_count()} cores; flags: {' '.join(sorted(cpu.flags))}")
+    with tempfile.TemporaryDirectory(prefix="imgvec-ray-bench-") as scratch:
+        result = overhead(Path(scratch), args.images)
+    print(f"model {MODEL}, 1080p JPEGs, {args.images} measured after {WARM_UP} warm-up")
+    workers = result["local_workers"]
+    print(f"in-process: {result['local_rate']:.2f} images/s ({result['runtime']}, {workers} decode workers)")
+    print(f"ray, 2 workers x 1 CPU: {result['ray_rate']:.2f} images/s ({result['ray_runtime']})")
+    for node, done, rate in result["per_worker"]:
+        print(f"  worker on {node}: {done} images, {rate:.2f} images/s")
+    print(f"bytes between driver and workers per image: {result['bytes_per_image']}")
+    child = subprocess.run(
+        [sys.executable, __file__, "--driver-rss", str(args.rss_items)], capture_output=True, text=True, check=True
+    )
+    rss = json.loads(child.stdout.strip().splitlines()[-1])
+    marks = rss["rss_mib"]
+    print(
+        f"driver RSS (MiB) over {rss['items']} items ({rss['seconds']:.0f}s, tiny model): "
+        + ", ".join(f"{int(k):,}: {v}" for k, v in marks.items())
+    )
+    small, large = marks.get("10000"), marks.get(str(rss["items"]))
+    growth = f"{large / small:.2f}" if small and large else "n/a"
+    print(f"ray overhead ratio (ray / in-process, steady): {result['ratio']:.2f}; driver RSS 100k/10k: {growth}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""A real two-node Ray cluster on 127.0.0.1, as a user starts one: `ray start --head`, then a second `ray start
+--address`, one CPU each. The second node can be lost (its raylet killed) and started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.s3server import free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+HEALTH_CHECKS = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3})
+"""A lost node is declared dead after ~3 s instead of Ray's default ~30 s: the node-loss test waits on it."""
+
+
+class RayCluster:
+    def __init__(self) -> None:
+        # A short path: Ray's sockets live under it, and a Unix socket path may not exceed 107 bytes.
+        self.temp_dir = tempfile.mkdtemp(prefix="imgvec-ray-", dir="/tmp")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        repo = str(Path(__file__).resolve().parent.parent)
+        # Token authentication, as Ray sets up a cluster by default: the nodes and every driver share the token.
+        token = Path(self.temp_dir) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        self.driver_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        # The nodes' workers import the tests' own helpers (a source that crashes on one file) like imgvec's code.
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": repo, **self.driver_env}
+        self.worker_raylet: int | None = None
+
+    def start(self) -> None:
+        self._ray(
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}",
+            f"--system-config={HEALTH_CHECKS}",
+            "--object-store-memory=100000000",
+        )
+        self.start_worker_node()
+
+    def start_worker_node(self) -> None:
+        before = set(self._raylets())
+        self._ray(
+            "start",
+            f"--address={self.address}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--object-store-memory=100000000",
+        )
+        started = set(self._raylets()) - before
+        assert len(started) == 1, f"expected one new raylet, found {started}"
+        self.worker_raylet = started.pop()
+        self.wait_for_nodes(2)
+
+    def kill_worker_node(self) -> None:
+        """The second node lost, as a machine that dies: its raylet killed with SIGKILL."""
+        assert self.worker_raylet is not None
+        os.kill(self.worker_raylet, 9)
+        self.worker_raylet = None
+
+    def alive_nodes(self) -> int:
+        status = subprocess.run(
+            [RAY, "status", f"--address={self.address}"], env=self.env, capture_output=True, text=True, check=False
+        ).stdout
+        active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+    def wait_for_nodes(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray cluster did not reach {count} nodes")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, check=False)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _raylets(self) -> list[int]:
+        """The raylet processes of this cluster (each node has one), found by the temp dir they run under."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    argv = cmdline.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"/raylet") and any(self.temp_dir.encode() in arg for arg in argv):
+                found.append(int(pid))
+        return found
+
+    def _ray(self, *args: str) -> None:
+        result = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, check=False, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"ray {args[0]} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
