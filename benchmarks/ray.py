@@ -95,7 +95,7 @@ def steady_rate(run: Indexer, folder: Path, captured: Captured | None) -> float:
     return rate
 
 
-def overhead(work: Path, images: int) -> dict:
+def overhead(work: Path, images: int, workers: int) -> dict:
     settings = Settings(store=str(work / "store"), cache_dir=work / "cache")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights
@@ -105,7 +105,7 @@ def overhead(work: Path, images: int) -> dict:
     local = Indexer(LocalFolder(folder), EmbeddedStore(work / "local", "images"), embedder, local_options)
     local_rate = steady_rate(local, folder, None)
     captured = Captured(settings, MODEL)
-    ray_options = PipelineOptions(executor="ray", ray_workers=2)
+    ray_options = PipelineOptions(executor="ray", ray_workers=workers)
     remote = Indexer(
         LocalFolder(folder), EmbeddedStore(work / "ray", "images"), embedder, ray_options, executor=captured
     )
@@ -187,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=384)
     parser.add_argument("--rss-items", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (actors) for the overhead run")
     parser.add_argument("--driver-rss", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.driver_rss:
@@ -195,11 +196,11 @@ def main() -> None:
     cpu = cpu_info()
     print(f"CPU: {cpu.model}, {os.cpu_count()} cores; flags: {' '.join(sorted(cpu.flags))}")
     with tempfile.TemporaryDirectory(prefix="imgvec-ray-bench-") as scratch:
-        result = overhead(Path(scratch), args.images)
+        result = overhead(Path(scratch), args.images, args.workers)
     print(f"model {MODEL}, 1080p JPEGs, {args.images} measured after {WARM_UP} warm-up")
     workers = result["local_workers"]
     print(f"in-process: {result['local_rate']:.2f} images/s ({result['runtime']}, {workers} decode workers)")
-    print(f"ray, 2 workers x 1 CPU: {result['ray_rate']:.2f} images/s ({result['ray_runtime']})")
+    print(f"ray, {args.workers} workers: {result['ray_rate']:.2f} images/s ({result['ray_runtime']})")
     for node, done, rate in result["per_worker"]:
         print(f"  worker on {node}: {done} images, {rate:.2f} images/s")
     print(f"bytes between driver and workers per image: {result['bytes_per_image']}")

@@ -14,6 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
+from imgvec.embed.cpu import usable_cores
 from imgvec.embed.runtime import Precision
 from imgvec.errors import ModelLoadError
 
@@ -44,6 +45,10 @@ class OpenVinoImageEncoder:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if threads and threads < usable_cores():
+            # A share of the cores (a Ray worker beside others): OpenVINO would pin its threads to the first
+            # cores, the same ones in every such process, and two workers would run their models on one core.
+            config["ENABLE_CPU_PINNING"] = False
         try:
             compiled = core.compile_model(str(fp32), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own

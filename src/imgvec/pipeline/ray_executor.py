@@ -79,6 +79,7 @@ class _Worker:
     alive: bool = False
     lost: bool = False
     started: float = 0.0
+    """When its first batch was sent: its rate is over its working time, not its start-up."""
     images: int = 0
     in_flight: int = 0
     alone: bool = False
@@ -218,7 +219,7 @@ class RayExecutor:
                 "install the same version on every node"
             )
         self.embedder.identity.require_compatible(info["identity"], action=f"embed on the Ray worker at {info['node']}")
-        worker.node, worker.alive, worker.started = f"{info['node']} {info['node_id']}", True, time.monotonic()
+        worker.node, worker.alive = f"{info['node']} {info['node_id']}", True
         self._runtime = (info["runtime"], info["runtime_reason"])
 
     def _lose(self, worker: _Worker, exc: BaseException) -> None:
@@ -276,6 +277,7 @@ class RayExecutor:
     def _send(self, worker: _Worker, items: list[SourceItem], *, alone: bool = False) -> None:
         self._counts.sent_bytes += len(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
         ref = worker.handle.embed.remote(items)
+        worker.started = worker.started or time.monotonic()
         self._in_flight[ref] = _Task(items, worker, time.monotonic(), alone)
         worker.in_flight += 1
         worker.alone = alone
