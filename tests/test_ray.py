@@ -105,7 +105,20 @@ def test_a_folder_on_the_cluster_gives_the_in_process_documents_and_vectors(
     again = run_cli(["ingest", str(folder), "--json", *ray_flags(cluster)], ray_env)
     assert json.loads(again.stdout)["unchanged"] == PHOTOS  # skipped on the driver: no worker even started
     metrics = run_cli(["metrics"], ray_env).stdout
-    assert 'executor="ray"' in metrics
+    assert 'executor="ray"' in metrics and 'imgvec_workers_alive{index="images"} 0.0' in metrics
+
+    # sync on the cluster: a new file embedded there, a deleted one's document removed here.
+    (folder / "day0" / "img000.jpg").rename(tmp_path / "moved-away.jpg")
+    (folder / "new.jpg").write_bytes(encode(photo(9999)))
+    try:
+        synced = run_cli(["sync", str(folder), "--json", *ray_flags(cluster)], ray_env)
+    finally:
+        (tmp_path / "moved-away.jpg").rename(folder / "day0" / "img000.jpg")
+        (folder / "new.jpg").unlink()
+    assert synced.returncode == 3, synced.stderr  # the corrupt file, still
+    result = json.loads(synced.stdout)
+    assert (result["embedded"], result["deleted"]) == (1, 1)
+    assert progress(ray_env)["executor"] == "ray"
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +269,13 @@ def test_ray_flags_need_the_ray_executor(tmp_path: Path, cli_env: dict[str, str]
     assert result.returncode == 2 and "--ray-workers goes with --executor ray" in result.stderr
     result = run_cli(["ingest", str(tmp_path), "--executor", "spark"], env)
     assert result.returncode == 2 and "choose local or ray" in result.stderr
+
+
+def test_an_unreachable_cluster_is_one_line_within_seconds(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(encode(photo(1)))
+    env = {**cli_env, "IMGVEC_MODEL": TINY_MODEL}
+    began = time.monotonic()
+    result = run_cli(["ingest", str(tmp_path / "photos"), "--executor", "ray", "--ray-address", "127.0.0.1:1"], env)
+    assert result.returncode == 1 and time.monotonic() - began < 60
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr

@@ -91,7 +91,11 @@ def _check_executor(flags: PipelineFlags) -> None:
     executor = flags.get("executor") or "local"
     if executor not in ("local", "ray"):
         raise UsageError(f"--executor {executor!r}: choose local or ray")
-    if executor == "local":
+    if executor == "ray":
+        from imgvec.pipeline.ray_executor import import_ray
+
+        import_ray()  # not installed: said now, before a model loads
+    else:
         given = [name for name in ("ray_address", "ray_workers") if flags.get(name) is not None]
         given += ["ray_gpus_per_worker"] if flags.get("ray_gpus_per_worker") else []
         if given:
@@ -162,9 +166,8 @@ def executor_for(settings: Settings, options: PipelineOptions, embedder: Embedde
 
     if options.executor == "local":
         return LocalExecutor
-    from imgvec.pipeline.ray_executor import RayExecutor, import_ray
+    from imgvec.pipeline.ray_executor import RayExecutor
 
-    import_ray()  # not installed: say so before a run starts
     return partial(RayExecutor, settings=settings, model=embedder.identity.model)
 
 

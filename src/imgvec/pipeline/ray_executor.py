@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import pickle
+import socket
 import sys
 import tempfile
 import time
@@ -53,6 +54,8 @@ in /dev/shm) would fall back to a slow disk where /dev/shm is a container's 64 M
 FORWARDED_ENVIRONMENT = ("AWS_", "HF_", "HUGGINGFACE_", "OPENCLIP_")
 """Variables of the driver's environment the actors get too: S3 credentials and endpoint, model caches."""
 WORKER_DIED = "the Ray worker died twice on this image (a crash, or out of memory, or its node lost)"
+CONNECT_SECONDS = 5.0
+"""How long the first connection to a cluster's head may take before it is called unreachable."""
 RAY_HELP = "install Ray with: pip install 'imgvec[ray]'"
 
 
@@ -169,6 +172,8 @@ class RayExecutor:
             "object_store_memory": OBJECT_STORE_BYTES,
             "_plasma_directory": _object_store_directory(),
         }
+        if address is not None:
+            _check_reachable(address)
         try:
             with warnings.catch_warnings():
                 # Ray starts its processes by fork and exec; LanceDB warns in each child of a fork, though the
@@ -388,6 +393,21 @@ class RayExecutor:
         if self._owns_ray:
             self.ray.shutdown()
         self._quiet_stdout.__exit__(None, None, None)
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable head for minutes; one TCP connection says within seconds whether it is there."""
+    location = address.removeprefix("ray://")
+    host, _, port = location.rpartition(":")
+    if not host or not port.isdigit():  # "auto", or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise RayWorkersError(
+            f"cannot reach the Ray cluster at {address} ({reason(exc)}): is Ray running there "
+            "(`ray start --head`), and is the port open to this machine?"
+        ) from None
 
 
 def _batched(items: Iterator[SourceItem], size: int) -> Iterator[list[SourceItem]]:
