@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -12,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from tests.s3server import free_port
 
@@ -85,20 +88,37 @@ class RayCluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        subprocess.run([RAY, "stop", "--force"], env=self.env, capture_output=True, check=False)
+        """This cluster's processes and their children only (`ray stop` would end every Ray on the machine)."""
+        processes = [psutil.Process(pid) for pid in self._pids() if psutil.pid_exists(pid)]
+        with contextlib.suppress(psutil.Error):
+            processes += [child for process in processes for child in process.children(recursive=True)]
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=15)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _pids(self) -> list[int]:
+        """Processes started for this cluster: they name its temp dir, or its head's port (the client server)."""
+        mine = (self.temp_dir.encode(), f":{self.port}".encode())
+        return [pid for pid, argv in self._processes() if any(mark in arg for arg in argv[1:] for mark in mine)]
 
     def _raylets(self) -> list[int]:
         """The raylet processes of this cluster (each node has one), found by the temp dir they run under."""
+        return [pid for pid in self._pids() if dict(self._processes()).get(pid, [b""])[0].endswith(b"/raylet")]
+
+    @staticmethod
+    def _processes() -> list[tuple[int, list[bytes]]]:
         found = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                    argv = cmdline.read().split(b"\0")
+                    found.append((int(pid), cmdline.read().split(b"\0")))
             except OSError:
                 continue
-            if argv and argv[0].endswith(b"/raylet") and any(self.temp_dir.encode() in arg for arg in argv):
-                found.append(int(pid))
         return found
 
     def _ray(self, *args: str) -> None:
