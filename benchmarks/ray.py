@@ -34,8 +34,10 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from imgvec import runs  # noqa: E402
+from imgvec.allocator import arrow_on_system_allocator, limit_heap_growth  # noqa: E402
 from imgvec.documents import SourceItem  # noqa: E402
 from imgvec.embed.cpu import cpu_info  # noqa: E402
+from imgvec.pipeline.executor import LocalExecutor  # noqa: E402
 from imgvec.pipeline.indexer import Indexer  # noqa: E402
 from imgvec.pipeline.options import PipelineOptions  # noqa: E402
 from imgvec.pipeline.ray_executor import RayExecutor  # noqa: E402
@@ -150,8 +152,11 @@ class SmallImages:
         return encode(Image.fromarray(pixels).resize((64, 48)))
 
 
-def driver_rss(items: int) -> dict:
-    """Runs in its own process: the Ray executor's driver over ``items`` items, its RSS at 10k and at the end."""
+def driver_rss(items: int, executor: str = "ray") -> dict:
+    """Runs in its own process: the driver over ``items`` items, its RSS as they are done and at the end.
+    ``executor`` local: the same run in-process (decode workers are other processes), for the store's share."""
+    limit_heap_growth()  # as `imgvec ingest` does at start (docs/architecture.md, "Memory and long runs")
+    arrow_on_system_allocator()
     work = Path(tempfile.mkdtemp(prefix="imgvec-ray-rss-"))
     try:
         (work / "configs").mkdir()
@@ -161,7 +166,7 @@ def driver_rss(items: int) -> dict:
             warnings.simplefilter("ignore")
             embedder = settings.load_embedder("imgvec-tiny/random")
         source = SmallImages(items)
-        options = PipelineOptions(executor="ray", batch_size=256)
+        options = PipelineOptions(executor=executor, batch_size=256, workers=1, io_concurrency=0)
         seen: dict[int, float] = {}
         me = psutil.Process()
 
@@ -170,9 +175,9 @@ def driver_rss(items: int) -> dict:
                 if progress.succeeded >= mark and mark not in seen:
                     seen[mark] = me.memory_info().rss / 2**20
 
-        captured = Captured(settings, "imgvec-tiny/random")
+        factory = Captured(settings, "imgvec-tiny/random") if executor == "ray" else LocalExecutor
         run = Indexer(
-            source, EmbeddedStore(work / "store", "images"), embedder, options, executor=captured, on_progress=sample
+            source, EmbeddedStore(work / "store", "images"), embedder, options, executor=factory, on_progress=sample
         )
         began = time.perf_counter()
         report = run.run()
@@ -194,9 +199,10 @@ def main() -> None:
     parser.add_argument("--rss-items", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (actors) for the overhead run")
     parser.add_argument("--driver-rss", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--driver-executor", default="ray", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.driver_rss:
-        print(json.dumps(driver_rss(args.driver_rss)))
+        print(json.dumps(driver_rss(args.driver_rss, args.driver_executor)))
         return
     cpu = cpu_info()
     print(f"CPU: {cpu.model}, {os.cpu_count()} cores; flags: {' '.join(sorted(cpu.flags))}")
@@ -209,18 +215,26 @@ def main() -> None:
     for node, done, rate in result["per_worker"]:
         print(f"  worker on {node}: {done} images, {rate:.2f} images/s")
     print(f"bytes between driver and workers per image: {result['bytes_per_image']}")
-    child = subprocess.run(
-        [sys.executable, __file__, "--driver-rss", str(args.rss_items)], capture_output=True, text=True, check=True
-    )
-    rss = json.loads(child.stdout.strip().splitlines()[-1])
-    marks = rss["rss_mib"]
+    growth = {}
+    for executor in ("ray", "local"):
+        child = subprocess.run(
+            [sys.executable, __file__, "--driver-rss", str(args.rss_items), "--driver-executor", executor],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rss = json.loads(child.stdout.strip().splitlines()[-1])
+        marks = rss["rss_mib"]
+        print(
+            f"{executor} driver RSS (MiB) over {rss['items']} items ({rss['seconds']:.0f}s, tiny model), by items "
+            "done: " + ", ".join(f"{k}: {v}" for k, v in marks.items())
+        )
+        small, large = marks.get("10000"), marks.get(str(rss["items"] * 95 // 100))
+        growth[executor] = f"{large - small:+.0f} MiB" if small and large else "n/a"
     print(
-        f"driver RSS (MiB) over {rss['items']} items ({rss['seconds']:.0f}s, tiny model), by items done: "
-        + ", ".join(f"{k}: {v}" for k, v in marks.items())
+        f"ray overhead ratio (ray / in-process, steady): {result['ratio']:.2f}; driver RSS 10k→95%: "
+        f"{growth['ray']} (in-process: {growth['local']})"
     )
-    small, large = marks.get("10000"), marks.get(str(rss["items"] * 95 // 100))
-    growth = f"{large / small:.2f}" if small and large else "n/a"
-    print(f"ray overhead ratio (ray / in-process, steady): {result['ratio']:.2f}; driver RSS 95%/10k: {growth}")
 
 
 if __name__ == "__main__":
