@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,8 @@ from imgvec.pipeline.indexer import index_source
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.ray_executor import WORKER_DIED, RayExecutor
 from imgvec.stores.embedded import EmbeddedStore
+from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+from tests import test_opensearch_live as live
 from tests.conftest import TINY_MODEL
 from tests.helpers import CrashingFolder, encode, photo, run_cli
 from tests.raycluster import RayCluster
@@ -130,6 +133,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
     for i in range(PHOTOS):
         client.put_object(Bucket="nas", Key=f"mirror/{i:03d}.jpg", Body=encode(photo(9500 + i)))
     client.put_object(Bucket="nas", Key="mirror/broken.png", Body=b"\x89PNG\r\n\x1a\n broken")
+    client.create_bucket(Bucket=live.BUCKET)  # what the file-index worker's documents point at
+    for n in range(live.PHOTOS):
+        client.put_object(Bucket=live.BUCKET, Key=f"2024/trip/photo{n}.jpg", Body=encode(photo(n)))
     yield server
     server.stop()
 
@@ -152,6 +158,33 @@ def test_an_s3_prefix_on_the_cluster_is_read_by_the_workers_themselves(
 def workers_alive(env: dict[str, str]) -> int | None:
     result = run_cli(["progress", "--json"], env)
     return json.loads(result.stdout)["workers_alive"] if result.returncode == 0 else None
+
+
+@pytest.mark.opensearch
+def test_a_migration_fills_the_worker_documents_on_the_cluster(
+    s3: SeaweedServer, cluster: RayCluster, cli_env: dict[str, str], opensearch_url: str
+) -> None:
+    """`migrate`'s fill is an `ingest --missing`: the actors read each document's s3_url themselves."""
+    client = connect(OpenSearchOptions(url=opensearch_url))
+    prefix = f"ray-{uuid.uuid4().hex[:8]}"
+    old, new, alias = f"{prefix}-v2", f"{prefix}-v3", f"{prefix}-current"
+    live.create_old_index(client, old, ("file_name", "file_path", "bucket", "file_key", "s3_url"))
+    documents = {f"worker-{n}": live.worker_document(n) for n in range(live.PHOTOS)}
+    live.write_worker_documents(client, old, documents)
+    client.indices.put_alias(index=old, name=alias)
+    env = {**cli_env, **cluster.driver_env, **s3.env(), "IMGVEC_STORE": opensearch_url, "IMGVEC_MODEL": TINY_MODEL}
+    try:
+        migrated = run_cli(
+            ["migrate", "--from", old, "--to", new, "--alias", alias, *live.LUCENE, "--json", *ray_flags(cluster)],
+            env,
+        )
+        assert migrated.returncode == 0, migrated.stderr
+        assert set(client.indices.get_alias(name=alias)) == {new}
+        for doc_id in documents:
+            assert len(client.get(index=new, id=doc_id)["_source"]["image_vector"]) == 512
+        assert progress({**env, "IMGVEC_INDEX": new})["executor"] == "ray"
+    finally:
+        client.indices.delete(index=f"{prefix}-*", ignore_unavailable=True)
 
 
 def start_ingest(folder: Path, env: dict[str, str], cluster: RayCluster) -> subprocess.Popen[str]:

@@ -177,6 +177,26 @@ def test_ann_index_is_built_and_used(
     assert store.search(late, 1)[0].document["file_path"] == "/p/late.jpg"
 
 
+def test_vectors_too_alike_to_partition_are_searched_exactly(
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tens of thousands of copies of one picture (a placeholder, a scanned blank page) give one vector, and k-means
+    cannot form IVF partitions from it once Lance samples its training set (over 256 rows a partition): the run's
+    final optimize raised Lance's error after every batch was committed."""
+    monkeypatch.setattr(embedded_indexes, "VECTOR_INDEX_MIN_ROWS", 2_000)
+    monkeypatch.setattr(embedded_indexes, "ID_INDEX_MIN_ROWS", 2_000)
+    same = unit(np.random.default_rng(3), 1)[0]
+    for start in range(0, 70_000, 10_000):
+        store.upsert([doc(f"/p/{i}.jpg", same) for i in range(start, start + 10_000)])
+    store.optimize()
+    assert embedded_indexes.vector_index(store._open()) is None  # no index: an exact scan, never wrong
+    assert store.search(same, 1)[0].score == pytest.approx(1.0, abs=1e-4)
+    varied = unit(np.random.default_rng(4), 10_000)  # later, distinct vectors: the index is built after all
+    store.upsert([doc(f"/q/{i}.jpg", v) for i, v in enumerate(varied)])
+    store.optimize()
+    assert embedded_indexes.vector_index(store._open()) is not None
+
+
 def test_rows_stay_findable_as_later_optimizes_reshape_the_index(
     store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
