@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import pytest
 
 from imgvec.pipeline.indexer import index_source
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.ray_executor import WORKER_DIED, RayExecutor
+from imgvec.pipeline.ray_executor import WORKER_DIED, RayExecutor, RayWorkersError
+from imgvec.sources.local import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
 from imgvec.stores.opensearch_client import OpenSearchOptions, connect
 from tests import test_opensearch_live as live
@@ -312,3 +314,24 @@ def test_an_unreachable_cluster_is_one_line_within_seconds(tmp_path: Path, cli_e
     result = run_cli(["ingest", str(tmp_path / "photos"), "--executor", "ray", "--ray-address", "127.0.0.1:1"], env)
     assert result.returncode == 1 and time.monotonic() - began < 60
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workers_that_cannot_load_the_model_stop_the_run_with_one_line(
+    tmp_path: Path, cluster: RayCluster, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is missing on the nodes (here: its config folder is not there): no image is to blame."""
+    for name, value in cluster.driver_env.items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(encode(photo(1)))
+    with pytest.warns(UserWarning, match="random weights"):
+        embedder = settings.load_embedder(TINY_MODEL)
+    elsewhere = replace(settings, model_config_dir=str(tmp_path / "not-on-the-nodes"))
+    options = PipelineOptions(executor="ray", ray_address=cluster.address, ray_workers=1)
+    executor = partial(RayExecutor, settings=elsewhere, model=TINY_MODEL)
+    store = EmbeddedStore(tmp_path / "store", "images")
+    cannot_start = r"^a Ray worker could not start: model config directory .* does not exist$"
+    with pytest.raises(RayWorkersError, match=cannot_start) as raised:
+        index_source(LocalFolder(root), store, embedder, options, executor=executor)
+    assert "\n" not in str(raised.value)

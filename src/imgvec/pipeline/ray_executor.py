@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import socket
 import sys
 import tempfile
@@ -433,4 +434,5 @@ def _cause(exc: BaseException) -> str:
     """Ray's error text without its traceback: the first line that says something."""
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("Traceback", " "))]
-    return lines[-1] if lines else type(exc).__name__
+    # The actor's exception as Ray words it, "imgvec.errors.ModelSpecError: …": the words after the type.
+    return re.sub(r"^[\w.]+(?:Error|Exception): ", "", lines[-1]) if lines else type(exc).__name__
