@@ -68,9 +68,14 @@ class RayCluster:
         self.wait_for_nodes(2)
 
     def kill_worker_node(self) -> None:
-        """The second node lost, as a machine that dies: its raylet killed with SIGKILL."""
+        """The second node lost, as a machine that dies: its raylet and every process it started (the actors'
+        workers among them) killed with SIGKILL. The raylet alone is not enough: its actors answer their callers
+        directly and kept working for as long as a run lasted."""
         assert self.worker_raylet is not None
-        os.kill(self.worker_raylet, 9)
+        raylet = psutil.Process(self.worker_raylet)
+        for process in [raylet, *raylet.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         self.worker_raylet = None
 
     def alive_nodes(self) -> int:

@@ -263,21 +263,22 @@ class RayExecutor:
             yield from self._collect()
 
     def _dispatch(self, batches: Iterator[list[SourceItem]], more: bool) -> bool:
-        """Send work to workers with room; suspects first, each alone on an idle worker. Returns whether
-        ``batches`` may still have more."""
-        for worker in self._workers:
-            if not worker.alive or worker.alone:
-                continue
-            if self._suspects:
-                if worker.in_flight == 0:
+        """Send work to workers with room, the least busy first (a worker that is never sent work would never be
+        found lost); suspects first, each alone on an idle worker. Returns whether ``batches`` may have more."""
+        ready = [worker for worker in self._workers if worker.alive and not worker.alone]
+        if self._suspects:  # the others drain meanwhile, so that suspects find an idle worker
+            for worker in ready:
+                if self._suspects and worker.in_flight == 0:
                     self._send(worker, [self._suspects.popleft()], alone=True)
-                continue  # workers drain so that suspects find one idle
-            while more and worker.in_flight < IN_FLIGHT_PER_WORKER:
-                batch = next(batches, None)
-                if batch is None:
-                    more = False
-                else:
-                    self._send(worker, batch)
+            return more
+        while more:
+            room = [worker for worker in ready if worker.in_flight < IN_FLIGHT_PER_WORKER]
+            if not room:
+                break
+            batch = next(batches, None)
+            if batch is None:
+                return False
+            self._send(min(room, key=lambda worker: worker.in_flight), batch)
         return more
 
     def _send(self, worker: _Worker, items: list[SourceItem], *, alone: bool = False) -> None:
