@@ -276,11 +276,19 @@ def test_a_killed_driver_resumes_with_every_image_once(
     assert progress(env)["workers_alive"] == 0 and len(progress(env)["workers"]) == 2
 
 
-def test_an_image_that_kills_its_worker_twice_is_one_failure(
-    tmp_path: Path, cluster: RayCluster, settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def driver(cluster: RayCluster, settings, monkeypatch: pytest.MonkeyPatch):
+    """This process as a driver of the test cluster, through the library rather than the CLI: the cluster's token
+    in the environment, and the tiny model loaded (the index's identity comes from it)."""
     for name, value in cluster.driver_env.items():
         monkeypatch.setenv(name, value)
+    with pytest.warns(UserWarning, match="random weights"):
+        return settings.load_embedder(TINY_MODEL)
+
+
+def test_an_image_that_kills_its_worker_twice_is_one_failure(
+    tmp_path: Path, cluster: RayCluster, settings, driver
+) -> None:
     root = tmp_path / "photos"
     root.mkdir()
     for i in range(12):
@@ -288,10 +296,8 @@ def test_an_image_that_kills_its_worker_twice_is_one_failure(
     (root / "crash-me.jpg").write_bytes(encode(photo(30_999)))
     store = EmbeddedStore(tmp_path / "store", "images")
     options = PipelineOptions(batch_size=4, executor="ray", ray_address=cluster.address, ray_workers=2)
-    with pytest.warns(UserWarning, match="random weights"):
-        embedder = settings.load_embedder(TINY_MODEL)
     executor = partial(RayExecutor, settings=settings, model=TINY_MODEL)
-    report = index_source(CrashingFolder(root), store, embedder, options, executor=executor)
+    report = index_source(CrashingFolder(root), store, driver, options, executor=executor)
     assert [(Path(f.file_path).name, f.stage, f.reason) for f in report.failures] == [
         ("crash-me.jpg", "worker", WORKER_DIED)
     ]
@@ -317,21 +323,17 @@ def test_an_unreachable_cluster_is_one_line_within_seconds(tmp_path: Path, cli_e
 
 
 def test_workers_that_cannot_load_the_model_stop_the_run_with_one_line(
-    tmp_path: Path, cluster: RayCluster, settings, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cluster: RayCluster, settings, driver
 ) -> None:
     """The model is missing on the nodes (here: its config folder is not there): no image is to blame."""
-    for name, value in cluster.driver_env.items():
-        monkeypatch.setenv(name, value)
     root = tmp_path / "photos"
     root.mkdir()
     (root / "a.jpg").write_bytes(encode(photo(1)))
-    with pytest.warns(UserWarning, match="random weights"):
-        embedder = settings.load_embedder(TINY_MODEL)
     elsewhere = replace(settings, model_config_dir=str(tmp_path / "not-on-the-nodes"))
     options = PipelineOptions(executor="ray", ray_address=cluster.address, ray_workers=1)
     executor = partial(RayExecutor, settings=elsewhere, model=TINY_MODEL)
     store = EmbeddedStore(tmp_path / "store", "images")
     cannot_start = r"^a Ray worker could not start: model config directory .* does not exist$"
     with pytest.raises(RayWorkersError, match=cannot_start) as raised:
-        index_source(LocalFolder(root), store, embedder, options, executor=executor)
+        index_source(LocalFolder(root), store, driver, options, executor=executor)
     assert "\n" not in str(raised.value)
