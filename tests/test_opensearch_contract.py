@@ -24,7 +24,14 @@ from imgvec.stores.opensearch import OpenSearchStore
 from imgvec.stores.opensearch_aliases import OpenSearchAliases
 from imgvec.stores.opensearch_client import OpenSearchOptions, connect
 from imgvec.stores.opensearch_mapping import KnnIndexOptions, index_body
-from tests.opensearch_contract import SPEC_FILE, RecordedCluster, SpecValidator, load_spec, recording_connection
+from tests.opensearch_contract import (
+    SPEC_FILE,
+    RecordedCluster,
+    Request,
+    SpecValidator,
+    load_spec,
+    recording_connection,
+)
 
 pytestmark = pytest.mark.skipif(
     not SPEC_FILE.exists(),
@@ -61,6 +68,17 @@ def store_for(cluster: RecordedCluster, *, serverless: bool = False, index: str 
 def existing_index(cluster: RecordedCluster, mappings: dict[str, Any], index: str = INDEX) -> None:
     cluster.on("HEAD", f"/{index}", (200, None))
     cluster.on("GET", f"/{index}/_mapping", (200, {index: {"mappings": mappings}}))
+
+
+def documents_hold(cluster: RecordedCluster, fields: set[str], total: int, index: str = INDEX) -> None:
+    """``_count`` as the listing asks it: how many listed documents lack a field (none lack ``fields``)."""
+
+    def count(request: Request) -> tuple[int, Any]:
+        lacking = request.body["query"]["bool"]["must_not"][0]["exists"]["field"]
+        shards = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
+        return 200, {"count": 0 if lacking in fields else total, "_shards": shards}
+
+    cluster.on("POST", f"/{index}/_count", count)
 
 
 def ours(**options: Any) -> dict[str, Any]:
@@ -403,6 +421,7 @@ def test_lookup_matches_by_doc_id_or_worker_id(cluster: RecordedCluster):
 def test_missing_vectors_are_paged_with_pit_and_search_after(cluster: RecordedCluster, monkeypatch):
     monkeypatch.setattr(opensearch_store, "PAGE_SIZE", 2)
     existing_index(cluster, ours())
+    documents_hold(cluster, {"file_path"}, 3)  # the worker's documents: no doc_id, no s3_url
     cluster.on(
         "POST",
         f"/{INDEX}/_search/point_in_time",
@@ -423,23 +442,71 @@ def test_missing_vectors_are_paged_with_pit_and_search_after(cluster: RecordedCl
                 "_id": f"w{n}",
                 "_score": None,
                 "_source": {"file_path": f"/nas/{n}.jpg"},
-                "sort": [f"w{n}"],
+                "sort": [f"/nas/{n}.jpg"],
             }
             for n in (1, 2)
         ],
-        [{"_index": INDEX, "_id": "w3", "_score": None, "_source": {"file_path": "/nas/3.jpg"}, "sort": ["w3"]}],
+        [
+            {
+                "_index": INDEX,
+                "_id": "w3",
+                "_score": None,
+                "_source": {"file_path": "/nas/3.jpg"},
+                "sort": ["/nas/3.jpg"],
+            }
+        ],
     ]
-    cluster.on(
-        "POST", "/_search", lambda r: (200, search_answer(pages[1 if "search_after" in r.body else 0], pit_id="pit-1"))
-    )
+
+    def page(request: Request) -> tuple[int, Any]:
+        answer = search_answer(pages[1 if "search_after" in request.body else 0], pit_id="pit-1")
+        answer["hits"]["total"]["value"] = 3  # the snapshot's total, on the first page
+        return 200, answer
+
+    cluster.on("POST", "/_search", page)
     found = list(store_for(cluster).documents(without_vector=True))
     assert [i for i, _ in found] == ["w1", "w2", "w3"]
     first, second = cluster.of("search")
-    assert first.body["query"] == {"bool": {"must_not": [{"exists": {"field": "image_vector"}}]}}
-    assert first.body["pit"] == {"id": "pit-1", "keep_alive": "5m"} and first.body["sort"] == [{"doc_id": "asc"}]
-    assert second.body["search_after"] == ["w2"]
+    missing = {"bool": {"must_not": [{"exists": {"field": "image_vector"}}]}}
+    assert first.body["query"] == missing
+    assert first.body["pit"] == {"id": "pit-1", "keep_alive": "5m"} and first.body["track_total_hits"] is True
+    # doc_id would sort them all as null, and search_after [null] ends the listing at one page
+    assert first.body["sort"] == [{"file_path": "asc"}]
+    assert second.body["search_after"] == ["/nas/2.jpg"] and second.body["track_total_hits"] is False
+    lacking = [r.body["query"]["bool"]["must_not"][0]["exists"]["field"] for r in cluster.of("count")]
+    assert lacking == ["doc_id", "s3_url", "file_path"]
+    assert all(r.body["query"]["bool"]["filter"] == [missing] for r in cluster.of("count"))
     assert cluster.of("delete_pit")[0].body == {"pit_id": ["pit-1"]}
     assert not cluster.of("scroll")
+
+
+def test_a_listing_pages_on_id_when_no_unique_field_is_complete_and_refuses_to_end_early(
+    cluster: RecordedCluster, monkeypatch
+):
+    monkeypatch.setattr(opensearch_store, "PAGE_SIZE", 2)
+    existing_index(cluster, ours())
+    documents_hold(cluster, set(), 5)
+    cluster.on(
+        "POST",
+        f"/{INDEX}/_search/point_in_time",
+        (200, {"pit_id": "p", "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}, "creation_time": 1}),
+    )
+    cluster.on("DELETE", "/_search/point_in_time", (200, {"pits": [{"pit_id": "p", "successful": True}]}))
+    hits = [{"_index": INDEX, "_id": f"w{n}", "_score": None, "_source": {}, "sort": [f"w{n}"]} for n in range(3)]
+
+    def page(request: Request) -> tuple[int, Any]:
+        shown = hits[:2] if "search_after" not in request.body else hits[2:]
+        answer = search_answer(shown, pit_id="p")
+        answer["hits"]["total"]["value"] = 5  # two documents the pages never gave
+        return 200, answer
+
+    cluster.on("POST", "/_search", page)
+    listed = []
+    with pytest.raises(StoreError, match="stopped after 3 of 5 documents"):
+        for doc_id, _ in store_for(cluster).documents(without_vector=True):
+            listed.append(doc_id)
+    assert listed == ["w0", "w1", "w2"]
+    assert cluster.of("search")[0].body["sort"] == [{"_id": "asc"}]
+    assert cluster.of("delete_pit")  # the point in time is closed all the same
 
 
 def test_sync_finds_a_folders_documents_by_prefix_and_deletes_them_by_id(cluster: RecordedCluster):
@@ -451,6 +518,7 @@ def test_sync_finds_a_folders_documents_by_prefix_and_deletes_them_by_id(cluster
         (200, {"pit_id": "pit-2", "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}),
     )
     cluster.on("DELETE", "/_search/point_in_time", (200, {"pits": [{"pit_id": "pit-2", "successful": True}]}))
+    documents_hold(cluster, {"doc_id", "s3_url", "file_path"}, 1)
     hit = {"_index": INDEX, "_id": "d1", "_score": None, "_source": {"file_path": "/nas/old/1.jpg"}, "sort": ["d1"]}
     cluster.on("POST", "/_search", (200, search_answer([hit], pit_id="pit-2")))
     cluster.on("POST", "/_bulk", bulk_ok)
@@ -466,6 +534,7 @@ def test_sync_finds_a_folders_documents_by_prefix_and_deletes_them_by_id(cluster
 
 def test_scroll_is_the_fallback_where_pit_is_unavailable(cluster: RecordedCluster):
     existing_index(cluster, ours())
+    documents_hold(cluster, {"doc_id"}, 1)
     cluster.on(
         "POST",
         f"/{INDEX}/_search/point_in_time",
@@ -498,6 +567,61 @@ OLD_MAPPING = {
         "image_vector": {"type": "knn_vector", "dimension": 1024},
     }
 }
+
+
+def test_writes_after_a_mark_are_copied_per_shard_in_sequence_order(cluster: RecordedCluster):
+    """What a migration sends to catch up with a writer that kept writing to the old index (pipeline/migrate.py)."""
+    existing_index(cluster, ours())
+    existing_index(cluster, OLD_MAPPING, OLD)
+    shard = {"routing": {"state": "STARTED", "primary": True, "node": "n1", "relocating_node": None}}
+    replica = {"routing": {"state": "STARTED", "primary": False, "node": "n2", "relocating_node": None}}
+    cluster.on(
+        "GET",
+        f"/{OLD}/_stats/docs",
+        (
+            200,
+            {
+                "_shards": {"total": 3, "successful": 3, "failed": 0},
+                "_all": {"primaries": {}, "total": {}},
+                "indices": {
+                    OLD: {
+                        "uuid": "u",
+                        "primaries": {},
+                        "total": {},
+                        "shards": {
+                            "0": [
+                                {**shard, "seq_no": {"max_seq_no": 9, "local_checkpoint": 9, "global_checkpoint": 8}},
+                                {**replica, "seq_no": {"max_seq_no": 9, "local_checkpoint": 7, "global_checkpoint": 7}},
+                            ],
+                            "1": [
+                                {**shard, "seq_no": {"max_seq_no": 4, "local_checkpoint": 4, "global_checkpoint": 4}}
+                            ],
+                        },
+                    }
+                },
+            },
+        ),
+    )
+    cluster.on("POST", f"/{OLD}/_refresh", (200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}))
+    hit = {"_index": OLD, "_id": "w7", "_score": None, "_source": {"file_path": "/nas/7.jpg"}, "sort": [12]}
+    cluster.on(
+        "POST",
+        f"/{OLD}/_search",
+        lambda r: (200, search_answer([hit] if r.params["preference"] == "_shards:0" else [])),
+    )
+    cluster.on("POST", "/_bulk", bulk_ok)
+    old, new = store_for(cluster, index=OLD), store_for(cluster)
+    mark = old.change_mark()
+    assert mark == {"0": 8, "1": 4}  # the primaries' global checkpoints: every write up to them is on every copy
+    assert cluster.of("indices.stats")[0].params == {"level": "shards"}
+    assert new.copy_changes(OLD, {"0": 3, "1": 4}) == 1
+    first, second = cluster.of("search")
+    assert first.params == {"preference": "_shards:0"} and second.params == {"preference": "_shards:1"}
+    assert first.body["query"] == {"range": {"_seq_no": {"gt": 3}}} and first.body["sort"] == [{"_seq_no": "asc"}]
+    assert second.body["query"] == {"range": {"_seq_no": {"gt": 4}}}
+    [bulk] = cluster.of("bulk")
+    assert bulk.body == [{"index": {"_index": INDEX, "_id": "w7"}}, {"file_path": "/nas/7.jpg", "doc_id": "w7"}]
+    assert store_for(cluster, serverless=True, index=OLD).change_mark() is None
 
 
 def test_reindex_copies_without_the_old_vectors_and_keeps_filled_ones(cluster: RecordedCluster):
@@ -563,6 +687,7 @@ def test_serverless_copy_streams_documents_and_sets_doc_id(cluster: RecordedClus
         f"/{INDEX}/_count",
         (200, {"count": 0, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}),
     )
+    documents_hold(cluster, {"file_path"}, 1, index=OLD)
     cluster.on(
         "POST",
         f"/{OLD}/_search/point_in_time",
@@ -581,7 +706,7 @@ def test_serverless_copy_streams_documents_and_sets_doc_id(cluster: RecordedClus
                         "_id": "w1",
                         "_score": None,
                         "_source": {"file_path": "/nas/1.jpg", "file_key": "1.jpg"},
-                        "sort": ["1.jpg"],
+                        "sort": ["/nas/1.jpg"],
                     }
                 ],
                 pit_id="p",
@@ -591,7 +716,7 @@ def test_serverless_copy_streams_documents_and_sets_doc_id(cluster: RecordedClus
     cluster.on("POST", "/_bulk", bulk_ok)
     assert store_for(cluster, serverless=True).copy_from(OLD) == 1
     search = cluster.of("search")[0]
-    assert search.body["sort"] == [{"file_key": "asc"}] and search.body["_source"] == {"excludes": ["image_vector"]}
+    assert search.body["sort"] == [{"file_path": "asc"}] and search.body["_source"] == {"excludes": ["image_vector"]}
     (bulk,) = cluster.of("bulk")
     assert bulk.body == [{"index": {"_index": INDEX}}, {"file_path": "/nas/1.jpg", "file_key": "1.jpg", "doc_id": "w1"}]
     assert not cluster.of("reindex")
@@ -679,6 +804,7 @@ def test_ingest_missing_fills_worker_documents_in_place(cluster: RecordedCluster
     ]
     identity = tiny_embedder.identity
     existing_index(cluster, index_body(identity, KnnIndexOptions())["mappings"])
+    documents_hold(cluster, {"file_path"}, len(worker_docs))
     cluster.on(
         "POST",
         f"/{INDEX}/_search/point_in_time",

@@ -81,13 +81,18 @@ def migrate(
 
     Run the same command again to resume; `imgvec alias rollback ALIAS` switches back."""
     from imgvec.pipeline.migrate import migrate as run_migration
+    from imgvec.pipeline.migrate import resolve_origin
 
     settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=True)
     config = _knn_config(settings, knn)
     fill_settings = replace(settings, index=target_index)
+    aliases = open_aliases(settings.store, settings.opensearch_options())
+    named, origin_index = origin_index, resolve_origin(aliases, origin_index)
+    if named != origin_index and not as_json:
+        step(f"{named!r} is an alias of {origin_index!r}: migrating from {origin_index!r}")
     origin = settings.open_store(origin_index)
     target = settings.open_store(target_index)
-    aliases = open_aliases(settings.store, settings.opensearch_options())
+    runs.refuse_if_busy(replace(settings, index=origin_index))  # an imgvec run writing there would be left behind
     runs.refuse_if_busy(fill_settings)
     embedder = runs.embedder_for(settings, target)
     options = runs.fit_to_model(options, embedder)

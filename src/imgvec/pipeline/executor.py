@@ -87,7 +87,11 @@ class LocalExecutor:
         look_ahead = max(2 * options.batch_size, 4 * max(1, options.workers), 2 * options.io_concurrency)
         for item in items:
             in_flight.append((item, self._pools.submit(item)))
-            while len(in_flight) >= look_ahead:
+            # Under a rate limit the items trickle in and the look-ahead may never fill: what is done goes on to the
+            # writer at once, or nothing would be written until the listing ended. Otherwise the look-ahead stays
+            # full, so the workers keep decoding while the model runs.
+            trickle = options.rate_limit is not None
+            while len(in_flight) >= look_ahead or (trickle and in_flight and in_flight[0][1].done()):
                 yield from self._collect(in_flight)
         while in_flight:  # even when stopping: the signal says "finish the batch in hand"
             yield from self._collect(in_flight)

@@ -119,6 +119,17 @@ class Store(Protocol):
         """Copy another index of this backend here, without its vectors (a migration's first step)."""
         ...
 
+    def change_mark(self) -> dict[str, int] | None:
+        """Where this index's writes stand now, for ``copy_changes`` (OpenSearch: per shard, the sequence number
+        up to which every write is on every copy, made searchable before it returns); None where the store cannot
+        say (Serverless, the embedded store, whose writers take the index's lock)."""
+        ...
+
+    def copy_changes(self, origin_index: str, since: dict[str, int]) -> int:
+        """Copy the documents ``origin_index`` gained or changed after ``since`` (its ``change_mark``), without
+        their vectors, replacing this index's copies: what another writer put in the origin during a migration."""
+        ...
+
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]: ...
 
     def stats(self) -> IndexStats: ...

@@ -312,6 +312,7 @@ class EmbeddedStore:
                 yield row["id"], row
 
     def copy_from(self, origin_index: str) -> int:
+        """Inserts the documents this index lacks; returns how many that was."""
         table = self._open()
         copied = 0
         rows: list[dict[str, Any]] = []
@@ -322,6 +323,12 @@ class EmbeddedStore:
                 rows = []
         return copied + self._insert_rows(table, rows)
 
+    def change_mark(self) -> dict[str, int] | None:
+        return None  # every writer of an embedded index is an imgvec run holding its lock: migrate refuses then
+
+    def copy_changes(self, origin_index: str, since: dict[str, int]) -> int:
+        raise StoreError("the embedded store keeps no change marks: its writers hold the index's lock")
+
     @staticmethod
     def _insert_rows(table: lancedb.table.Table, rows: list[dict[str, Any]]) -> int:
         if rows:
@@ -330,8 +337,8 @@ class EmbeddedStore:
             batch = batch.append_column("vector", pa.nulls(len(rows), table.schema.field("vector").type))
             # insert only: a re-run of a migration must not wipe the vectors it has filled in since
             merge = table.merge_insert("id").when_not_matched_insert_all()
-            merge.execute(batch.cast(table.schema), on_bad_vectors="null")
-        return len(rows)
+            return int(merge.execute(batch.cast(table.schema), on_bad_vectors="null").num_inserted_rows)
+        return 0
 
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]:
         table = self._open()

@@ -45,8 +45,10 @@ COPY_SCRIPT = (
     "if (ctx._source.doc_id == null) { ctx._source.doc_id = ctx._id }"
 )
 """_reindex's ``source._source`` takes only fields to keep (the spec's ``Fields``): the old vectors are dropped here."""
-SORT_CANDIDATES = ("doc_id", "file_key", "file_path", "s3_url")
-"""Keyword fields unique per document, to page a foreign index with search_after (first one present wins)."""
+UNIQUE_SORT_FIELDS = ("doc_id", "s3_url", "file_path")
+"""Keyword fields unique per document: a listing pages on the first one that every listed document holds (doc values,
+cheap); otherwise on ``_id``. A field some documents lack sorts them as ``null``, and ``search_after: [null]`` finds
+nothing after them: the worker writes no ``doc_id``, so sorting its documents on it ended every listing at one page."""
 
 
 class OpenSearchStore:
@@ -317,24 +319,29 @@ class OpenSearchStore:
             query = {"bool": dict(condition["bool"]) if condition else {}}
             if without_vector:
                 query["bool"]["must_not"] = [{"exists": {"field": VECTOR_FIELD}}]
-        sort_field = next((f for f in SORT_CANDIDATES if (properties.get(f) or {}).get("type") == "keyword"), None)
-        if sort_field is None:
-            raise StoreError(
-                f"index {self.index!r} has no keyword field among {', '.join(SORT_CANDIDATES)} to page through it"
-            )
-        for hit in self._pages(query, sort_field, excluded):
+        for hit in self._pages(query, self._sort_for(query, properties), excluded):
             yield hit["_source"].get("doc_id") or hit["_id"], hit["_source"]
 
-    def _pages(self, query: dict[str, Any], sort_field: str, excluded: list[str]) -> Iterator[dict[str, Any]]:
-        """Point-in-time + search_after (what Serverless and 2.4+ support); scroll where PIT is unavailable."""
+    def _sort_for(self, query: dict[str, Any], properties: dict[str, Any]) -> list[dict[str, str]]:
+        """A total order over the documents ``query`` matches, for search_after (see ``UNIQUE_SORT_FIELDS``)."""
+        for name in UNIQUE_SORT_FIELDS:
+            if (properties.get(name) or {}).get("type") != "keyword":
+                continue
+            lacking = {"bool": {"filter": [query], "must_not": [{"exists": {"field": name}}]}}
+            if self._count(lacking) == 0:
+                return [{name: "asc"}]
+        return [{"_id": "asc"}]
+
+    def _pages(
+        self, query: dict[str, Any], sort: list[dict[str, str]], excluded: list[str]
+    ) -> Iterator[dict[str, Any]]:
+        """Point-in-time + search_after (what Serverless and 2.4+ support); scroll where PIT is unavailable.
+
+        The snapshot's total is checked against what the pages gave: a listing that ends early is an error, never
+        a run that exits 0 with documents left behind."""
         from opensearchpy import NotFoundError, RequestError
 
-        body: dict[str, Any] = {
-            "size": PAGE_SIZE,
-            "query": query,
-            "_source": {"excludes": excluded},
-            "sort": [{sort_field: "asc"}],
-        }
+        body: dict[str, Any] = {"size": PAGE_SIZE, "query": query, "_source": {"excludes": excluded}, "sort": sort}
         try:
             pit = self._call(self.client.create_pit, index=self.index, params={"keep_alive": PIT_KEEP_ALIVE})
         except (NotFoundError, RequestError):
@@ -345,17 +352,27 @@ class OpenSearchStore:
         pit_id = pit["pit_id"]
         try:
             after: list[Any] | None = None
+            total: int | None = None
+            listed = 0
             while True:
-                page = {**body, "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}}
+                page = {**body, "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}, "track_total_hits": total is None}
                 if after is not None:
                     page["search_after"] = after
                 response = self._call(self.client.search, body=page)
                 pit_id = response.get("pit_id", pit_id)
+                if total is None:
+                    total = int(response["hits"]["total"]["value"])
                 hits = response["hits"]["hits"]
+                listed += len(hits)
                 yield from hits
                 if len(hits) < PAGE_SIZE:
-                    return
+                    break
                 after = hits[-1]["sort"]
+            if listed < total:
+                raise StoreError(
+                    f"listing {self.index!r} stopped after {listed} of {total} documents (paging on "
+                    f"{', '.join(next(iter(s)) for s in sort)}): nothing after them was read"
+                )
         finally:
             self._call(self.client.delete_pit, body={"pit_id": [pit_id]})
 
@@ -410,6 +427,53 @@ class OpenSearchStore:
             cause = status.get("error") or failures[0]
             raise StoreError(f"_reindex from {origin_index!r} failed: {cause}")
         return int(response.get("created", 0))
+
+    def change_mark(self) -> dict[str, int] | None:
+        if self.serverless:
+            return None  # no sequence numbers to read there: the migration's count check is all there is
+        stats = self._call(self.client.indices.stats, index=self.index, metric="docs", params={"level": "shards"})
+        [shards] = [entry["shards"] for entry in stats["indices"].values()]
+        self.optimize()  # every write up to the mark is searchable now: a copy started next sees all of them
+        return {
+            shard: int(copy["seq_no"]["global_checkpoint"])
+            for shard, copies in shards.items()
+            for copy in copies
+            if copy["routing"]["primary"]
+        }
+
+    def copy_changes(self, origin_index: str, since: dict[str, int]) -> int:
+        """Per shard, the documents whose sequence number is past the mark, in sequence order (a new version of a
+        document has a new number, so a document the writer replaced comes too), written over this index's copy
+        without their old vectors. The origin is refreshed first: every write up to the mark is then searchable."""
+        origin = OpenSearchStore(self.client, origin_index, serverless=self.serverless, label=self.label)
+        excluded = sorted(vector_fields(origin.mapping())) or [VECTOR_FIELD]
+        origin.optimize()
+        copied = 0
+        for shard, mark in sorted(since.items()):
+            body: dict[str, Any] = {
+                "size": PAGE_SIZE,
+                "query": {"range": {"_seq_no": {"gt": mark}}},
+                "sort": [{"_seq_no": "asc"}],
+                "_source": {"excludes": excluded},
+            }
+            while True:
+                response = self._call(
+                    self.client.search, index=origin_index, body=body, params={"preference": f"_shards:{shard}"}
+                )
+                hits = response["hits"]["hits"]
+                batch = [
+                    BulkItem(
+                        hit["_id"],
+                        {"index": {"_index": self.index, "_id": hit["_id"]}},
+                        {**hit["_source"], "doc_id": hit["_source"].get("doc_id") or hit["_id"]},
+                    )
+                    for hit in hits
+                ]
+                copied += self._copy_batch(batch)
+                if len(hits) < PAGE_SIZE:
+                    break
+                body["search_after"] = hits[-1]["sort"]
+        return copied
 
     def _copy_batch(self, batch: list[BulkItem]) -> int:
         rejected = self._bulk(batch)

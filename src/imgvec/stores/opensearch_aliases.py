@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from imgvec.errors import StoreError
+from imgvec.stores.opensearch_client import cluster_reason, request
 
 if TYPE_CHECKING:
     from opensearchpy import OpenSearch
@@ -34,5 +35,10 @@ class OpenSearchAliases:
         if previous is not None:
             actions.append({"remove": {"index": previous, "alias": alias}})
         actions.append({"add": {"index": index, "alias": alias}})
-        self.client.indices.update_aliases(body={"actions": actions})
+        from opensearchpy import RequestError
+
+        try:
+            request(self.client.indices.update_aliases, "OpenSearch", alias, body={"actions": actions})
+        except RequestError as exc:
+            raise StoreError(f"cannot point {alias!r} at {index!r}: {cluster_reason(exc)}") from None
         return previous

@@ -156,7 +156,7 @@ def request(method: Any, label: str, index: str, /, **kwargs: Any) -> Any:
     except AuthenticationException:
         raise StoreError(f"{label} refused the credentials (401): check the user/password or AWS keys") from None
     except AuthorizationException as exc:
-        raise StoreError(f"{label}: not allowed (403) for index {index!r}: {_reason(exc)}") from None
+        raise StoreError(f"{label}: not allowed (403) for index {index!r}: {cluster_reason(exc)}") from None
     except ConnectionError as exc:
         raise StoreError(
             f"cannot reach {label} ({exc.info or exc.error}): check --store and that the cluster is up"
@@ -164,10 +164,10 @@ def request(method: Any, label: str, index: str, /, **kwargs: Any) -> Any:
     except TransportError as exc:
         if exc.status_code in (400, 404, 409):
             raise  # callers decide what those mean
-        raise StoreError(f"{label} answered HTTP {exc.status_code}: {_reason(exc)}") from None
+        raise StoreError(f"{label} answered HTTP {exc.status_code}: {cluster_reason(exc)}") from None
 
 
-def _reason(exc: Any) -> str:
+def cluster_reason(exc: Any) -> str:
     info = getattr(exc, "info", None)
     if isinstance(info, dict):
         error = info.get("error")
