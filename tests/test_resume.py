@@ -124,7 +124,7 @@ def test_kill_9_at_several_points_then_resume(folder: Path, cli_env: dict[str, s
 
     failures = json.loads(run_cli(["failures", "--json"], cli_env).stdout)
     assert sorted(Path(f["file_path"]).name for f in failures) == ["corrupt.jpg", "empty.png"]
-    assert all(set(f) == {"file_path", "stage", "reason"} and f["stage"] == "decode" for f in failures)
+    assert all(set(f) == {"file_path", "stage", "reason", "attempts"} and f["stage"] == "decode" for f in failures)
 
     metrics = run_cli(["metrics"], cli_env)  # the latest run's own figures
     assert metrics.returncode == 0

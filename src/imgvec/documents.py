@@ -180,3 +180,7 @@ class Failure:
 
     def as_dict(self) -> dict[str, Any]:
         return {"file_path": self.file_path, "stage": self.stage, "reason": self.reason}
+
+    def record_dict(self) -> dict[str, Any]:
+        """A failure record as `imgvec failures --json` and /api/failures show it: with the runs that met it."""
+        return {**self.as_dict(), "attempts": self.attempts}

@@ -79,7 +79,7 @@ def failures(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Files that failed, with the stage and the reason; `ingest --retry-failed` tries them again."""
     records = runs.journal_for(ctx.obj, create=False).failures()
     if as_json:
-        print_json([r.as_dict() for r in records])
+        print_json([record.record_dict() for record in records])
         return
     if not records:
         out.print("no failures")

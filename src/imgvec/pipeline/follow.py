@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from imgvec.errors import ImgvecError
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.recovery import Recovery
 from imgvec.sources.base import Source
@@ -22,6 +23,10 @@ from imgvec.sources.base import Source
 class FollowOptions:
     interval: float = 30.0
     """Seconds between passes; a pass that finds nothing costs one query."""
+
+
+class PassFailed(ImgvecError):
+    """Every document a pass tried failed: counted as an error in a row, so the health says so."""
 
 
 class Follower:
@@ -55,15 +60,23 @@ class Follower:
                 self._heartbeat()
 
     def _pass(self) -> None:
-        report = self.indexer.report
-        before = (report.succeeded, report.failed)
+        report, writer = self.indexer.report, self.indexer.writer
+        before = (report.succeeded, writer.failure_events)
         self.indexer.process(self.source.scan(self.indexer.record_listing_error))
         self._last_pass_at = datetime.now(UTC).isoformat(timespec="seconds")
-        filled, failed = report.succeeded - before[0], report.failed - before[1]
+        filled, failed = report.succeeded - before[0], writer.failure_events - before[1]
         if filled:
             self.indexer.writer.optimize()  # searchable now, not at the cluster's next refresh
-        if filled or failed:
-            self.log(f"filled {filled} documents, {failed} failed")
+        if not failed:
+            if filled:
+                self.log(f"filled {filled} documents")
+            return
+        example = writer.last_failure
+        why = f", e.g. {example.file_path}: {example.reason}" if example else ""
+        if filled:
+            self.log(f"filled {filled} documents, {failed} failed{why}")
+            return
+        raise PassFailed(f"{failed} documents failed and none was filled{why}")
 
     def _heartbeat(self) -> None:
         health = {

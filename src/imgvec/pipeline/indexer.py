@@ -208,7 +208,7 @@ class Indexer:
                 if verdict is Verdict.TODO:
                     todo.append(item)
                 else:
-                    self.writer.skipped(verdict)
+                    self.writer.skipped(verdict, item.uri)
             self.metrics.stage_seconds["list"] += time.perf_counter() - began
             self.save()
             yield from todo

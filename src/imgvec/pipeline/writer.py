@@ -59,24 +59,43 @@ class BatchWriter:
         self._batches_since_optimize = 0
         self._wrote_any = False
         self._failed_writes_in_a_row = 0
+        self.failure_events = 0
+        """Every failure met, counted again each time: what a ``--follow`` pass judges its health by."""
+        self.last_failure: Failure | None = None
+        self._counted_failures: set[str] = set()
+        """Keys of files counted as failed (or skipped as failed before) in this session: a ``--follow`` or
+        ``watch`` that meets the same bad document on every pass counts it once."""
 
     # -- counts that involve no write -----------------------------------------------------------------
 
     def listed(self, count: int) -> None:
         self.report.seen += count
 
-    def skipped(self, verdict: Verdict) -> None:
+    def skipped(self, verdict: Verdict, key: str) -> None:
         if verdict is Verdict.UNCHANGED:
             self.report.unchanged += 1
-        elif verdict is Verdict.FAILED_BEFORE:
+        elif verdict is Verdict.FAILED_BEFORE and key not in self._counted_failures:
+            self._counted_failures.add(key)
             self.report.known_failures += 1  # failed before and has not changed since: --retry-failed
 
     def fail(self, failures: Iterable[Failure]) -> None:
-        failures = list(failures)
-        self.report.failures.extend(failures)
-        self.report.listing_failures += sum(1 for failure in failures if failure.stage == "list")
-        if self.journal is not None and failures:
-            self.journal.record_failures(failures)
+        """Record failures; one already counted in this session is not counted again. A file's read or write that
+        fails again still adds an attempt to its record (after a few it is skipped until it changes); a listing
+        failure (a document with no location) seen again is the same record, so it is left as it is."""
+        fresh, again = [], []
+        for failure in failures:
+            self.failure_events += 1
+            self.last_failure = failure
+            if failure.key in self._counted_failures:
+                if failure.stage != "list":
+                    again.append(failure)
+                continue
+            self._counted_failures.add(failure.key)
+            fresh.append(failure)
+        self.report.failures.extend(fresh)
+        self.report.listing_failures += sum(1 for failure in fresh if failure.stage == "list")
+        if self.journal is not None and (fresh or again):
+            self.journal.record_failures([*fresh, *again])
 
     # -- writes ---------------------------------------------------------------------------------------
 
@@ -137,6 +156,7 @@ class BatchWriter:
 
     def forget_failures(self, uris: Sequence[str]) -> None:
         """Failure records of files that are gone (or written after all) go too."""
+        self._counted_failures.difference_update(uris)
         if self.journal is not None:
             self.journal.clear_failures(uris)
 
