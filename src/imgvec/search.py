@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from imgvec.embed.base import Embedder
-from imgvec.embed.decode import DEFAULT_MAX_PIXELS, decode_image
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
 from imgvec.errors import IndexNotFoundError, SourceError
 from imgvec.sources.reader import LocationReader
 from imgvec.stores.base import SearchFilter, SearchHit, Store
@@ -26,11 +26,14 @@ def check_compatible(store: Store, embedder: Embedder) -> None:
     identity.require_compatible(embedder.identity, action="search")
 
 
-def image_pixels(embedder: Embedder, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def image_pixels(
+    embedder: Embedder, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget | None = None
+) -> np.ndarray:
     """One image file's bytes → the model's (3, H, W) input, through the same guarded decoder as an ingest (bomb
-    guard, corrupt files → ImageDecodeError with a reason)."""
+    guard, corrupt files → ImageDecodeError with a reason). ``budget``: the service's bound on decode memory."""
     preprocessor = embedder.preprocessor
-    return preprocessor(decode_image(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
+    decode = budget.decode if budget is not None else decode_image
+    return preprocessor(decode(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
 
 
 def search_text(

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -36,16 +39,11 @@ resize then still sees several source pixels per output pixel, which holds the t
 ``tests/test_decode_reduced.py`` states (docs/performance.md); at 1x the error triples for little gain."""
 
 _WHITE = (255, 255, 255)
+ORIENTATION = 0x0112
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: int | None = None) -> Image.Image:
-    """Decode one image file's bytes to an upright RGB image (first frame if animated).
-
-    ``reduce_for``: the short side the model's input needs. A 12 MP photo is then never decoded in full to make a
-    224 px input: a JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8), which skips most of the
-    inverse transforms and the colour conversion; any other format is box-reduced right after decoding, which
-    spares the bicubic resize most of its work. Either way the short side stays at least ``REDUCE_MARGIN`` times
-    ``reduce_for``. None: the full picture, as the reference preprocessing sees it."""
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The file's header, checked (format, size, the pixel limit); no pixel is decoded yet."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
@@ -65,6 +63,72 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_fo
             f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
             f"{max_pixels / 1e6:.0f} MP; raise --max-pixels to index it"
         )
+    if isinstance(image, JpegImagePlugin.JpegImageFile):
+        _require_entropy_data(image, data)
+    return image
+
+
+def decode_cost(image: Image.Image, reduce_for: int | None = None) -> int:
+    """Bytes a decode of ``image`` (from ``open_image``) holds at its peak: what the service reserves before it
+    decodes, so concurrent requests for huge pictures wait instead of exhausting memory."""
+    width, height = image.size
+    if reduce_for and isinstance(image, JpegImagePlugin.JpegImageFile):
+        scale = min(1.0, reduce_for * REDUCE_MARGIN / min(width, height))
+        step = 8 if scale <= 1 / 8 else 4 if scale <= 1 / 4 else 2 if scale <= 1 / 2 else 1
+        width, height = math.ceil(width / step), math.ceil(height / step)
+    bands = max(3, len(image.getbands()))
+    held = width * height * bands * (4 if image.mode in _WIDE_MODES else 1)
+    # the decoder's own buffers add about half again (measured on a 196 MP PNG: docs/serving.md)
+    # the orientation is not read here: Pillow decodes a whole PNG to find its EXIF, which is what is being budgeted
+    strips = bool(reduce_for) and image.mode not in _WIDE_MODES
+    return held * 3 // 2 if strips else 2 * held + width * height * 3
+
+
+class DecodeBudget:
+    """At most ``total`` bytes of decoding at once across threads (``decode_cost`` of each): the service's
+    concurrent requests for huge pictures take turns instead of exhausting memory; ordinary photos, each a few
+    megabytes at their reduced scale, never wait. One picture costlier than the whole budget runs alone."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, cost: int) -> Iterator[None]:
+        cost = min(cost, self.total)
+        with self._changed:
+            self._changed.wait_for(lambda: self.used + cost <= self.total)
+            self.used += cost
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= cost
+                self._changed.notify_all()
+
+    def decode(
+        self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: int | None = None
+    ) -> Image.Image:
+        image = open_image(data, max_pixels=max_pixels)
+        with self.reserve(decode_cost(image, reduce_for)):
+            return decode_opened(image, reduce_for=reduce_for)
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: int | None = None) -> Image.Image:
+    """Decode one image file's bytes to an upright RGB image (first frame if animated).
+
+    ``reduce_for``: the short side the model's input needs. A 12 MP photo is then never decoded in full to make a
+    224 px input: a JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8), which skips most of the
+    inverse transforms and the colour conversion; any other format is box-reduced right after decoding, a strip at
+    a time where the box sums allow it, so a 196 MP PNG never exists a second time as full-size RGB. Either way the
+    short side stays at least ``REDUCE_MARGIN`` times ``reduce_for``. None: the full picture, as the reference
+    preprocessing sees it."""
+    return decode_opened(open_image(data, max_pixels=max_pixels), reduce_for=reduce_for)
+
+
+def decode_opened(image: Image.Image, *, reduce_for: int | None = None) -> Image.Image:
+    """``decode_image`` for a header ``open_image`` has checked."""
     try:
         image.seek(0)
         # MPO (the multi-picture JPEG many cameras write) is a JPEG subclass: same reduced decode.
@@ -76,14 +140,85 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_fo
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"truncated or corrupt image data ({image.format}): {exc}") from None
 
+    factor = _reduce_factor(image.size, reduce_for)
+    if factor >= 2 and _strips_apply(image, reduce_for):
+        return _reduced_in_strips(image, factor)
     image = to_rgb(_upright(image))
-    if reduce_for:
-        # Powers of two only, like libjpeg's scales: an odd box (3x3) shifted the sampling grid enough to triple
-        # the error on fine detail.
-        factor = 1 << max(0, (min(image.size) // (reduce_for * REDUCE_MARGIN)).bit_length() - 1)
-        if factor >= 2:
-            image = image.reduce(factor)
+    if factor >= 2:
+        image = image.reduce(factor)
     return image
+
+
+def _reduce_factor(size: tuple[int, int], reduce_for: int | None) -> int:
+    """Powers of two only, like libjpeg's scales: an odd box (3x3) shifted the sampling grid enough to triple the
+    error on fine detail."""
+    if not reduce_for:
+        return 1
+    return 1 << max(0, (min(size) // (reduce_for * REDUCE_MARGIN)).bit_length() - 1)
+
+
+_WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+STRIP_ROWS = 256
+"""Rows of a loaded picture converted and reduced at a time (a multiple of every power-of-two factor used)."""
+
+
+def _strips_apply(image: Image.Image, reduce_for: int | None) -> bool:
+    """Strip by strip gives the very pixels of the whole-picture path where each output pixel depends on its own
+    box alone: not for 16-bit and float modes (their scale comes from the whole picture's maximum), nor for a
+    picture with an EXIF rotation (its boxes are laid out on the rotated picture). Asked once ``image`` is loaded."""
+    if not reduce_for or image.mode in _WIDE_MODES:
+        return False
+    return image.getexif().get(ORIENTATION, 1) == 1
+
+
+def _reduced_in_strips(image: Image.Image, factor: int) -> Image.Image:
+    width, height = image.size
+    rows = max(factor, STRIP_ROWS // factor * factor)
+    out = Image.new("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    for top in range(0, height, rows):
+        strip = to_rgb(image.crop((0, top, width, min(height, top + rows))))
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
+
+
+def _require_entropy_data(image: JpegImagePlugin.JpegImageFile, data: bytes) -> None:
+    """A baseline JPEG spends at least two bits on every 8x8 block (a DC code and an end-of-block code), so its
+    size bounds the picture it can hold. libjpeg fills a picture whose data ends early with copies of the last
+    block and only warns, which Pillow does not pass on: a 693-byte file that declares 14000x14000 decoded as a
+    valid picture. Progressive and arithmetic-coded files can be smaller (runs of empty blocks) and are not judged."""
+    if _frame_marker(data) not in HUFFMAN_SEQUENTIAL or not getattr(image, "layer", None):
+        return
+    width, height = image.size
+    layers = image.layer
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    blocks = sum(
+        math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+        for _, h, v, _ in layers
+    )
+    needed, size = blocks * 2 // 8, len(data)
+    if size < needed:
+        raise ImageDecodeError(
+            f"truncated or corrupt image data (JPEG): a {width}x{height} JPEG needs at least {needed} bytes, "
+            f"the file has {size}"
+        )
+
+
+HUFFMAN_SEQUENTIAL = (0xC0, 0xC1)
+"""Baseline and extended sequential Huffman frames (SOF0, SOF1)."""
+
+
+def _frame_marker(data: bytes) -> int | None:
+    """The SOFn marker's second byte, read from the segments before the first scan."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:
+            return None
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
 
 
 def _draft(image: ImageFile.ImageFile, short_side: int) -> None:

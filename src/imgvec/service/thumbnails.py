@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from imgvec.embed.decode import DEFAULT_MAX_PIXELS, decode_image
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
 from imgvec.pipeline.workers import max_file_bytes
 from imgvec.sources.index import item_of_document
 from imgvec.sources.reader import LocationReader
@@ -32,10 +32,18 @@ class ThumbnailError(ValueError):
 
 
 class Thumbnails:
-    def __init__(self, folder: Path, reader: LocationReader, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        reader: LocationReader,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        budget: DecodeBudget | None = None,
+    ) -> None:
         self.folder = folder
         self.reader = reader
         self.max_pixels = max_pixels
+        self.budget = budget
 
     def get(self, doc_id: str, fields: dict[str, Any], size: int) -> bytes:
         """The JPEG thumbnail (longest side ``size``) of the indexed document ``fields``."""
@@ -56,7 +64,8 @@ class Thumbnails:
             original = self.reader.read(item.uri, max_bytes=max_file_bytes(self.max_pixels))
         except OSError as exc:
             raise ThumbnailError(f"cannot read {item.file_path}: {exc.strerror or exc}") from None
-        image = decode_image(original, max_pixels=self.max_pixels, reduce_for=size)
+        decode = self.budget.decode if self.budget is not None else decode_image
+        image = decode(original, max_pixels=self.max_pixels, reduce_for=size)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
