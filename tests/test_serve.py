@@ -226,16 +226,21 @@ def test_healthz_the_page_and_the_openapi_schema(client) -> None:
 # -- security ------------------------------------------------------------------------------------------
 
 
-def test_a_token_guards_what_costs_model_time_and_nothing_else(guarded, module_env, photos) -> None:
+def test_a_token_guards_every_api_route_and_leaves_health_and_metrics_open(guarded, module_env, photos) -> None:
     doc_id = stored(module_env)[str(photos / "a" / "p0.jpg")]["id"]
     image = (photos / "a" / "p0.jpg").read_bytes()
-    costly = [
+    routes = [
         ("GET", "/api/search?q=cat", None),
         ("POST", "/api/embed", image),
         ("GET", f"/api/thumbnail/{doc_id}", None),
+        ("GET", f"/api/documents/{doc_id}", None),  # paths and fields of the collection
+        ("GET", f"/api/similar/{doc_id}", None),
+        ("GET", "/api/failures", None),
+        ("GET", "/api/status", None),
+        ("GET", "/api/progress", None),
     ]
     with httpx.Client(base_url=guarded.url, timeout=60) as http:
-        for method, path, body in costly:
+        for method, path, body in routes:
             assert http.request(method, path, content=body).status_code == 401, path
             wrong = http.request(method, path, content=body, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer", path
@@ -243,8 +248,37 @@ def test_a_token_guards_what_costs_model_time_and_nothing_else(guarded, module_e
             assert right.status_code == 200, (path, right.text)
         upload = http.post("/api/search", files={"image": ("q.jpg", image, "image/jpeg")})
         assert upload.status_code == 401
-        for path in ("/healthz", "/api/status", "/api/progress", f"/api/documents/{doc_id}", "/metrics", "/"):
+        for path in ("/healthz", "/metrics", "/", "/static/app.js"):
             assert http.get(path).status_code == 200, path
+        assert http.get("/docs").status_code == 404  # Swagger UI would load scripts from a CDN
+
+
+def test_an_empty_token_is_refused_from_the_environment_as_from_the_flag(module_env) -> None:
+    for env, args in (({"IMGVEC_TOKEN": ""}, []), ({"IMGVEC_TOKEN": "  "}, []), ({}, ["--token="])):
+        result = run_cli(["serve", "--host", "0.0.0.0", "--port", "0", *args], {**module_env, **env}, timeout=60)
+        assert result.returncode == 2, (env, args, result.stderr)
+        assert "is empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_requests_naming_another_host_are_refused(client, service) -> None:
+    """DNS rebinding: a page elsewhere reaches the loopback service under its own name, which the Host header
+    still carries."""
+    port = service.url.rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert client.get("/api/status", headers={"Host": host}).status_code == 200, host
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}", ""):
+        refused = client.get("/api/status", headers={"Host": host})
+        assert refused.status_code == 400 and "--allowed-host" in refused.json()["detail"], host
+
+
+def test_allowed_hosts_follow_the_bound_address_or_the_list_given() -> None:
+    from imgvec.service.hosts import allowed_hosts, host_of
+
+    assert allowed_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert allowed_hosts("0.0.0.0") == {"*"}
+    assert allowed_hosts("0.0.0.0", ["photos.example.org", " "]) == {"photos.example.org"}
+    assert allowed_hosts("192.0.2.7") == {"192.0.2.7"}
+    assert [host_of(h) for h in ("[::1]:8000", "Example.org:80", "::1", "a")] == ["::1", "example.org", "::1", "a"]
 
 
 @pytest.mark.parametrize(
@@ -308,10 +342,118 @@ def test_embed_reads_only_s3_urls(client) -> None:
     )
 
 
+def test_client_mistakes_in_an_image_url_are_4xx_not_retryable_5xx(client) -> None:
+    for url in ("s3://a b/x.jpg", "s3://photos/../../etc/passwd", "s3://photos/a/./b.jpg", "s3://photos/"):
+        answer = client.post("/api/embed", json={"imageUrl": url})
+        assert answer.status_code == 400, (url, answer.status_code, answer.text)
+        assert "\n" not in answer.json()["detail"]
+    # header values are case-insensitive: this is the JSON form, not image bytes
+    body = json.dumps({"imageUrl": "/etc/passwd"}).encode()
+    answer = client.post("/api/embed", content=body, headers={"Content-Type": "Application/JSON; charset=UTF-8"})
+    assert answer.status_code == 400 and "imageUrl must be" in answer.json()["detail"]
+
+
+def test_a_client_that_disconnects_mid_body_leaves_no_traceback(module_env, photos) -> None:
+    running = Service(module_env)
+    try:
+        for path in ("/api/embed", "/api/search"):
+            with socket.create_connection(("127.0.0.1", running.port)) as raw:
+                raw.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                    "Content-Length: 100000\r\n\r\n--x\r\n".encode()
+                    + b"Content-Disposition: form-data; name=image; filename=a.jpg\r\n\r\n"
+                    + b"\xff" * 1000
+                )
+                time.sleep(0.3)
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            assert http.get("/healthz").status_code == 200
+    finally:
+        output = running.stop()
+    assert "Traceback" not in output and "ClientDisconnect" not in output, output
+
+
+def test_concurrent_huge_pictures_take_turns_within_the_decode_memory(module_env, photos) -> None:
+    """A one-colour 14000x14000 PNG is 600 kB on the wire and 588 MB as RGB: four at once took the service from
+    2.1 to 7.5 GB. Each is now reduced a strip at a time, and decodes in flight are bounded by --decode-memory-mb."""
+    psutil = pytest.importorskip("psutil")
+    huge = encode(Image.new("RGB", (14_000, 14_000), (200, 30, 40)), "PNG")
+    running = Service(module_env, "--decode-memory-mb", "1024")
+    try:
+        process = psutil.Process(running.process.pid)
+        with httpx.Client(base_url=running.url, timeout=120) as http:
+            assert http.post("/api/embed", content=encode(photo(1))).status_code == 200  # the model is loaded
+            before = process.memory_info().rss
+            peak = [before]
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], process.memory_info().rss)
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            answers: list[int] = []
+
+            def post() -> None:
+                answers.append(http.post("/api/embed", content=huge, params={"useCache": "false"}).status_code)
+
+            posts = [threading.Thread(target=post) for _ in range(4)]
+            for thread in posts:
+                thread.start()
+            for thread in posts:
+                thread.join()
+            done.set()
+            sampler.join()
+        assert answers == [200] * 4
+        grown = (peak[0] - before) >> 20
+        assert grown < 1500, f"the service grew by {grown} MiB for four 196 MP pictures"
+    finally:
+        running.stop()
+
+
+def test_an_s3_endpoint_that_only_redirects_is_a_502_with_the_reason_after_a_few_requests(module_env) -> None:
+    import http.server
+
+    from imgvec.sources.s3 import MAX_SENDS_PER_READ
+
+    seen = []
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = b"<Error><Code>PermanentRedirect</Code><Message>elsewhere</Message></Error>"
+            self.send_response(301)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/elsewhere")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    running = Service({**module_env, **aws, "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http_client:
+            answer = http_client.post("/api/embed", json={"imageUrl": "s3://photos/a.jpg"})
+        assert answer.status_code == 502 and "redirect" in answer.json()["detail"], answer.text
+        assert len(seen) <= MAX_SENDS_PER_READ
+    finally:
+        output = running.stop()
+        server.shutdown()
+    assert "RecursionError" not in output and "Traceback" not in output
+
+
 def test_a_slow_client_gets_408_and_holds_up_no_one(service) -> None:
     with socket.create_connection(("127.0.0.1", service.port), timeout=30) as slow:
         slow.sendall(
-            b"POST /api/embed HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+            b"POST /api/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
         )
         slow.sendall(b"\xff\xd8\xff")
         started = time.monotonic()
@@ -395,6 +537,8 @@ def test_embed_by_image_url_reads_the_object_from_s3(module_env, photos, tmp_pat
                 assert http.post("/api/embed", json={"imageUrl": https}).json()["data"]["cached"] is True
                 gone = http.post("/api/embed", json={"imageUrl": "s3://worker/in/missing.jpg"})
                 assert gone.status_code == 404 and "no longer exists" in gone.json()["detail"]
+                no_bucket = http.post("/api/embed", json={"imageUrl": "s3://no-such-bucket/in/p.jpg"})
+                assert no_bucket.status_code == 404 and "does not exist" in no_bucket.json()["detail"]
         finally:
             running.stop()
     finally:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from typing import Annotated
 
 import typer
 
+from imgvec.allocator import map_large_blocks
 from imgvec.cli.app import app
 from imgvec.cli.base import command
 from imgvec.cli.render import log_line, warn
@@ -26,7 +28,16 @@ def serve(
         str | None,
         typer.Option(
             envvar="IMGVEC_TOKEN",
-            help="Require 'Authorization: Bearer TOKEN' for searches, thumbnails and /api/embed.",
+            help="Require 'Authorization: Bearer TOKEN' for everything under /api (not /healthz, /metrics).",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="IMGVEC_ALLOWED_HOSTS",
+            help="A name clients use for this service (repeatable; the env var takes a comma list); requests "
+            "naming another get 400. Default: the --host address (loopback: localhost too); any on 0.0.0.0.",
             show_default=False,
         ),
     ] = None,
@@ -35,6 +46,10 @@ def serve(
         float, typer.Option(min=0.1, help="Seconds a client may take to send each part of a body (then 408).")
     ] = 30.0,
     batch_size: Annotated[int, typer.Option(min=1, max=256, help="Most requests one model call serves.")] = 32,
+    decode_memory_mb: Annotated[
+        int,
+        typer.Option(min=64, help="Memory for decoding images at once; requests for huge pictures take turns."),
+    ] = 1024,
     batch_wait_ms: Annotated[
         float, typer.Option(min=0, max=1000, help="How long a model call waits for more requests to join it.")
     ] = 10.0,
@@ -45,20 +60,27 @@ def serve(
     import uvicorn
 
     from imgvec.service.app import create_app
+    from imgvec.service.hosts import allowed_hosts
     from imgvec.service.searcher import ServiceConfig
 
     settings: Settings = ctx.obj
+    if token is None and "IMGVEC_TOKEN" in os.environ:
+        token = os.environ["IMGVEC_TOKEN"]  # set but empty: refused below, as --token= is, never served openly
+    if token is not None and not token.strip():
+        raise UsageError("--token (or IMGVEC_TOKEN) is empty: give a token, or unset it to serve without one")
     if not token and not _loopback(host):
         warn(f"--host {host} without --token: anyone who can reach this port can spend its model time")
-    if token is not None and not token.strip():
-        raise UsageError("--token is empty")
+    names = [part for value in allowed_host or () for part in value.split(",")]
     config = ServiceConfig(
         token=token,
+        allowed_hosts=allowed_hosts(host, names),
         max_upload_bytes=max_upload_mb << 20,
         body_timeout=body_timeout,
         max_batch=batch_size,
+        decode_memory_bytes=decode_memory_mb << 20,
         max_wait=batch_wait_ms / 1000,
     )
+    map_large_blocks()  # a huge picture's memory goes back when its request ends (allocator.py)
     service = create_app(settings, config)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     guarded = " (token required)" if token else ""

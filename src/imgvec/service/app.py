@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from imgvec.errors import (
     IdentityMismatchError,
@@ -36,6 +37,7 @@ from imgvec.errors import (
     reason,
 )
 from imgvec.pipeline.metrics import RunMetricsCollector
+from imgvec.service.hosts import HostCheck
 from imgvec.service.limits import BodyLimits
 from imgvec.service.searcher import NotInIndexError, NoVectorError, Searcher, ServiceConfig
 from imgvec.service.thumbnails import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, ThumbnailError
@@ -100,7 +102,8 @@ _BEARER = HTTPBearer(auto_error=False)
 
 
 class TokenCheck:
-    """With a token set, calls that cost model or decode time need it; reads of the index do not."""
+    """With a token set, every call under /api needs it: searches and embeddings cost model time, and documents,
+    neighbours, failures and progress show the collection's paths and contents. /healthz and /metrics stay open."""
 
     def __init__(self, token: str | None) -> None:
         self.token = token.encode() if token else None
@@ -151,11 +154,12 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
         summary="Text → image and image → image search over a CLIP vector index, and the embedding endpoint.",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI would load its scripts from a CDN: the schema is at /openapi.json
         redoc_url=None,
     )
     app.state.searcher = searcher
     app.add_middleware(BodyLimits, max_bytes=config.max_upload_bytes, timeout=config.body_timeout)
+    app.add_middleware(HostCheck, hosts=config.allowed_hosts)  # added last: runs first
     guarded = [Depends(TokenCheck(config.token))]
 
     @app.middleware("http")
@@ -170,6 +174,7 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
 
     for error, status in _STATUS:
         app.add_exception_handler(error, _handler(status))
+    app.add_exception_handler(ClientDisconnect, _gone)
 
     # -- search -------------------------------------------------------------------------------------
 
@@ -191,11 +196,13 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
     ) -> list[dict[str, Any]]:
         return searcher.search_image(image.file.read(), k, _filter(ext, path_prefix))
 
-    @app.get("/api/similar/{doc_id}", summary="Neighbours of an indexed document, the document first")
+    @app.get(
+        "/api/similar/{doc_id}", dependencies=guarded, summary="Neighbours of an indexed document, the document first"
+    )
     def similar(doc_id: ID, k: K = 10, ext: EXT = None, path_prefix: PREFIX = None) -> list[dict[str, Any]]:
         return searcher.similar(doc_id, k, _filter(ext, path_prefix))
 
-    @app.get("/api/documents/{doc_id}", summary="An indexed document, without its vector")
+    @app.get("/api/documents/{doc_id}", dependencies=guarded, summary="An indexed document, without its vector")
     def document(doc_id: ID) -> dict[str, Any]:
         return searcher.document(doc_id)
 
@@ -230,7 +237,7 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
     )
     async def embed(request: Request) -> dict[str, Any]:
         body = await request.body()
-        if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
             try:
                 asked = EmbedRequest.model_validate_json(body)
             except ValueError as exc:
@@ -246,15 +253,21 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
 
     # -- what the CLI's read commands print ---------------------------------------------------------
 
-    @app.get("/api/status", summary="Documents, vectors and model of the index (imgvec status --json)")
+    @app.get(
+        "/api/status", dependencies=guarded, summary="Documents, vectors and model of the index (imgvec status --json)"
+    )
     def status() -> dict[str, Any]:
         return searcher.status()
 
-    @app.get("/api/progress", summary="The latest ingest run (imgvec progress --json)")
+    @app.get("/api/progress", dependencies=guarded, summary="The latest ingest run (imgvec progress --json)")
     def progress() -> dict[str, Any]:
         return searcher.progress()
 
-    @app.get("/api/failures", summary="Files that failed, with stage and reason (imgvec failures --json)")
+    @app.get(
+        "/api/failures",
+        dependencies=guarded,
+        summary="Files that failed, with stage and reason (imgvec failures --json)",
+    )
     def failures(
         offset: Annotated[int, Query(ge=0, le=2**62)] = 0, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
     ) -> list[dict[str, Any]]:
@@ -294,6 +307,12 @@ def _handler(status: int) -> Callable[[Request, Exception], Any]:
         return JSONResponse({"detail": text}, status_code=status)
 
     return handle
+
+
+async def _gone(request: Request, _exc: Exception) -> Response:
+    """The client went away mid-body: nobody reads the answer, and it is no server error worth a traceback."""
+    log.info("%s %s: the client disconnected before sending its whole body", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 def _first(exc: Exception) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from imgvec import runs
 from imgvec.embed.base import Embedder
-from imgvec.embed.decode import DEFAULT_MAX_PIXELS
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 from imgvec.errors import ImgvecError, IndexNotFoundError, UsageError
 from imgvec.search import check_compatible, document_json, hit_json, image_pixels, neighbours
 from imgvec.service.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_SECONDS, ModelBatcher
@@ -34,6 +34,8 @@ from imgvec.stores.embedded_aliases import EmbeddedAliases
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
+DEFAULT_DECODE_MEMORY = 1 << 30
+"""One 196 MP picture at a time (the pixel limit's worst case), a hundred phone photos at once."""
 """Larger than any camera JPEG or phone HEIC; a request over it is refused before it is read in full."""
 
 
@@ -47,6 +49,10 @@ class ServiceConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait: float = DEFAULT_MAX_WAIT_SECONDS
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_memory_bytes: int = DEFAULT_DECODE_MEMORY
+    """Decoding in flight at once, in bytes (``DecodeBudget``): requests for huge pictures take turns."""
+    allowed_hosts: frozenset[str] = frozenset({"*"})
+    """Names a request's ``Host`` header may give (``service/hosts.py``); ``*``: any."""
     thumbnail_dir: Path | None = None
     """None: ``thumbnails/<index>`` in the store's state folder."""
 
@@ -69,7 +75,8 @@ class Searcher:
         self._opening = threading.Lock()
         self.reader = LocationReader(settings.s3_options())
         folder = config.thumbnail_dir or settings.state_dir / "thumbnails" / runs.state_name(settings)
-        self.thumbnails = Thumbnails(folder, self.reader, max_pixels=config.max_pixels)
+        self.decodes = DecodeBudget(config.decode_memory_bytes)
+        self.thumbnails = Thumbnails(folder, self.reader, max_pixels=config.max_pixels, budget=self.decodes)
         self._embedder: Embedder | None = None
         self._batcher: ModelBatcher | None = None
         self._loading = threading.Lock()
@@ -123,7 +130,7 @@ class Searcher:
         embedder, batcher = self.model()
         store = self.store
         check_compatible(store, embedder)
-        vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels))
+        vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels, self.decodes))
         return [hit_json(hit) for hit in store.search(vector, k, where)]
 
     def similar(self, doc_id: str, k: int, where: SearchFilter) -> list[dict[str, Any]]:
@@ -170,7 +177,7 @@ class Searcher:
                 vector = store.vectors_by_hash([content_hash]).get(content_hash)
         cached = vector is not None
         if vector is None:
-            vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels))
+            vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels, self.decodes))
         values = np.asarray(vector, dtype=np.float32).tolist()
         return {"embedding": values, "dimension": len(values), "model": identity.model, "cached": cached}
 
@@ -192,4 +199,4 @@ class Searcher:
 
     def failures(self, offset: int, limit: int) -> list[dict[str, Any]]:
         records = runs.journal_for(self.settings, create=False).failures(offset=offset, limit=limit)
-        return [record.as_dict() for record in records]
+        return [record.record_dict() for record in records]

@@ -9,6 +9,8 @@ problems are checked once, before the listing starts: one clear error instead of
 from __future__ import annotations
 
 import posixpath
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,11 @@ DENIED_CODES = frozenset(
 )
 MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "404"})
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404"})
+MAX_SENDS_PER_READ = 2 * RETRY_ATTEMPTS + 2
+"""Requests one object read may make, retries and region redirects included. An endpoint that answers every
+request with a redirect and no region sent botocore looking for the bucket's region until Python's recursion
+limit (81 requests, then a RecursionError)."""
+_reads = threading.local()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +67,27 @@ def make_client(options: S3Options, *, quick: bool = False) -> S3Client:
         read_timeout=ACCESS_CHECK_SECONDS if quick else READ_TIMEOUT,
         max_pool_connections=options.max_connections,
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=options.endpoint_url, region_name=options.region, config=config
     )
+    client.meta.events.register("before-send.s3", _count_send)
+    return client
+
+
+class TooManyRequestsError(OSError):
+    """One read made more requests than ``MAX_SENDS_PER_READ``: the endpoint keeps answering with redirects."""
+
+
+def _count_send(**_kwargs: Any) -> None:
+    sends = getattr(_reads, "sends", None)
+    if sends is None:
+        return  # a listing or a check: botocore's own retry limits apply
+    _reads.sends = sends + 1
+    if _reads.sends > MAX_SENDS_PER_READ:
+        raise TooManyRequestsError(
+            f"the S3 endpoint answered {MAX_SENDS_PER_READ} requests for one object without the object "
+            "(redirects?); check --endpoint-url / AWS_ENDPOINT_URL and the bucket's region"
+        )
 
 
 class S3Bucket:
@@ -165,8 +190,10 @@ class S3Bucket:
 def read_object(client: S3Client, location: ObjectLocation, max_bytes: int | None = None) -> bytes:
     """The object's bytes. A failure is raised as OSError with a readable reason (the pipeline records it).
     ``max_bytes``: refuse a larger object before its body is read (a URL a client names may point at anything)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+    check_location(location)
+    _reads.sends = 0
     try:
         response = client.get_object(Bucket=location.bucket, Key=location.key)
         if max_bytes is not None and int(response.get("ContentLength") or 0) > max_bytes:
@@ -175,10 +202,35 @@ def read_object(client: S3Client, location: ObjectLocation, max_bytes: int | Non
                 f"{location.s3_url} is {int(response['ContentLength']) >> 20} MiB, over the {max_bytes >> 20} MiB limit"
             )
         return response["Body"].read()
+    except ParamValidationError as exc:
+        raise SourceError(f"{location.s3_url[:300]!r} is not a valid S3 location: {exc}") from None
     except (BotoCoreError, ClientError) as exc:
         if _code(exc) in MISSING_OBJECT_CODES:
             raise FileNotFoundError(f"{location.s3_url} no longer exists (deleted after it was listed?)") from exc
+        if _code(exc) in MISSING_BUCKET_CODES:
+            raise FileNotFoundError(f"{location.s3_url}: the bucket {location.bucket!r} does not exist") from exc
         raise OSError(describe_s3_error(exc, f"cannot get {location.s3_url}")) from exc
+    except TooManyRequestsError as exc:
+        raise TooManyRequestsError(f"cannot get {location.s3_url}: {exc}") from None
+    except RecursionError:  # botocore's region look-up, should the per-read limit ever not apply
+        raise TooManyRequestsError(f"cannot get {location.s3_url}: the S3 endpoint keeps redirecting") from None
+    finally:
+        _reads.sends = None
+
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,254}$", re.IGNORECASE)
+"""What any S3 server takes: AWS's own rule is stricter (3-63 characters, lower case), S3-compatible ones vary."""
+
+
+def check_location(location: ObjectLocation) -> None:
+    """A location no S3 server can hold is the caller's mistake, said before any request: a bucket name with a
+    space or a slash, or a key whose ``..`` or ``.`` segments an HTTP client would normalise to another object."""
+    if not _BUCKET_NAME.match(location.bucket):
+        raise SourceError(f"{location.bucket[:100]!r} is not a valid S3 bucket name")
+    if not location.key:
+        raise SourceError(f"{location.s3_url[:300]!r} names a bucket, not an object")
+    if any(part in (".", "..") for part in location.key.split("/")):
+        raise SourceError(f"the key {location.key[:300]!r} has '.' or '..' segments, which name no object")
 
 
 class ObjectTooLargeError(OSError):
