@@ -84,9 +84,10 @@ def test_setup_errors_are_one_clear_line(tmp_path: Path, cli_env: dict[str, str]
     no_index = run_cli(["search", "cats"], cli_env)
     assert no_index.returncode == 1 and "imgvec ingest" in no_index.stderr
 
-    offline = run_cli(["--model", "ViT-B-32/openai", "ingest", str(tmp_path)], cli_env)
+    no_weights = {**cli_env, "HF_HOME": str(tmp_path / "empty-hf-home")}
+    offline = run_cli(["--model", "ViT-B-32/openai", "ingest", str(tmp_path)], no_weights)
     assert offline.returncode == 1
-    assert "cannot load model 'ViT-B-32/openai'" in offline.stderr and "Traceback" not in offline.stderr
+    assert "weights of ViT-B-32/openai are not in the local" in offline.stderr and "Traceback" not in offline.stderr
 
     bad_spec = run_cli(["--model", "ViT-B-32", "ingest", str(tmp_path)], cli_env)
     assert bad_spec.returncode == 1 and "no weights" in bad_spec.stderr
@@ -153,3 +154,38 @@ def test_interrupted_ingest_continues_where_it_stopped(tmp_path: Path, cli_env: 
     report = json.loads(again.stdout)
     assert report["unchanged"] == done and report["embedded"] == 120 - done
     assert EmbeddedStore(cli_env["IMGVEC_STORE"], "images").stats().documents == 120
+
+
+# -- offline: the default model's weights are not on this machine ------------------------------------
+
+
+def test_offline_the_default_model_fails_in_one_line_within_seconds(photos: Path, cli_env, tmp_path) -> None:
+    """The hub client retried five times with backoff and printed each retry twice: 51 s and 44 lines."""
+    import time
+
+    offline = {**cli_env, "HF_HOME": str(tmp_path / "empty-hf-home")}  # no weights cached, whatever this machine has
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    no_hub = {k: v for k, v in offline.items() if k != "HF_HUB_OFFLINE"} | {"HF_ENDPOINT": unreachable}
+    for env, why in ((offline, "HF_HUB_OFFLINE is set"), (no_hub, f"{unreachable} cannot be reached")):
+        began = time.monotonic()
+        result = run_cli(["ingest", str(photos)], env)
+        assert time.monotonic() - began < 30
+        assert result.returncode == 1, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert "ViT-B-32/openai are not in the local Hugging Face cache" in line and why in line
+        assert "Model weights" in line and "ViT-B-32/random" in line
+
+
+def test_offline_a_dry_run_counts_files_and_bytes_without_the_model(photos: Path, cli_env, tmp_path) -> None:
+    offline = {**cli_env, "HF_HOME": str(tmp_path / "empty-hf-home")}
+    result = run_cli(["ingest", str(photos), "--dry-run", "--max-files", "100", "--json"], offline)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["would_process"] == 8 and plan["would_process_bytes"] > 0 and plan["estimated_seconds"] is None
+    assert "not in the local Hugging Face cache" in plan["model_unavailable"]
+    shown = run_cli(["ingest", str(photos), "--dry-run"], offline)
+    assert shown.returncode == 0 and "would process 8 files" in shown.stdout
+    assert "time unknown: it is measured with the model" in shown.stdout
+    assert not (Path(cli_env["IMGVEC_STORE"]) / "images.lance").exists()  # nothing written

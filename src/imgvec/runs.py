@@ -52,6 +52,17 @@ def embedder_for(settings: Settings, store: Store) -> Embedder:
     return embedder
 
 
+def embedder_for_plan(settings: Settings, store: Store) -> tuple[Embedder | None, str | None]:
+    """A dry run's model: the embedder, or None and why it cannot load (weights not on this machine, offline).
+    Counting files and bytes needs no model; only the time estimate does, and the plan says so."""
+    from imgvec.errors import ModelLoadError
+
+    try:
+        return embedder_for(settings, store), None
+    except ModelLoadError as exc:
+        return None, str(exc)
+
+
 def requested_identity(settings: Settings) -> IndexIdentity | None:
     """The identity of the model the user named with ``--model``, if any (``index verify`` compares with it)."""
     return settings.load_embedder(settings.model).identity if settings.model else None

@@ -72,18 +72,21 @@ def ingest(
         source = runs.missing_vectors(settings, store, options)
     else:
         source = runs.open_source(settings, source_location or "", options)
-    if not dry_run:
-        runs.refuse_if_busy(settings)  # before loading a model for nothing
-    embedder = runs.embedder_for(settings, store)
-    options = runs.fit_to_model(options, embedder)
     if dry_run:
+        embedder, unavailable = runs.embedder_for_plan(settings, store)
+        if embedder is not None:
+            options = runs.fit_to_model(options, embedder)
         journal = runs.existing_journal(settings)
         result = plan(source, store, embedder, options, journal, scratch_store=runs.scratch_store)
+        result.model_unavailable = unavailable
         if as_json:
             print_json(result.as_dict())
         else:
             print_lines([format_plan(result)])
         return
+    runs.refuse_if_busy(settings)  # before loading a model for nothing
+    embedder = runs.embedder_for(settings, store)
+    options = runs.fit_to_model(options, embedder)
     if follow:
         _follow(
             settings, source, runs.indexer(settings, source, store, embedder, options, label=source.location), interval
@@ -119,14 +122,14 @@ def sync(
     store = settings.open_store()
     source = runs.open_source(settings, source_location, options)
     _ = source.scope  # an unsyncable source fails here, before a model loads
-    if not dry_run:
-        runs.refuse_if_busy(settings)
-    embedder = runs.embedder_for(settings, store)
-    options = runs.fit_to_model(options, embedder)
     if dry_run:
+        embedder, unavailable = runs.embedder_for_plan(settings, store)
+        if embedder is not None:
+            options = runs.fit_to_model(options, embedder)
         result = plan(
             source, store, embedder, options, runs.existing_journal(settings), scratch_store=runs.scratch_store
         )
+        result.model_unavailable = unavailable
         stale = count_stale(source, store, max_delete_percent=max_delete)
         if as_json:
             print_json({**result.as_dict(), "sync": stale.as_dict()})
@@ -135,6 +138,9 @@ def sync(
         if stale.refused:
             warn(stale.refused)
         return
+    runs.refuse_if_busy(settings)
+    embedder = runs.embedder_for(settings, store)
+    options = runs.fit_to_model(options, embedder)
     display = ProgressDisplay(enabled=not as_json)
     label = f"sync {source.location}"
     run = runs.indexer(settings, source, store, embedder, options, label=label, on_progress=display.update)

@@ -81,18 +81,20 @@ def print_report(report: RunReport, destination: str, as_json: bool, sync: SyncR
 
 def format_plan(plan: Plan) -> str:
     estimate = "unknown" if plan.estimated_seconds is None else format_duration(plan.estimated_seconds)
+    timing = f"estimated {estimate} at {plan.images_per_second or 0:.1f} images/s ({plan.rate_basis})"
+    if plan.model_unavailable and plan.estimated_seconds is None:
+        timing = f"time unknown: it is measured with the model, which cannot load here ({plan.model_unavailable})"
     return (
         f"would process {plan.would_process} files ({plan.would_process_bytes / 1e6:.1f} MB); "
-        f"{plan.unchanged} unchanged, {plan.known_failures} failed before; "
-        f"estimated {estimate} at {plan.images_per_second or 0:.1f} images/s ({plan.rate_basis}); "
-        "nothing was written"
+        f"{plan.unchanged} unchanged, {plan.known_failures} failed before; {timing}; nothing was written"
     )
 
 
 def format_sync_plan(plan: Plan, stale: SyncResult, location: str) -> str:
+    unknown = f" (the model cannot load here: {plan.model_unavailable})" if plan.model_unavailable else ""
     return (
         f"would index {plan.would_process} files ({plan.would_process_bytes / 1e6:.1f} MB), "
-        f"{plan.unchanged} unchanged; would delete {stale.stale} of {stale.in_scope} documents from "
+        f"{plan.unchanged} unchanged{unknown}; would delete {stale.stale} of {stale.in_scope} documents from "
         f"{location}; nothing was written"
     )
 

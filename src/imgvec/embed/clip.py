@@ -17,6 +17,7 @@ import numpy as np
 
 from imgvec.embed import probe
 from imgvec.embed.cpu import cpu_info
+from imgvec.embed.hub import require_weights
 from imgvec.embed.modelspec import ModelSpec, WeightsKind
 from imgvec.embed.onnx import OnnxImageEncoder, exported_tower
 from imgvec.embed.openvino import OpenVinoImageEncoder
@@ -185,6 +186,7 @@ class ClipEmbedder:
         import open_clip
 
         spec = self.spec
+        require_weights(spec)  # offline: one line within seconds, not the hub client's minutes of retries
         if spec.weights in (WeightsKind.HF_HUB, WeightsKind.LOCAL_DIR):
             return self._guarded(lambda: open_clip.create_model(spec.architecture)), self._tokenizer_for()
         if spec.architecture not in open_clip.list_models():

@@ -40,6 +40,8 @@ class Plan:
     """last-run (the previous run's measured rate) or calibration (a sample run through the pipeline now)."""
     estimated_seconds: float | None = None
     calibration_files: int = 0
+    model_unavailable: str | None = None
+    """Why the model could not load (a dry run goes on without it): the counts stand, the time is unknown."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
