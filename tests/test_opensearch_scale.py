@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from imgvec.cli.render import format_progress
+from imgvec.pipeline.report import Progress
 from imgvec.stores.opensearch import PAGE_SIZE
 from imgvec.stores.opensearch_client import OpenSearchOptions, connect
 from tests.helpers import encode, photo, run_cli
@@ -121,6 +123,12 @@ def test_missing_fills_thousands_of_worker_documents_past_a_block_of_failures_in
     failures = json.loads(cli(env, "failures", "--json", index=index).stdout)
     assert len(failures) == failing + 1
     assert {f["stage"] for f in failures} == {"read", "list"}
+    progress = json.loads(cli(env, "progress", "--json", index=index).stdout)
+    listed = valid + failing  # the document with no location is not a listed file
+    assert (progress["processed"], progress["total"], progress["listing_failures"]) == (listed, listed, 1)
+    assert progress["succeeded"] + progress["failed"] - progress["listing_failures"] == progress["processed"]
+    shown = format_progress(Progress(**progress))  # the line a run prints as it goes
+    assert shown.startswith(f"{listed}/{listed} processed: {valid} ok, {failing} failed, 0 skipped, 1 not listed;")
 
     again = cli(env, "ingest", "--missing", "--json", index=index)  # nothing left but the failures, tried again
     assert json.loads(again.stdout)["embedded"] + json.loads(again.stdout)["cache_hits"] == 0

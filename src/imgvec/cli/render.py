@@ -151,9 +151,11 @@ def format_money(amount: float) -> str:
 def format_progress(progress: RunProgress) -> str:
     total = "?" if progress.total is None else progress.total
     eta = "?" if progress.eta_seconds is None else format_duration(progress.eta_seconds)
-    return (
-        f"{progress.processed}/{total} processed: {progress.succeeded} ok, {progress.failed} failed, "
-        f"{progress.skipped} skipped; {progress.rate:.1f} images/s, ETA {eta}"
+    unlisted = f", {progress.listing_failures} not listed" if progress.listing_failures else ""
+    return (  # ok + failed + skipped = processed; what the listing could not take is said apart
+        f"{progress.processed}/{total} processed: {progress.succeeded} ok, "
+        f"{progress.failed - progress.listing_failures} failed, {progress.skipped} skipped{unlisted}; "
+        f"{progress.rate:.1f} images/s, ETA {eta}"
     )
 
 

@@ -46,6 +46,7 @@ def snapshot(
     ``total``: the background count of the source once it has finished, else None.
     """
     progress.succeeded, progress.failed, progress.skipped = report.succeeded, report.failed, report.skipped
+    progress.listing_failures = report.listing_failures
     progress.processed = report.processed
     progress.cache_hits, progress.deleted, progress.moved = report.cache_hits, report.deleted, report.moved
     progress.rate = (report.succeeded + report.failed) / max(elapsed, 1e-9)

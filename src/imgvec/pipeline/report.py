@@ -76,6 +76,10 @@ class Progress:
     processed: int = 0
     succeeded: int = 0
     failed: int = 0
+    """Every failure recorded, those of the listing included."""
+    listing_failures: int = 0
+    """Of ``failed``, entries the listing could not read or take (a folder it cannot open, a document with no
+    location): not among ``processed`` or ``total``, which count listed files."""
     skipped: int = 0
     remaining: int | None = None
     rate: float = 0.0
