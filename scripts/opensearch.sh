@@ -181,6 +181,10 @@ EOF
   if [ "$(id -u)" = 0 ]; then
     id "$NODE_USER" >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin "$NODE_USER"
     chown -R "$NODE_USER" "$RUN_DIR"
+    # a run folder under a private one (a `mktemp -d`, root's home) cannot be entered by the node's user: the JVM
+    # then dies with a trace in a log nobody looks at
+    runuser -u "$NODE_USER" -- test -w "$RUN_DIR/data" -a -x "$RUN_DIR/config" \
+      || die "--run-dir $RUN_DIR: the node runs as $NODE_USER, which cannot enter it (a folder above it is private to root, e.g. a mktemp -d): use a run dir under a folder others can enter, such as /tmp/imgvec-opensearch-NAME"
     as=(runuser -u "$NODE_USER" --)
   fi
   # setsid: the node outlives the shell that started it; stop() ends it.

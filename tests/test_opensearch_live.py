@@ -316,3 +316,21 @@ def test_sync_and_watch_delete_and_move_documents_of_the_live_index(env, client,
         assert watcher.wait(timeout=60) == 0
     progress = json.loads(cli(env, "progress", "--json", index=index).stdout)
     assert (progress["moved"], progress["deleted"], progress["mode"]) == (1, 1, "watch")
+
+
+def test_a_run_dir_the_node_user_cannot_enter_is_one_line_not_a_jvm_trace(opensearch_node, tmp_path) -> None:
+    import os
+
+    if opensearch_node is None or os.geteuid() != 0:
+        pytest.skip("the node runs as another user only when started by root")
+    private = tmp_path / "private"  # pytest's tmp folder, like a mktemp -d, is root's alone
+    private.mkdir(mode=0o700)
+    started = subprocess.run(
+        ["bash", str(opensearch_node.SCRIPT), "start", "--run-dir", str(private / "node")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert started.returncode == 1
+    [line] = started.stderr.strip().splitlines()[-1:]
+    assert "cannot enter it" in line and "--run-dir" in line and "Exception" not in started.stderr
