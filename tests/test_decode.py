@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -121,3 +122,33 @@ def test_pixel_limit_is_configurable() -> None:
     with pytest.raises(ImageDecodeError, match="400x300"):
         decode_image(data, max_pixels=100_000)
     assert decode_image(data, max_pixels=120_000).size == (400, 300)
+
+
+@pytest.mark.parametrize("reduce_for", [None, 224])
+def test_a_jpeg_too_short_for_the_size_it_declares_is_a_decode_failure(reduce_for) -> None:
+    """libjpeg fills what a file lacks with copies of its last block and only warns: a few hundred bytes whose
+    header says 14000x14000 decoded as a valid picture, at every scale."""
+    data = bytearray(encode(photo(3, (64, 64))))
+    frame = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, frame + 5, 14_000, 14_000)
+    for cut in (bytes(data), bytes(data[:693])):
+        with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+            decode_image(cut, reduce_for=reduce_for)
+    progressive = encode(photo(3, (640, 480)), progressive=True)  # not judged by size: runs of blocks cost less
+    assert decode_image(progressive, reduce_for=reduce_for).size[0] > 0
+
+
+def test_a_huge_png_is_reduced_a_strip_at_a_time_to_the_same_pixels() -> None:
+    """The strip path must give what converting and reducing the whole picture gives."""
+    from imgvec.embed.decode import to_rgb
+
+    rng = np.random.default_rng(5)
+    for mode in ("RGB", "RGBA", "L", "P"):
+        pixels = rng.integers(0, 255, (1500, 1100, 4 if mode == "RGBA" else 3), dtype=np.uint8)
+        image = Image.fromarray(pixels[..., :4] if mode == "RGBA" else pixels[..., :3])
+        image = image.convert(mode) if mode in ("L", "P") else image
+        data = encode(image, "PNG")
+        reduced = decode_image(data, reduce_for=224)
+        expected = to_rgb(Image.open(io.BytesIO(data))).reduce(2)
+        assert reduced.size == expected.size == (550, 750)
+        assert np.array_equal(np.asarray(reduced), np.asarray(expected)), mode

@@ -123,3 +123,36 @@ def test_migrate_refuses_to_switch_when_vectors_are_missing_without_a_reason(tin
     else:
         raise AssertionError("the alias moved to an index without vectors")
     assert aliases.target("current") is None
+
+
+def test_migrate_from_the_alias_itself_records_the_index_and_rolls_back(cli_env, tmp_path: Path):
+    """`migrate --from current --alias current`: the alias is resolved to the index it names, so the new index
+    records that index, and a rollback returns to it (it recorded 'current' and the rollback was a traceback)."""
+    store_dir = Path(cli_env["IMGVEC_STORE"])
+    worker_documents(store_dir, "v4", OLD, tmp_path / "nas")
+    EmbeddedAliases(store_dir).switch("current", "v4")
+    args = [*MODEL, "migrate", "--from", "current", "--to", "v5", "--alias", "current", "--workers", "0"]
+    migrated = run_cli(args, cli_env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "'current' is an alias of 'v4'" in migrated.stderr and "the old index 'v4' is kept" in migrated.stdout
+    assert run_cli(["alias", "show", "current"], cli_env).stdout.strip() == "current → v5 (migrated from v4)"
+    rolled = run_cli(["alias", "rollback", "current"], cli_env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert EmbeddedAliases(store_dir).target("current") == "v4"
+
+
+def test_a_rollback_to_an_origin_recorded_as_an_alias_is_one_line(tiny_embedder, tmp_path: Path):
+    from imgvec.errors import StoreError
+    from imgvec.pipeline.migrate import rollback
+
+    aliases = EmbeddedAliases(tmp_path)
+    EmbeddedStore(tmp_path, "v4").ensure_index(OLD)
+    EmbeddedStore(tmp_path, "v5").ensure_index(tiny_embedder.identity, migrated_from="current")  # as before the fix
+    aliases.switch("current", "v5")
+    try:
+        rollback(aliases, "current", lambda name: EmbeddedStore(tmp_path, name))
+    except StoreError as error:
+        assert "recorded as migrated from 'current', which is an alias (of 'v5')" in str(error)
+    else:
+        raise AssertionError("rolled back to an alias")
+    assert aliases.target("current") == "v5"
