@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +140,24 @@ def opensearch_node() -> Iterator[OpenSearchNode | None]:
 @pytest.fixture(scope="session")
 def opensearch_url(opensearch_node: OpenSearchNode | None) -> str:
     return opensearch_node.url if opensearch_node is not None else os.environ["OPENSEARCH_URL"]
+
+
+@pytest.fixture
+def opensearch_client(opensearch_url: str):
+    from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+
+    return connect(OpenSearchOptions(url=opensearch_url))
+
+
+@pytest.fixture
+def live_prefix(opensearch_client) -> Iterator[str]:
+    """A fresh name for a test's indexes on the live node; they are deleted after it."""
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    yield name
+    opensearch_client.indices.delete(index=f"{name}-*", ignore_unavailable=True)
+
+
+@pytest.fixture
+def live_env(cli_env: dict[str, str], opensearch_url: str, s3) -> dict[str, str]:
+    """The CLI's environment on the live node, with the module's own S3 server (its ``s3`` fixture)."""
+    return {**cli_env, **s3.env(), "IMGVEC_STORE": opensearch_url, "IMGVEC_MODEL": TINY_MODEL}

@@ -157,3 +157,18 @@ class Service:
             self.process.kill()
             output, _ = self.process.communicate()
         return output
+
+
+def worker_fields(bucket: str, key: str, file_path: str, file_size: int) -> dict[str, object]:
+    """The eight fields the file-index worker writes for one NAS file mirrored to S3 (no vector, no doc_id)."""
+    name = key.rsplit("/", 1)[-1]
+    return {
+        "file_name": name,
+        "file_path": file_path,
+        "file_extension": name.rsplit(".", 1)[-1],
+        "file_size": file_size,
+        "bucket": bucket,
+        "file_key": key,
+        "s3_url": f"https://{bucket}.s3.amazonaws.com/{key}",
+        "indexed_at": "2024-05-01T10:00:00Z",
+    }

@@ -128,3 +128,14 @@ class SeaweedServer:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+
+
+def seaweed_with(folder: Path, bucket: str, objects: dict[str, bytes]) -> SeaweedServer:
+    """A started server holding ``objects`` (key → bytes) in ``bucket``; the caller stops it."""
+    server = SeaweedServer(folder)
+    server.start()
+    client = server.client()
+    client.create_bucket(Bucket=bucket)
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return server

@@ -12,15 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imgvec.stores.opensearch_client import OpenSearchOptions, connect
-from tests.helpers import encode, photo, run_cli
-from tests.s3server import SeaweedServer
+from tests.helpers import encode, photo, run_cli, worker_fields
+from tests.s3server import SeaweedServer, seaweed_with
 
 pytestmark = pytest.mark.opensearch
 LUCENE = ["--engine", "lucene", "--shards", "1", "--replicas", "0"]
@@ -30,46 +28,31 @@ PHOTOS = 6
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    client = server.client()
-    client.create_bucket(Bucket=BUCKET)
-    for n in range(PHOTOS):
-        client.put_object(Bucket=BUCKET, Key=f"2024/trip/photo{n}.jpg", Body=encode(photo(n)))
+    photos = {f"2024/trip/photo{n}.jpg": encode(photo(n)) for n in range(PHOTOS)}
+    server = seaweed_with(tmp_path_factory.mktemp("seaweed"), BUCKET, photos)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def client(opensearch_url: str):
-    return connect(OpenSearchOptions(url=opensearch_url))
+def client(opensearch_client):
+    return opensearch_client
 
 
 @pytest.fixture
-def prefix(client) -> Iterator[str]:
-    name = f"live-{uuid.uuid4().hex[:8]}"
-    yield name
-    client.indices.delete(index=f"{name}-*", ignore_unavailable=True)
+def prefix(live_prefix: str) -> str:
+    return live_prefix
 
 
 @pytest.fixture
-def env(cli_env: dict[str, str], opensearch_url: str, s3: SeaweedServer) -> dict[str, str]:
-    return {**cli_env, **s3.env(), "IMGVEC_STORE": opensearch_url, "IMGVEC_MODEL": "imgvec-tiny/random"}
+def env(live_env: dict[str, str]) -> dict[str, str]:
+    return live_env
 
 
 def worker_document(n: int, *, file_path: str | None = None) -> dict[str, object]:
     """What the file-index worker writes for one NAS file: its eight fields, no vector."""
     key = f"2024/trip/photo{n}.jpg"
-    return {
-        "file_name": f"photo{n}.jpg",
-        "file_path": file_path or f"/nas/photos/{key}",
-        "file_extension": "jpg",
-        "file_size": 1000 + n,
-        "bucket": BUCKET,
-        "file_key": key,
-        "s3_url": f"https://{BUCKET}.s3.amazonaws.com/{key}",
-        "indexed_at": "2024-05-01T10:00:00Z",
-    }
+    return worker_fields(BUCKET, key, file_path or f"/nas/photos/{key}", 1000 + n)
 
 
 def write_worker_documents(client, index: str, documents: dict[str, dict[str, object]]) -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +22,8 @@ import pytest
 from imgvec.cli.render import format_progress
 from imgvec.pipeline.report import Progress
 from imgvec.stores.opensearch import PAGE_SIZE
-from imgvec.stores.opensearch_client import OpenSearchOptions, connect
-from tests.helpers import encode, photo, run_cli
-from tests.s3server import SeaweedServer
+from tests.helpers import encode, photo, run_cli, worker_fields
+from tests.s3server import SeaweedServer, seaweed_with
 
 pytestmark = pytest.mark.opensearch
 LUCENE = ["--engine", "lucene", "--shards", "2", "--replicas", "0"]
@@ -36,47 +34,16 @@ WITH_VECTOR = {"query": {"exists": {"field": "image_vector"}}}
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    client = server.client()
-    client.create_bucket(Bucket=BUCKET)
-    for n in range(PICTURES):
-        client.put_object(Bucket=BUCKET, Key=f"pictures/p{n}.jpg", Body=encode(photo(n, (64, 48))))
+    pictures = {f"pictures/p{n}.jpg": encode(photo(n, (64, 48))) for n in range(PICTURES)}
+    server = seaweed_with(tmp_path_factory.mktemp("seaweed"), BUCKET, pictures)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def client(opensearch_url: str):
-    return connect(OpenSearchOptions(url=opensearch_url))
-
-
-@pytest.fixture
-def prefix(client) -> Iterator[str]:
-    name = f"scale-{uuid.uuid4().hex[:8]}"
-    yield name
-    client.indices.delete(index=f"{name}-*", ignore_unavailable=True)
-
-
-@pytest.fixture
-def env(cli_env: dict[str, str], opensearch_url: str, s3: SeaweedServer) -> dict[str, str]:
-    return {**cli_env, **s3.env(), "IMGVEC_STORE": opensearch_url, "IMGVEC_MODEL": "imgvec-tiny/random"}
 
 
 def worker_document(n: int, *, missing: bool = False) -> dict[str, object]:
     """The worker's eight fields for file n: its object is one of the few pictures, or one that is not there."""
     key = f"pictures/gone{n}.jpg" if missing else f"pictures/p{n % PICTURES}.jpg"
-    name = key.rsplit("/", 1)[-1]
-    return {
-        "file_name": name,
-        "file_path": f"/nas/{n:05d}/{name}",
-        "file_extension": "jpg",
-        "file_size": 1000 + n,
-        "bucket": BUCKET,
-        "file_key": key,
-        "s3_url": f"https://{BUCKET}.s3.amazonaws.com/{key}",
-        "indexed_at": "2024-05-01T10:00:00Z",
-    }
+    return worker_fields(BUCKET, key, f"/nas/{n:05d}/{key.rsplit('/', 1)[-1]}", 1000 + n)
 
 
 def bulk_write(client, index: str, documents: dict[str, dict[str, object]]) -> None:
@@ -98,62 +65,64 @@ def cli(env: dict[str, str], *args: str, index: str | None = None) -> subprocess
     return run_cli([*(["--index", index] if index else []), *args], env, timeout=600)
 
 
-def test_missing_fills_thousands_of_worker_documents_past_a_block_of_failures_in_one_run(env, client, prefix) -> None:
+def test_missing_fills_thousands_of_worker_documents_past_a_block_of_failures_in_one_run(
+    live_env, opensearch_client, live_prefix
+) -> None:
     """The worker writes no ``doc_id``; the listing paged on it stopped at 500. ``a-`` ids sort first: their
     objects are gone, more than two pages of them, so a listing that stops early never reaches the rest."""
-    index = f"{prefix}-v3"
-    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+    index = f"{live_prefix}-v3"
+    assert cli(live_env, "index", "create", index, *LUCENE).returncode == 0
     failing, valid = 2 * PAGE_SIZE + 100, 5 * PAGE_SIZE + 123
     documents = {f"a-{n:05d}": worker_document(n, missing=True) for n in range(failing)}
     documents |= {f"b-{n:05d}": worker_document(n) for n in range(valid)}
     documents["c-no-location"] = {"file_name": "x.jpg", "indexed_at": "2024-05-01T10:00:00Z"}
-    bulk_write(client, index, documents)
+    bulk_write(opensearch_client, index, documents)
 
-    filled = cli(env, "ingest", "--missing", "--json", index=index)
+    filled = cli(live_env, "ingest", "--missing", "--json", index=index)
     assert filled.returncode == 3, filled.stderr  # partial: some files failed, each recorded
     report = json.loads(filled.stdout)
     assert report["embedded"] + report["cache_hits"] == valid
     assert report["embedded"] <= PICTURES  # the content cache: each picture embedded once
     assert report["failed"] == failing + 1
-    assert count(client, index, WITH_VECTOR) == valid
-    assert count(client, index) == len(documents)  # filled in place: no document added
+    assert count(opensearch_client, index, WITH_VECTOR) == valid
+    assert count(opensearch_client, index) == len(documents)  # filled in place: no document added
 
-    status = json.loads(cli(env, "status", "--json", index=index).stdout)
+    status = json.loads(cli(live_env, "status", "--json", index=index).stdout)
     assert (status["documents"], status["with_vector"]) == (len(documents), valid)
-    failures = json.loads(cli(env, "failures", "--json", index=index).stdout)
+    failures = json.loads(cli(live_env, "failures", "--json", index=index).stdout)
     assert len(failures) == failing + 1
     assert {f["stage"] for f in failures} == {"read", "list"}
-    progress = json.loads(cli(env, "progress", "--json", index=index).stdout)
+    progress = json.loads(cli(live_env, "progress", "--json", index=index).stdout)
     listed = valid + failing  # the document with no location is not a listed file
     assert (progress["processed"], progress["total"], progress["listing_failures"]) == (listed, listed, 1)
     assert progress["succeeded"] + progress["failed"] - progress["listing_failures"] == progress["processed"]
     shown = format_progress(Progress(**progress))  # the line a run prints as it goes
     assert shown.startswith(f"{listed}/{listed} processed: {valid} ok, {failing} failed, 0 skipped, 1 not listed;")
 
-    again = cli(env, "ingest", "--missing", "--json", index=index)  # nothing left but the failures, tried again
+    again = cli(live_env, "ingest", "--missing", "--json", index=index)  # nothing left but the failures, tried again
     assert json.loads(again.stdout)["embedded"] + json.loads(again.stdout)["cache_hits"] == 0
     assert json.loads(again.stdout)["failed"] == failing + 1
 
 
 def test_follow_counts_each_bad_document_once_and_turns_unhealthy_while_passes_fail(
-    env, client, prefix, cli_env
+    live_env, opensearch_client, live_prefix, cli_env
 ) -> None:
-    index = f"{prefix}-followed"
-    assert cli(env, "index", "create", index, *LUCENE).returncode == 0
+    index = f"{live_prefix}-followed"
+    assert cli(live_env, "index", "create", index, *LUCENE).returncode == 0
     failing = PAGE_SIZE + 50
     documents = {f"a-{n:05d}": worker_document(n, missing=True) for n in range(failing)}
     documents["c-no-location"] = {"file_name": "x.jpg"}
-    bulk_write(client, index, documents)
+    bulk_write(opensearch_client, index, documents)
     args = ["--index", index, "ingest", "--missing", "--follow", "--interval", "0.5s", "--workers", "0"]
     log = Path(cli_env["IMGVEC_STORE"] + "-follow.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as stderr:
-        follower = subprocess.Popen([sys.executable, "-m", "imgvec.cli", *args], env=env, stderr=stderr)
+        follower = subprocess.Popen([sys.executable, "-m", "imgvec.cli", *args], env=live_env, stderr=stderr)
     try:
         deadline = time.monotonic() + 180
         health: dict = {}
         while time.monotonic() < deadline:
-            shown = cli(env, "progress", "--json", index=index)
+            shown = cli(live_env, "progress", "--json", index=index)
             if shown.returncode == 0:
                 progress = json.loads(shown.stdout)
                 health = progress.get("health") or {}
@@ -164,29 +133,31 @@ def test_follow_counts_each_bad_document_once_and_turns_unhealthy_while_passes_f
         assert f"{failing + 1} documents failed and none was filled, e.g. /nas/" in health["last_error"]
         assert progress["failed"] == failing + 1  # each bad document once, however many passes met it
 
-        bulk_write(client, index, {f"b-{n:05d}": worker_document(n) for n in range(3)})
+        bulk_write(opensearch_client, index, {f"b-{n:05d}": worker_document(n) for n in range(3)})
         deadline = time.monotonic() + 120
-        while count(client, index, WITH_VECTOR) < 3 and time.monotonic() < deadline:
+        while count(opensearch_client, index, WITH_VECTOR) < 3 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert count(client, index, WITH_VECTOR) == 3, log.read_text()
+        assert count(opensearch_client, index, WITH_VECTOR) == 3, log.read_text()
     finally:
         follower.send_signal(signal.SIGTERM)
         code = follower.wait(timeout=60)
     assert code == 0, log.read_text()
-    failures = json.loads(cli(env, "failures", "--json", index=index).stdout)
+    failures = json.loads(cli(live_env, "failures", "--json", index=index).stdout)
     assert len(failures) == failing + 1
     [listing] = [f for f in failures if f["stage"] == "list"]
     assert listing["attempts"] == 1  # recorded once, not again on every pass
 
 
-def test_migration_under_a_live_writer_ends_with_every_document_in_the_new_index(env, client, prefix) -> None:
+def test_migration_under_a_live_writer_ends_with_every_document_in_the_new_index(
+    live_env, opensearch_client, live_prefix
+) -> None:
     """The worker keeps writing through the alias, new documents and a replaced one, from before the copy until
     after the switch. The new index must hold every document the old one got, the replaced one as it is now."""
-    old, new, alias = f"{prefix}-v2", f"{prefix}-v3", f"{prefix}-current"
-    assert cli(env, "index", "create", old, *LUCENE).returncode == 0
+    old, new, alias = f"{live_prefix}-v2", f"{live_prefix}-v3", f"{live_prefix}-current"
+    assert cli(live_env, "index", "create", old, *LUCENE).returncode == 0
     start = 3 * PAGE_SIZE + 7
-    bulk_write(client, old, {f"w-{n:05d}": worker_document(n) for n in range(start)})
-    client.indices.put_alias(index=old, name=alias)
+    bulk_write(opensearch_client, old, {f"w-{n:05d}": worker_document(n) for n in range(start)})
+    opensearch_client.indices.put_alias(index=old, name=alias)
 
     stop = threading.Event()
     written: list[str] = []
@@ -195,10 +166,10 @@ def test_migration_under_a_live_writer_ends_with_every_document_in_the_new_index
         n = start
         while not stop.is_set():
             doc_id = f"w-{n:05d}"
-            client.index(index=alias, id=doc_id, body=worker_document(n))
+            opensearch_client.index(index=alias, id=doc_id, body=worker_document(n))
             written.append(doc_id)
             if n == start + 5:  # the worker re-indexes a changed file: same id, new fields
-                client.index(index=alias, id="w-00001", body=worker_document(1) | {"file_size": 4242})
+                opensearch_client.index(index=alias, id="w-00001", body=worker_document(1) | {"file_size": 4242})
             n += 1
             time.sleep(0.2)
 
@@ -206,7 +177,7 @@ def test_migration_under_a_live_writer_ends_with_every_document_in_the_new_index
     thread.start()
     try:
         time.sleep(1.0)
-        migrated = cli(env, "migrate", "--from", alias, "--to", new, "--alias", alias, *LUCENE, "--json")
+        migrated = cli(live_env, "migrate", "--from", alias, "--to", new, "--alias", alias, *LUCENE, "--json")
         time.sleep(1.0)
     finally:
         stop.set()
@@ -214,22 +185,22 @@ def test_migration_under_a_live_writer_ends_with_every_document_in_the_new_index
     assert migrated.returncode == 0, migrated.stderr
     report = json.loads(migrated.stdout)
     assert report["switched"] and report["alias_was"] == old
-    assert set(client.indices.get_alias(name=alias)) == {new}
+    assert set(opensearch_client.indices.get_alias(name=alias)) == {new}
     assert len(written) > 10
 
-    old_ids = ids(client, old)
-    new_ids = ids(client, new)
+    old_ids = ids(opensearch_client, old)
+    new_ids = ids(opensearch_client, new)
     assert old_ids <= new_ids, (sorted(old_ids - new_ids)[:5], report["steps"], len(written), written[-3:])
     assert set(written) <= new_ids
-    assert client.get(index=new, id="w-00001")["_source"]["file_size"] == 4242
-    with_vector = ids(client, new, WITH_VECTOR["query"])
+    assert opensearch_client.get(index=new, id="w-00001")["_source"]["file_size"] == 4242
+    with_vector = ids(opensearch_client, new, WITH_VECTOR["query"])
     assert old_ids <= with_vector  # everything the old index got is filled; later writes await --follow
 
-    shown = cli(env, "alias", "show", alias)
+    shown = cli(live_env, "alias", "show", alias)
     assert shown.stdout.strip() == f"{alias} → {new} (migrated from {old})"
-    back = cli(env, "alias", "rollback", alias)
+    back = cli(live_env, "alias", "rollback", alias)
     assert back.returncode == 0, back.stderr
-    assert set(client.indices.get_alias(name=alias)) == {old}
+    assert set(opensearch_client.indices.get_alias(name=alias)) == {old}
 
 
 def ids(client, index: str, query: dict | None = None) -> set[str]:
