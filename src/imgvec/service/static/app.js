@@ -23,12 +23,19 @@ function authHeaders() {
 
 async function api(path, options = {}, retried = false) {
   let response;
+  const sent = localStorage.getItem(TOKEN_KEY);
   try {
     response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
   } catch (error) {
     throw new ApiError(0, "the imgvec service does not answer: is `imgvec serve` still running?");
   }
   if (response.status === 401 && !retried) {
+    // The page's first requests (status, progress, a search from the URL) fail together: the first one asks, the
+    // others find the token it stored and try again without asking twice.
+    const stored = localStorage.getItem(TOKEN_KEY);
+    if (stored && stored !== sent) {
+      return api(path, options, true);
+    }
     const token = window.prompt("This imgvec service needs a token (imgvec serve --token / IMGVEC_TOKEN):");
     if (token) {
       localStorage.setItem(TOKEN_KEY, token.trim());
