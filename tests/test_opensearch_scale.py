@@ -29,6 +29,8 @@ pytestmark = pytest.mark.opensearch
 LUCENE = ["--engine", "lucene", "--shards", "2", "--replicas", "0"]
 BUCKET = "nas-scale"
 PICTURES = 5
+REINDEX_BATCH = 1000
+"""_reindex's default scroll size: the copy crosses it twice."""
 WITH_VECTOR = {"query": {"exists": {"field": "image_vector"}}}
 
 
@@ -155,7 +157,7 @@ def test_migration_under_a_live_writer_ends_with_every_document_in_the_new_index
     after the switch. The new index must hold every document the old one got, the replaced one as it is now."""
     old, new, alias = f"{live_prefix}-v2", f"{live_prefix}-v3", f"{live_prefix}-current"
     assert cli(live_env, "index", "create", old, *LUCENE).returncode == 0
-    start = 3 * PAGE_SIZE + 7
+    start = 2 * REINDEX_BATCH + 7  # _reindex copies 1,000 a batch; the listing pages 500
     bulk_write(opensearch_client, old, {f"w-{n:05d}": worker_document(n) for n in range(start)})
     opensearch_client.indices.put_alias(index=old, name=alias)
 

@@ -55,26 +55,33 @@ def limit_heap_growth() -> bool:
     return True
 
 
-SERVICE_DIRECT_MAP_BYTES = 4 << 20
-"""`serve`: Pillow's image blocks (16 MiB) and a huge picture's buffers are mapped on their own and go back to the
-system when a request ends; a search's own allocations, all smaller, stay on the heap at full speed. glibc's
-default raises this threshold to the largest block freed so far, after which every thread's arena kept up to a
-whole decoded picture: four requests for a 196 MP PNG left the service 2.9 GB larger."""
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the system, in every arena (glibc's ``malloc_trim(0)``): `serve` calls it
+    after decoding a huge picture. glibc raises its mmap threshold to the largest block freed, so after the first
+    huge picture every request thread's arena kept a decoded picture's worth of free pages. Fixing the threshold
+    low instead would slow every k-NN search of the embedded store (figures in docs/serving.md). False where there
+    is no glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
 
 
-def map_large_blocks(threshold: int = SERVICE_DIRECT_MAP_BYTES) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` (the service's setting); False where there is no glibc."""
-    mallopt = _mallopt()
-    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, threshold) == 1
-
-
-def _mallopt() -> Any:
+def _libc() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs: their own allocators, nothing to tune
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _mallopt() -> Any:
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # musl and other libcs: their own allocators, nothing to tune
         return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

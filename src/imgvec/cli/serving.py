@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from imgvec.allocator import map_large_blocks
 from imgvec.cli.app import app
 from imgvec.cli.base import command
 from imgvec.cli.render import log_line, warn
@@ -80,7 +79,6 @@ def serve(
         decode_memory_bytes=decode_memory_mb << 20,
         max_wait=batch_wait_ms / 1000,
     )
-    map_large_blocks()  # a huge picture's memory goes back when its request ends (allocator.py)
     service = create_app(settings, config)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     guarded = " (token required)" if token else ""

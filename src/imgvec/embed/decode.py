@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -78,10 +78,14 @@ def decode_cost(image: Image.Image, reduce_for: int | None = None) -> int:
         width, height = math.ceil(width / step), math.ceil(height / step)
     bands = max(3, len(image.getbands()))
     held = width * height * bands * (4 if image.mode in _WIDE_MODES else 1)
-    # the decoder's own buffers add about half again (measured on a 196 MP PNG: docs/serving.md)
+    # the decoder's own buffers add about half again (measured: docs/serving.md)
     # the orientation is not read here: Pillow decodes a whole PNG to find its EXIF, which is what is being budgeted
     strips = bool(reduce_for) and image.mode not in _WIDE_MODES
     return held * 3 // 2 if strips else 2 * held + width * height * 3
+
+
+RELEASE_AFTER_BYTES = 64 << 20
+"""A decode this costly gives its memory back when done; a phone photo's (a few MB at its reduced scale) does not."""
 
 
 class DecodeBudget:
@@ -89,9 +93,12 @@ class DecodeBudget:
     concurrent requests for huge pictures take turns instead of exhausting memory; ordinary photos, each a few
     megabytes at their reduced scale, never wait. One picture costlier than the whole budget runs alone."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, *, release: Callable[[], object] | None = None) -> None:
+        """``release``: called after a decode of at least ``RELEASE_AFTER_BYTES``, to give its memory back to the
+        system (the service passes ``allocator.release_free_memory``)."""
         self.total = total
         self.used = 0
+        self.release = release
         self._changed = threading.Condition()
 
     @contextmanager
@@ -106,13 +113,18 @@ class DecodeBudget:
             with self._changed:
                 self.used -= cost
                 self._changed.notify_all()
+            if self.release is not None and cost >= RELEASE_AFTER_BYTES:
+                self.release()
 
     def decode(
         self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: int | None = None
     ) -> Image.Image:
         image = open_image(data, max_pixels=max_pixels)
         with self.reserve(decode_cost(image, reduce_for)):
-            return decode_opened(image, reduce_for=reduce_for)
+            result = decode_opened(image, reduce_for=reduce_for)
+            if result is not image:
+                image.close()  # the full-size pixels go now, before ``release`` gives their pages back
+            return result
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: int | None = None) -> Image.Image:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from imgvec import runs
+from imgvec.allocator import release_free_memory
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 from imgvec.errors import ImgvecError, IndexNotFoundError, UsageError
@@ -75,7 +76,7 @@ class Searcher:
         self._opening = threading.Lock()
         self.reader = LocationReader(settings.s3_options())
         folder = config.thumbnail_dir or settings.state_dir / "thumbnails" / runs.state_name(settings)
-        self.decodes = DecodeBudget(config.decode_memory_bytes)
+        self.decodes = DecodeBudget(config.decode_memory_bytes, release=release_free_memory)
         self.thumbnails = Thumbnails(folder, self.reader, max_pixels=config.max_pixels, budget=self.decodes)
         self._embedder: Embedder | None = None
         self._batcher: ModelBatcher | None = None

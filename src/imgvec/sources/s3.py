@@ -37,8 +37,8 @@ MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "404"})
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404"})
 MAX_SENDS_PER_READ = 2 * RETRY_ATTEMPTS + 2
 """Requests one object read may make, retries and region redirects included. An endpoint that answers every
-request with a redirect and no region sent botocore looking for the bucket's region until Python's recursion
-limit (81 requests, then a RecursionError)."""
+request with a redirect and no region sends botocore looking for the bucket's region until Python's recursion
+limit (docs/serving.md)."""
 _reads = threading.local()
 
 
