@@ -31,13 +31,13 @@ from imgvec.documents import ImageDocument, SourceItem
 from imgvec.identity import IndexIdentity
 from imgvec.stores.embedded import EmbeddedStore
 from imgvec.stores.opensearch import OpenSearchStore
-from imgvec.stores.opensearch_client import OpenSearchOptions, connect
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
+from imgvec.stores.opensearch_client import OpenSearchConnection, connect
+from imgvec.stores.opensearch_mapping import KnnIndexSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 512
 IDENTITY = IndexIdentity("bench/random", "bench", "random", DIM)
-LUCENE = KnnIndexOptions(engine="lucene", shards=1, replicas=0)
+LUCENE = KnnIndexSettings(engine="lucene", shards=1, replicas=0)
 ROUNDS = 3
 TINY = {
     "embed_dim": 512,
@@ -168,7 +168,7 @@ def fill_vs_ingest(url: str, prefix: str, images: int, work: Path) -> None:
         "HF_HUB_OFFLINE": "1",
     }
     cli = [sys.executable, "-m", "imgvec.cli"]
-    client = connect(OpenSearchOptions(url=url))
+    client = connect(OpenSearchConnection(url=url))
     index = f"{prefix}-worker"
     run = subprocess.run(
         [*cli, "--store", url, "index", "create", index, "--engine", "lucene", "--shards", "1", "--replicas", "0"],
@@ -220,7 +220,7 @@ def main() -> None:
             raise SystemExit(started.stderr.strip())
         url = started.stdout.strip().splitlines()[-1].split("=", 1)[1]
     try:
-        client = connect(OpenSearchOptions(url=url))
+        client = connect(OpenSearchConnection(url=url))
         info = client.info()["version"]["number"]
         cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")

@@ -33,14 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from imgvec import runs  # noqa: E402
+from imgvec import wiring  # noqa: E402
 from imgvec.allocator import arrow_on_system_allocator, limit_heap_growth  # noqa: E402
 from imgvec.documents import SourceItem  # noqa: E402
 from imgvec.embed.cpu import cpu_info  # noqa: E402
-from imgvec.pipeline.executor import LocalExecutor  # noqa: E402
+from imgvec.pipeline.executors.local import LocalExecutor  # noqa: E402
+from imgvec.pipeline.executors.ray import RayExecutor  # noqa: E402
 from imgvec.pipeline.indexer import Indexer  # noqa: E402
 from imgvec.pipeline.options import PipelineOptions  # noqa: E402
-from imgvec.pipeline.ray_executor import RayExecutor  # noqa: E402
 from imgvec.settings import Settings  # noqa: E402
 from imgvec.sources.local import LocalFolder  # noqa: E402
 from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
@@ -76,7 +76,7 @@ class Captured:
         self.settings, self.model, self.executor = settings, model, None
 
     def __call__(self, source, embedder, options) -> RayExecutor:
-        self.executor = RayExecutor(source, embedder, options, settings=self.settings, model=self.model)
+        self.executor = RayExecutor(source, embedder, options, model=wiring.model_config(self.settings, self.model))
         return self.executor
 
 
@@ -101,9 +101,9 @@ def overhead(work: Path, images: int, workers: int) -> dict:
     settings = Settings(store=str(work / "store"), cache_dir=work / "cache")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights
-        embedder = settings.load_embedder(MODEL)
+        embedder = wiring.load_embedder(settings, MODEL)
     folder = make_folder(work / "photos", images)
-    local_options = runs.fit_to_model(PipelineOptions(workers_tuned=True), embedder)
+    local_options = wiring.fit_to_model(PipelineOptions(workers_tuned=True), embedder)
     local = Indexer(LocalFolder(folder), EmbeddedStore(work / "local", "images"), embedder, local_options)
     local_rate = steady_rate(local, folder, None)
     captured = Captured(settings, MODEL)
@@ -164,7 +164,7 @@ def driver_rss(items: int, executor: str = "ray") -> dict:
         settings = Settings(store=str(work / "store"), cache_dir=work / "cache", model_config_dir=str(work / "configs"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            embedder = settings.load_embedder("imgvec-tiny/random")
+            embedder = wiring.load_embedder(settings, "imgvec-tiny/random")
         source = SmallImages(items)
         options = PipelineOptions(executor=executor, batch_size=256, workers=1, io_concurrency=0)
         seen: dict[int, float] = {}

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from imgvec import runs
+from imgvec import wiring
 from imgvec.documents import ImageDocument, SourceItem
 from imgvec.search import image_pixels, search_text
 from imgvec.settings import Settings
@@ -155,7 +155,7 @@ def main() -> None:
     try:
         settings = Settings(store=str(work / "store"), model=args.model, threads=cores)
         began = time.perf_counter()
-        build_index(work / "store", settings.load_embedder(args.model).identity, args.rows)
+        build_index(work / "store", wiring.load_embedder(settings, args.model).identity, args.rows)
         print(f"index: {args.rows:,} x {DIM} vectors built in {time.perf_counter() - began:.0f}s; model {args.model}")
 
         photos = work / "photos"
@@ -194,8 +194,8 @@ def main() -> None:
             process.wait(timeout=30)
 
         # -- in process: the same store, model and search functions, no HTTP ----------------------------
-        embedder = settings.load_embedder(args.model)
-        store = settings.open_store()
+        embedder = wiring.load_embedder(settings, args.model)
+        store = wiring.open_store(settings)
         for text in texts(4, 99):  # warm-up: model and index caches
             search_text(store, embedder, text)
         local_text: list[float] = []
@@ -211,10 +211,10 @@ def main() -> None:
         del embedder, store
 
         # -- the batched ingest pipeline on the same images -----------------------------------------
-        pipeline_settings, options = runs.pipeline_options(
+        pipeline_settings, options = wiring.pipeline_options(
             replace(settings, store=str(work / "ingest")), {}, remote=False
         )
-        ingest_embedder = pipeline_settings.load_embedder(args.model)
+        ingest_embedder = wiring.load_embedder(pipeline_settings, args.model)
         source = LocalFolder(photos)
         pipeline_store = EmbeddedStore(work / "ingest", "images")
         from imgvec.pipeline.indexer import Indexer

@@ -45,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from imgvec import wiring  # noqa: E402
 from imgvec.embed.cpu import cpu_info  # noqa: E402
 from imgvec.embed.decode import decode_image  # noqa: E402
 from imgvec.pipeline.indexer import Indexer  # noqa: E402
@@ -142,7 +143,7 @@ def naive(folder: Path, model_settings: Settings, files: int) -> float:
     set_torch_threads(cores())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        embedder = model_settings.load_embedder(MODEL)
+        embedder = wiring.load_embedder(model_settings, MODEL)
     model = embedder._model
     preprocess = open_clip.transform.image_transform(224, is_train=False)
     paths = sorted((folder / "main").iterdir())[:files]
@@ -252,8 +253,8 @@ def main() -> None:
             threads = args.threads or cores()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                full = replace(choice_settings, threads=cores()).load_embedder(MODEL)
-                piped = replace(choice_settings, threads=threads).load_embedder(MODEL)
+                full = wiring.load_embedder(replace(choice_settings, threads=cores()), MODEL)
+                piped = wiring.load_embedder(replace(choice_settings, threads=threads), MODEL)
             if name == "auto":
                 chosen = f"{piped.runtime.runtime.value} {piped.runtime.precision.value}"
             row = results.setdefault(name, {})

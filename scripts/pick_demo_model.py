@@ -14,7 +14,9 @@ FALLBACK = "ViT-B-32/random"
 
 
 def in_local_cache() -> bool:
-    code = f"from imgvec.settings import Settings; Settings().load_embedder({REAL!r})"
+    code = (
+        f"from imgvec import wiring; from imgvec.settings import Settings; wiring.load_embedder(Settings(), {REAL!r})"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False).returncode == 0
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from imgvec import wiring
 from imgvec.settings import Settings
 
 TINY_MODEL = "imgvec-tiny/random"
@@ -55,13 +56,13 @@ def measured_runtime(settings: Settings) -> None:
     """The session's first model load measures the runtimes (``--runtime auto``) and caches the choice, before any
     test starts two processes at once: each would measure, and close speeds could choose differently."""
     with pytest.warns(UserWarning, match="random weights"):
-        assert settings.load_embedder(TINY_MODEL).runtime.resolved
+        assert wiring.load_embedder(settings, TINY_MODEL).runtime.resolved
 
 
 @pytest.fixture(scope="session")
 def tiny_embedder(settings: Settings):
     with pytest.warns(UserWarning, match="random weights"):
-        return settings.load_embedder(TINY_MODEL)
+        return wiring.load_embedder(settings, TINY_MODEL)
 
 
 def offline_env(store: Path, model_config_dir: Path, cache_dir: Path) -> dict[str, str]:
@@ -144,9 +145,9 @@ def opensearch_url(opensearch_node: OpenSearchNode | None) -> str:
 
 @pytest.fixture
 def opensearch_client(opensearch_url: str):
-    from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+    from imgvec.stores.opensearch_client import OpenSearchConnection, connect
 
-    return connect(OpenSearchOptions(url=opensearch_url))
+    return connect(OpenSearchConnection(url=opensearch_url))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgvec import wiring
 from imgvec.embed.clip import RandomWeightsWarning
 from imgvec.errors import ModelLoadError, ModelSpecError
 from imgvec.settings import Settings
@@ -47,9 +48,9 @@ def test_batching_does_not_change_vectors(tiny_embedder) -> None:
 def test_random_weights_are_identical_in_another_process(tiny_embedder, settings: Settings) -> None:
     ours = tiny_embedder.embed_texts(["identical everywhere"])[0]
     code = (
-        "import sys, numpy as np; from imgvec.settings import Settings; "
+        "import sys, numpy as np; from imgvec import wiring; from imgvec.settings import Settings; "
         f"s = Settings(cache_dir={str(settings.cache_dir)!r}, model_config_dir={settings.model_config_dir!r}); "
-        "v = s.load_embedder('imgvec-tiny/random').embed_texts(['identical everywhere'])[0]; "
+        "v = wiring.load_embedder(s, 'imgvec-tiny/random').embed_texts(['identical everywhere'])[0]; "
         "sys.stdout.write(' '.join(f'{x:.7f}' for x in v))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
@@ -61,7 +62,7 @@ def test_checkpoint_file_loads_same_weights(tiny_embedder, settings: Settings) -
     checkpoint = Path(settings.cache_dir) / "random" / "imgvec-tiny-seed0.pt"
     assert checkpoint.is_file()
     with _no_random_warning():
-        from_file = settings.load_embedder(f"imgvec-tiny/{checkpoint}")
+        from_file = wiring.load_embedder(settings, f"imgvec-tiny/{checkpoint}")
     assert from_file.identity.pretrained.startswith("checkpoint:sha256:")
     pixels = _pixels(tiny_embedder, range(2))
     np.testing.assert_allclose(from_file.embed_images(pixels), tiny_embedder.embed_images(pixels), atol=1e-6)
@@ -81,17 +82,17 @@ class _no_random_warning:
 
 def test_unknown_architecture_and_tag_are_clear(settings: Settings) -> None:
     with pytest.raises(ModelSpecError, match="unknown architecture 'ViT-Q-99'"):
-        settings.load_embedder("ViT-Q-99/openai")
+        wiring.load_embedder(settings, "ViT-Q-99/openai")
     with pytest.raises(ModelSpecError, match=r"no pretrained tag 'nonsense'.*openai"):
-        settings.load_embedder("ViT-B-32/nonsense")
+        wiring.load_embedder(settings, "ViT-B-32/nonsense")
 
 
 def test_missing_weights_offline_give_one_clear_error(settings: Settings, tmp_path: Path) -> None:
     code = (
-        "from imgvec.settings import Settings\n"
+        "from imgvec import wiring\nfrom imgvec.settings import Settings\n"
         "from imgvec.errors import ModelLoadError\n"
         "try:\n"
-        "    Settings().load_embedder('ViT-B-32/openai')\n"
+        "    wiring.load_embedder(Settings(), 'ViT-B-32/openai')\n"
         "except ModelLoadError as e:\n"
         "    print('ModelLoadError:', e)\n"
     )
@@ -105,7 +106,7 @@ def test_missing_weights_offline_give_one_clear_error(settings: Settings, tmp_pa
 @pytest.mark.slow
 def test_full_vit_b_32_architecture_loads(settings: Settings) -> None:
     with pytest.warns(RandomWeightsWarning):
-        embedder = settings.load_embedder("ViT-B-32/random")
+        embedder = wiring.load_embedder(settings, "ViT-B-32/random")
     assert embedder.identity.dimension == 512
     assert embedder.preprocessor.size == 224
     vectors = embedder.embed_images(_pixels(embedder, range(2)))

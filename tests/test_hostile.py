@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imgvec import wiring
 from imgvec.documents import document_id
 from imgvec.embed.decode import decode_image
-from imgvec.errors import ImageDecodeError, ModelLoadError
+from imgvec.errors import DecodeWorkersError, ImageDecodeError, ModelLoadError
 from imgvec.paths import fs_path, to_text
-from imgvec.pipeline.changes import ChangeTracker
+from imgvec.pipeline.continuous.changes import ChangeTracker
 from imgvec.pipeline.indexer import Indexer, index_source
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.pools import DecodeWorkersError
 from imgvec.pipeline.tuning import MAX_WORKERS_PER_CORE, cores, max_workers, tune
 from imgvec.sources.local import LocalFolder, read_regular_file
 from imgvec.stores.embedded import EmbeddedStore
@@ -421,30 +421,30 @@ def test_a_checkpoint_that_is_not_one_says_what_it_is(tmp_path: Path, settings) 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"these are not weights\n" * 10)
     with pytest.raises(ModelLoadError, match=r"is not a PyTorch checkpoint .* expected a torch.save"):
-        settings.load_embedder(f"imgvec-tiny/{garbage}")
+        wiring.load_embedder(settings, f"imgvec-tiny/{garbage}")
 
     import torch
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"layer.weight": torch.zeros(2)}, foreign)
     with pytest.raises(ModelLoadError, match=r"is not for imgvec-tiny: \d+ missing keys .* 1 unexpected keys"):
-        settings.load_embedder(f"imgvec-tiny/{foreign}")
+        wiring.load_embedder(settings, f"imgvec-tiny/{foreign}")
 
 
 def test_an_ingest_through_an_alias_and_one_through_its_index_share_one_lock(tmp_path: Path, settings) -> None:
     from dataclasses import replace
 
-    from imgvec import runs
-    from imgvec.pipeline.lock import IndexBusyError
+    from imgvec import wiring
+    from imgvec.errors import IndexBusyError
     from imgvec.stores.embedded_aliases import EmbeddedAliases
 
     store = tmp_path / "store"
     EmbeddedAliases(store).switch("photos", "photos-v2")
     by_alias = replace(settings, store=str(store), index="photos")
     by_index = replace(settings, store=str(store), index="photos-v2")
-    assert runs.lock_for(by_alias).path == runs.lock_for(by_index).path
+    assert wiring.lock_for(by_alias).path == wiring.lock_for(by_index).path
     holder = threading.Event()
-    with runs.lock_for(by_index):
+    with wiring.lock_for(by_index):
         holder.set()
         with pytest.raises(IndexBusyError):
-            runs.refuse_if_busy(by_alias)
+            wiring.refuse_if_busy(by_alias)

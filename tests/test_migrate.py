@@ -110,7 +110,8 @@ def test_migrate_switches_the_alias_resumes_and_rolls_back(cli_env, tmp_path: Pa
 
 
 def test_migrate_refuses_to_switch_when_vectors_are_missing_without_a_reason(tiny_embedder, tmp_path: Path):
-    from imgvec.pipeline.migrate import MigrationError, migrate
+    from imgvec.errors import MigrationError
+    from imgvec.pipeline.migrate import migrate
     from imgvec.pipeline.report import RunReport
 
     worker_documents(tmp_path, "old", OLD, tmp_path / "nas")

@@ -22,8 +22,8 @@ from imgvec.stores import opensearch_bulk
 from imgvec.stores.base import SearchFilter
 from imgvec.stores.opensearch import OpenSearchStore
 from imgvec.stores.opensearch_aliases import OpenSearchAliases
-from imgvec.stores.opensearch_client import OpenSearchOptions, connect
-from imgvec.stores.opensearch_mapping import KnnIndexOptions, index_body
+from imgvec.stores.opensearch_client import OpenSearchConnection, connect
+from imgvec.stores.opensearch_mapping import KnnIndexSettings, index_body
 from tests.opensearch_contract import (
     SPEC_FILE,
     RecordedCluster,
@@ -58,7 +58,7 @@ def cluster(validator: SpecValidator):
 
 
 def client_for(cluster: RecordedCluster, **options: Any):
-    return connect(OpenSearchOptions(url=URL, **options), connection_class=recording_connection(cluster))
+    return connect(OpenSearchConnection(url=URL, **options), connection_class=recording_connection(cluster))
 
 
 def store_for(cluster: RecordedCluster, *, serverless: bool = False, index: str = INDEX, **options: Any):
@@ -82,7 +82,7 @@ def documents_hold(cluster: RecordedCluster, fields: set[str], total: int, index
 
 
 def ours(**options: Any) -> dict[str, Any]:
-    return index_body(CLIP, KnnIndexOptions(**options))["mappings"]
+    return index_body(CLIP, KnnIndexSettings(**options))["mappings"]
 
 
 def unit_vector(seed: int) -> np.ndarray:
@@ -123,7 +123,7 @@ def test_validator_catches_typos_wrong_paths_and_unknown_parameters(validator: S
     assert validator.errors(wrong_type)
     unknown_param = Request("POST", "/_bulk", {"refreshh": "true"}, [{"delete": {"_index": INDEX, "_id": "1"}}], {})
     assert any("refreshh" in e for e in validator.errors(unknown_param))
-    bad_mapping = index_body(CLIP, KnnIndexOptions())
+    bad_mapping = index_body(CLIP, KnnIndexSettings())
     bad_mapping["mappings"]["properties"]["image_vector"]["dimensoin"] = 512
     assert any("dimensoin" in e for e in validator.errors(Request("PUT", f"/{INDEX}", {}, bad_mapping, {})))
     with pytest.raises(AssertionError, match="no such operation"):
@@ -138,7 +138,7 @@ def test_create_index_sends_a_valid_knn_mapping(cluster: RecordedCluster, engine
     cluster.on("HEAD", f"/{INDEX}", (404, None))
     cluster.on("PUT", f"/{INDEX}", (200, {"acknowledged": True, "shards_acknowledged": True, "index": INDEX}))
     store = store_for(cluster)
-    store.ensure_index(CLIP, config=KnnIndexOptions(shards=3, replicas=0, engine=engine, m=24, ef_construction=200))
+    store.ensure_index(CLIP, config=KnnIndexSettings(shards=3, replicas=0, engine=engine, m=24, ef_construction=200))
     (create,) = cluster.of("indices.create")
     vector = create.body["mappings"]["properties"]["image_vector"]
     assert vector["type"] == "knn_vector" and vector["dimension"] == 512
@@ -743,7 +743,7 @@ def test_sigv4_signs_for_serverless_with_the_aoss_service(cluster: RecordedClust
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
     cluster.on("HEAD", f"/{INDEX}", (200, None))
-    options = OpenSearchOptions(url="https://abc123.us-west-2.aoss.amazonaws.com")
+    options = OpenSearchConnection(url="https://abc123.us-west-2.aoss.amazonaws.com")
     assert options.serverless and options.region == "us-west-2"
     client = connect(options, connection_class=recording_connection(cluster))
     assert OpenSearchStore(client, INDEX, serverless=True).exists()
@@ -764,7 +764,7 @@ def test_basic_auth_and_errors_name_the_cluster_without_the_password(cluster: Re
 
 def test_unreachable_cluster_is_one_clear_error():
     store = OpenSearchStore(
-        connect(OpenSearchOptions(url="http://127.0.0.1:9", timeout=2), connection_class=None),
+        connect(OpenSearchConnection(url="http://127.0.0.1:9", timeout=2), connection_class=None),
         INDEX,
         label="http://127.0.0.1:9",
     )
@@ -803,7 +803,7 @@ def test_ingest_missing_fills_worker_documents_in_place(cluster: RecordedCluster
         for n, p in enumerate([*files, tmp_path / "broken.jpg"])
     ]
     identity = tiny_embedder.identity
-    existing_index(cluster, index_body(identity, KnnIndexOptions())["mappings"])
+    existing_index(cluster, index_body(identity, KnnIndexSettings())["mappings"])
     documents_hold(cluster, {"file_path"}, len(worker_docs))
     cluster.on(
         "POST",

@@ -15,27 +15,27 @@ from pathlib import Path
 import pytest
 
 from imgvec.documents import ImageDocument, SourceItem
+from imgvec.pipeline.continuous.watch import Watcher, WatchOptions
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.migrate import migrate, rollback
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.sync import SyncResult, reconcile
-from imgvec.pipeline.watch import Watcher, WatchOptions
 from imgvec.sources.index import IndexDocuments
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.opensearch import OpenSearchStore
 from imgvec.stores.opensearch_aliases import OpenSearchAliases
-from imgvec.stores.opensearch_client import OpenSearchOptions, connect
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
+from imgvec.stores.opensearch_client import OpenSearchConnection, connect
+from imgvec.stores.opensearch_mapping import KnnIndexSettings
 from tests.helpers import photo
 
 pytestmark = pytest.mark.opensearch
-LIVE = KnnIndexOptions(engine="lucene", shards=1, replicas=0)
+LIVE = KnnIndexSettings(engine="lucene", shards=1, replicas=0)
 """A node without the k-NN native libraries dies at the first refresh of a faiss index: lucene only."""
 
 
 @pytest.fixture
 def cluster(opensearch_url: str):
-    options = OpenSearchOptions(
+    options = OpenSearchConnection(
         url=opensearch_url,
         username=os.environ.get("IMGVEC_OPENSEARCH_USER"),
         password=os.environ.get("IMGVEC_OPENSEARCH_PASSWORD"),

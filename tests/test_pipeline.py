@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from imgvec.errors import IndexBusyError
 from imgvec.pipeline.indexer import index_source
 from imgvec.pipeline.journal import RunJournal
-from imgvec.pipeline.lock import IndexBusyError, IndexLock
+from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import prometheus_text
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgvec import wiring
+from imgvec.errors import RayWorkersError
+from imgvec.pipeline.executors.ray import WORKER_DIED, RayExecutor
 from imgvec.pipeline.indexer import index_source
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.ray_executor import WORKER_DIED, RayExecutor, RayWorkersError
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
-from imgvec.stores.opensearch_client import OpenSearchOptions, connect
+from imgvec.stores.opensearch_client import OpenSearchConnection, connect
 from tests import test_opensearch_live as live
 from tests.conftest import TINY_MODEL
 from tests.helpers import CrashingFolder, encode, photo, run_cli
@@ -167,7 +169,7 @@ def test_a_migration_fills_the_worker_documents_on_the_cluster(
     s3: SeaweedServer, cluster: RayCluster, cli_env: dict[str, str], opensearch_url: str
 ) -> None:
     """`migrate`'s fill is an `ingest --missing`: the actors read each document's s3_url themselves."""
-    client = connect(OpenSearchOptions(url=opensearch_url))
+    client = connect(OpenSearchConnection(url=opensearch_url))
     prefix = f"ray-{uuid.uuid4().hex[:8]}"
     old, new, alias = f"{prefix}-v2", f"{prefix}-v3", f"{prefix}-current"
     live.create_old_index(client, old, ("file_name", "file_path", "bucket", "file_key", "s3_url"))
@@ -283,7 +285,7 @@ def driver(cluster: RayCluster, settings, monkeypatch: pytest.MonkeyPatch):
     for name, value in cluster.driver_env.items():
         monkeypatch.setenv(name, value)
     with pytest.warns(UserWarning, match="random weights"):
-        return settings.load_embedder(TINY_MODEL)
+        return wiring.load_embedder(settings, TINY_MODEL)
 
 
 def test_an_image_that_kills_its_worker_twice_is_one_failure(
@@ -296,7 +298,7 @@ def test_an_image_that_kills_its_worker_twice_is_one_failure(
     (root / "crash-me.jpg").write_bytes(encode(photo(30_999)))
     store = EmbeddedStore(tmp_path / "store", "images")
     options = PipelineOptions(batch_size=4, executor="ray", ray_address=cluster.address, ray_workers=2)
-    executor = partial(RayExecutor, settings=settings, model=TINY_MODEL)
+    executor = partial(RayExecutor, model=wiring.model_config(settings, TINY_MODEL))
     report = index_source(CrashingFolder(root), store, driver, options, executor=executor)
     assert [(Path(f.file_path).name, f.stage, f.reason) for f in report.failures] == [
         ("crash-me.jpg", "worker", WORKER_DIED)
@@ -331,7 +333,7 @@ def test_workers_that_cannot_load_the_model_stop_the_run_with_one_line(
     (root / "a.jpg").write_bytes(encode(photo(1)))
     elsewhere = replace(settings, model_config_dir=str(tmp_path / "not-on-the-nodes"))
     options = PipelineOptions(executor="ray", ray_address=cluster.address, ray_workers=1)
-    executor = partial(RayExecutor, settings=elsewhere, model=TINY_MODEL)
+    executor = partial(RayExecutor, model=wiring.model_config(elsewhere, TINY_MODEL))
     store = EmbeddedStore(tmp_path / "store", "images")
     cannot_start = r"^a Ray worker could not start: model config directory .* does not exist$"
     with pytest.raises(RayWorkersError, match=cannot_start) as raised:

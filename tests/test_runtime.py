@@ -12,12 +12,13 @@ import sys
 import numpy as np
 import pytest
 
+from imgvec import wiring
 from imgvec.embed.cpu import CpuInfo, cpu_info
 from imgvec.embed.onnx import OnnxImageEncoder, exported_tower
 from imgvec.embed.openvino import OpenVinoImageEncoder
 from imgvec.embed.probe import PROBE_FILE, Measurement, Probe, candidates
 from imgvec.embed.runtime import Precision, Runtime, choose
-from imgvec.errors import ModelSpecError
+from imgvec.errors import RuntimeChoiceError
 from imgvec.pipeline.tuning import split_workers
 from tests.conftest import TINY_MODEL
 from tests.helpers import photo
@@ -58,12 +59,12 @@ def test_auto_on_a_cpu_is_left_to_the_probe_and_a_precision_names_its_runtime() 
     ],
 )
 def test_impossible_combinations_are_refused_before_loading(device, runtime, precision, message) -> None:
-    with pytest.raises(ModelSpecError, match=message):
+    with pytest.raises(RuntimeChoiceError, match=message):
         choose(device, runtime, precision)
 
 
 def test_bf16_on_a_cpu_without_it_says_which_flags_it_needs() -> None:
-    with pytest.raises(ModelSpecError, match="needs a CPU with AMX or AVX512-BF16 \\(this one has avx2\\)"):
+    with pytest.raises(RuntimeChoiceError, match="needs a CPU with AMX or AVX512-BF16 \\(this one has avx2\\)"):
         choose("cpu", None, "bf16", cpu=AVX2_EPYC)
 
 
@@ -130,14 +131,14 @@ def test_the_split_gives_decode_more_workers_when_the_model_is_fast() -> None:
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_says_so() -> None:
-    with pytest.raises(ModelSpecError, match="sees no CUDA GPU"):
+    with pytest.raises(RuntimeChoiceError, match="sees no CUDA GPU"):
         choose("cuda")
 
 
 @pytest.fixture(scope="module")
 def torch_embedder(settings):
     with pytest.warns(UserWarning, match="random weights"):
-        return dataclasses.replace(settings, runtime="torch").load_embedder(TINY_MODEL)
+        return wiring.load_embedder(dataclasses.replace(settings, runtime="torch"), TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def pixels(torch_embedder) -> np.ndarray:
 
 def load(settings, cache_dir, **changes):
     with pytest.warns(UserWarning, match="random weights"):
-        return dataclasses.replace(settings, cache_dir=cache_dir, **changes).load_embedder(TINY_MODEL)
+        return wiring.load_embedder(dataclasses.replace(settings, cache_dir=cache_dir, **changes), TINY_MODEL)
 
 
 def test_exported_runtimes_give_torch_vectors(settings, torch_embedder, pixels, tmp_path) -> None:
@@ -226,7 +227,9 @@ def test_full_vit_b_32_agreement_across_runtimes(settings, tmp_path) -> None:
     """docs/performance.md quotes this: every runtime --runtime auto may choose, against torch fp32 on the full
     ViT-B/32 architecture: ONNX and OpenVINO fp32 >= 0.9999; OpenVINO bf16 and both int8 weight ranges >= 0.999."""
     with pytest.warns(UserWarning, match="random weights"):
-        model = dataclasses.replace(settings, cache_dir=tmp_path, runtime="torch").load_embedder("ViT-B-32/random")
+        model = wiring.load_embedder(
+            dataclasses.replace(settings, cache_dir=tmp_path, runtime="torch"), "ViT-B-32/random"
+        )
     pixels = np.stack([model.preprocessor(photo(seed, (640, 480))) for seed in range(16)])
     expected = model.embed_images(pixels)
     fp32 = exported_tower(model._model, (224, 224), tmp_path)

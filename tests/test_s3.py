@@ -19,7 +19,7 @@ from imgvec.documents import document_id
 from imgvec.pipeline.indexer import index_source
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.sources import LocationReader, S3Bucket, S3Options, SourceItem
+from imgvec.sources import LocationReader, S3Bucket, S3Connection, SourceItem
 from imgvec.sources.s3 import describe_s3_error
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import encode, photo, run_cli
@@ -75,14 +75,14 @@ def documents(store: Path, index: str = "images") -> list[dict]:
 
 
 def test_listing_streams_pages_past_1000_keys_and_keeps_only_images(server, bucket, aws_env) -> None:
-    source = S3Bucket(f"s3://{bucket}/", S3Options(endpoint_url=server.endpoint))
+    source = S3Bucket(f"s3://{bucket}/", S3Connection(endpoint_url=server.endpoint))
     errors: list = []
     keys = [item.file_key for item in source.scan(errors.append)]
     assert not errors
     assert len(keys) == MANY + len(ODD_KEYS) + 1  # + odd/broken.jpg: it is named like an image, decode will say
     assert "odd/notes.txt" not in keys and "odd/folder/" not in keys
     assert sorted(keys) == keys  # S3 lists in key order: a stable order across runs
-    only_odd = S3Bucket(f"s3://{bucket}/odd/", S3Options(endpoint_url=server.endpoint))
+    only_odd = S3Bucket(f"s3://{bucket}/odd/", S3Connection(endpoint_url=server.endpoint))
     assert sorted(i.file_key for i in only_odd.scan(errors.append)) == sorted([*ODD_KEYS, "odd/broken.jpg"])
 
 
@@ -137,7 +137,7 @@ def test_an_object_deleted_between_list_and_get_is_one_failure(server, aws_env, 
     client.create_bucket(Bucket="vanishing")
     for i in range(6):
         client.put_object(Bucket="vanishing", Key=f"p{i}.jpg", Body=encode(photo(200 + i, (40, 30))))
-    source = VanishingBucket("s3://vanishing/", S3Options(endpoint_url=server.endpoint))
+    source = VanishingBucket("s3://vanishing/", S3Connection(endpoint_url=server.endpoint))
     source.victim = "p3.jpg"
     store = EmbeddedStore(tmp_path / "store", "images")
     report = index_source(source, store, tiny_embedder, PipelineOptions(workers=0, batch_size=4, io_concurrency=4))
@@ -160,7 +160,7 @@ def test_bad_credentials_and_a_missing_bucket_are_one_clear_error(server, bucket
 
 
 def test_reader_fetches_by_any_url_form_a_document_holds(server, bucket, aws_env, tmp_path) -> None:
-    reader = LocationReader(S3Options(endpoint_url=server.endpoint))
+    reader = LocationReader(S3Connection(endpoint_url=server.endpoint))
     expected = server.client().get_object(Bucket=bucket, Key="odd/with space.jpg")["Body"].read()
     assert reader.read(f"s3://{bucket}/odd/with space.jpg") == expected
     assert reader.read(f"{server.endpoint}/{bucket}/odd/with%20space.jpg") == expected  # path-style https
@@ -218,7 +218,7 @@ def _outage(server: SeaweedServer, env: dict[str, str], seen_at_outage: list[int
 
 
 def test_documents_are_keyed_by_s3_url(server, bucket, aws_env) -> None:
-    item = next(S3Bucket(f"s3://{bucket}/odd/", S3Options(endpoint_url=server.endpoint)).scan(lambda e: None))
+    item = next(S3Bucket(f"s3://{bucket}/odd/", S3Connection(endpoint_url=server.endpoint)).scan(lambda e: None))
     assert item.uri == item.s3_url == f"s3://{bucket}/{item.file_key}"
     assert document_id(item.uri) == document_id(f"s3://{bucket}/{item.file_key}")
     assert os.path.basename(item.file_key) == item.file_name

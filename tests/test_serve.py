@@ -223,6 +223,37 @@ def test_healthz_the_page_and_the_openapi_schema(client) -> None:
     assert {"/api/embed", "/api/status", "/api/progress", "/api/failures", "/metrics", "/healthz"} <= set(paths)
 
 
+def test_the_routes_answer_in_process_as_over_tcp(client, module_env, photos, tmp_path) -> None:
+    """``create_app`` with no server: the same routes through Starlette's test client give what uvicorn gives, and
+    two apps in one process keep their own searcher, token and metrics."""
+    from fastapi.testclient import TestClient
+
+    from imgvec.service.app import create_app
+    from imgvec.service.searcher import ServiceConfig
+    from imgvec.settings import Settings
+
+    settings = Settings(
+        store=module_env["IMGVEC_STORE"],
+        model=module_env["IMGVEC_MODEL"],
+        threads=2,
+        cache_dir=module_env["IMGVEC_CACHE_DIR"],
+        model_config_dir=module_env["IMGVEC_MODEL_CONFIG_DIR"],
+    )
+    open_app = create_app(settings, ServiceConfig(thumbnail_dir=tmp_path / "open"))
+    guarded_app = create_app(settings, ServiceConfig(token=TOKEN, thumbnail_dir=tmp_path / "guarded"))
+    with TestClient(open_app) as inside, TestClient(guarded_app) as locked:
+        query = {"q": "a photo", "k": 5}
+        assert inside.get("/api/search", params=query).json() == client.get("/api/search", params=query).json()
+        assert inside.get("/api/status").json() == client.get("/api/status").json()
+        assert locked.get("/api/status").status_code == 401
+        assert locked.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert locked.get("/healthz").status_code == 200
+        scraped = inside.get("/metrics").text
+        assert 'imgvec_http_requests_total{method="GET",route="/api/search",status="200"} 1.0' in scraped
+        assert 'route="/api/status",status="401"' in locked.get("/metrics").text
+        assert 'status="401"' not in scraped
+
+
 # -- security ------------------------------------------------------------------------------------------
 
 

@@ -22,10 +22,10 @@ from watchdog.events import DirMovedEvent, FileClosedEvent, FileCreatedEvent, Fi
 
 from imgvec.cli.options import parse_duration
 from imgvec.errors import StoreError
-from imgvec.pipeline import recovery as recovery_module
+from imgvec.pipeline.continuous import recovery as recovery_module
+from imgvec.pipeline.continuous.watch import ChangeTracker, Watcher, WatchOptions
 from imgvec.pipeline.indexer import Indexer
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.watch import ChangeTracker, Watcher, WatchOptions
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import assert_children_exit, encode, photo, run_cli

@@ -53,6 +53,60 @@ class ImageDecodeError(ValueError):
     """One file is not a usable image; the message is the reason recorded for it."""
 
 
+class RuntimeChoiceError(ImgvecError, ValueError):
+    """``--device``, ``--runtime`` or ``--precision`` that cannot be honoured here (no GPU, a pairing that does not
+    exist): the model is named well, the machine or the combination is wrong."""
+
+
+# -- a run's set-up: no file is to blame, the run stops with one line ------------------------------
+
+
+class IndexBusyError(ImgvecError):
+    """Another process is ingesting into the same index."""
+
+
+class DecodeWorkersError(ImgvecError):
+    """The decode workers cannot run here: no file is to blame."""
+
+
+class RayWorkersError(ImgvecError):
+    """The Ray workers cannot run (no cluster, no room, every new worker dies): no image is to blame."""
+
+
+class MigrationError(ImgvecError):
+    """The new index is not ready: the alias was left where it was."""
+
+
+class JournalError(StoreError):
+    """The run state cannot be opened or written (a full disk, a read-only store)."""
+
+
+# -- the service: each becomes an HTTP status in ``service/app.py`` ----------------------------------
+
+
+class NotInIndexError(IndexNotFoundError):
+    """A document id the index does not hold (the service serves nothing else)."""
+
+
+class NoVectorError(ImgvecError):
+    """The document is indexed but not embedded yet: it has no neighbours to find."""
+
+
+class ThumbnailError(ValueError):
+    """The document names no readable image (the message says why)."""
+
+
+# -- S3 reads: OSError, so that one file's read failure is recorded like any other I/O error --------
+
+
+class TooManyRequestsError(OSError):
+    """One read made more requests than ``MAX_SENDS_PER_READ``: the endpoint keeps answering with redirects."""
+
+
+class ObjectTooLargeError(OSError):
+    """An object over the size a caller accepts."""
+
+
 UNWRITABLE_HELP = "committed batches are kept; free space or make the store writable, then run the same command again"
 """What to do when the store or its run state cannot be written: nothing was lost, the same command continues."""
 _LANCE_ERROR = re.compile(r"LanceError\(\w+\): (.*?)(?:, /\S+\.rs:\d+:\d+)?$", re.DOTALL)

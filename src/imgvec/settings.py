@@ -1,21 +1,15 @@
 """One typed settings object, built once by the CLI (flags > environment > defaults) and passed down.
 
-Nothing below the CLI reads the environment for these, so tests and any other front end can build a Settings
-directly.
+Data only: ``wiring/build.py`` makes stores, models and sources from it. Nothing below the CLI reads the
+environment for these, so tests and any other front end can build a Settings directly. It holds credentials, so
+it stays on the machine that was given them: a remote worker gets a ``ModelConfig``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from imgvec.embed.clip import ClipEmbedder
-    from imgvec.embed.runtime import RuntimeChoice
-    from imgvec.sources.s3 import S3Options
-    from imgvec.stores import OpenSearchOptions, Store
 
 DEFAULT_STORE = str(Path.home() / ".imgvec")
 DEFAULT_INDEX = "images"
@@ -46,30 +40,6 @@ class Settings:
     verify_certs: bool = True
     ca_certs: str | None = None
 
-    def opensearch_options(self) -> OpenSearchOptions:
-        from imgvec.stores import OpenSearchOptions
-
-        return OpenSearchOptions(
-            url=self.store,
-            username=self.opensearch_user,
-            password=self.opensearch_password,
-            aws_service=self.aws_service,
-            aws_region=self.aws_region,
-            verify_certs=self.verify_certs,
-            ca_certs=self.ca_certs,
-        )
-
-    def open_store(self, index: str | None = None) -> Store:
-        from imgvec.stores import is_remote, open_store
-
-        options = self.opensearch_options() if is_remote(self.store) else None
-        return open_store(self.store, index or self.index, options)
-
-    def s3_options(self, connections: int = 32) -> S3Options:
-        from imgvec.sources.s3 import S3Options
-
-        return S3Options(endpoint_url=self.s3_endpoint_url, max_connections=max(10, connections))
-
     @property
     def state_dir(self) -> Path:
         """Run state and locks live beside the embedded store, so they move and get deleted with it; for a
@@ -80,17 +50,3 @@ class Settings:
             host = urlsplit(self.store).netloc.rsplit("@", 1)[-1].replace(":", "_")
             return Path(DEFAULT_STORE) / "_imgvec" / host
         return Path(self.store).expanduser() / "_imgvec"
-
-    def load_embedder(self, model: str) -> ClipEmbedder:
-        from imgvec.embed.clip import ClipEmbedder, register_model_configs
-        from imgvec.embed.modelspec import parse_model_spec
-
-        register_model_configs(self.model_config_dir)
-        spec = parse_model_spec(model)
-        runtime = self.runtime_choice()
-        return ClipEmbedder(spec, runtime=runtime, threads=self.threads, cache_dir=self.cache_dir)
-
-    def runtime_choice(self) -> RuntimeChoice:
-        from imgvec.embed.runtime import choose
-
-        return choose(self.device, self.runtime, self.precision)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Any
 
 import typer
 
-from imgvec import runs
+from imgvec import wiring
 from imgvec.cli.app import alias_app, app, index_app
 from imgvec.cli.base import EXIT_ERROR, EXIT_OK, command
 from imgvec.cli.options import EXECUTING, TUNING, AsJson
 from imgvec.cli.render import ProgressDisplay, out, print_json, step
 from imgvec.errors import ImgvecError
 from imgvec.pipeline.report import RunReport
-from imgvec.runs import PipelineFlags
 from imgvec.settings import Settings
-from imgvec.stores import is_remote, open_aliases
-from imgvec.stores.opensearch_mapping import KnnIndexOptions
+from imgvec.stores import is_remote
+from imgvec.stores.opensearch_mapping import KnnIndexSettings
+from imgvec.wiring import PipelineFlags
 
 
 @command(index_app, "create", knn=True)
@@ -34,14 +35,14 @@ def index_create(
     """A k-NN index for the model's vectors (HNSW, cosine), with the model identity recorded in it."""
     settings: Settings = ctx.obj
     config = _knn_config(settings, knn)
-    store = settings.open_store(name)
+    store = wiring.open_store(settings, name)
     if store.exists():
         raise ImgvecError(f"index {name!r} already exists: `imgvec index verify {name}` checks it")
-    embedder = runs.embedder_for(settings, store)
+    embedder = wiring.embedder_for(settings, store)
     if dimension is not None:
         embedder.identity.require_dimension(dimension)
     store.ensure_index(embedder.identity, config=config)
-    out.print(f"created {name!r} for {embedder.identity.describe()} in {_store_label(settings)}", highlight=False)
+    out.print(f"created {name!r} for {embedder.identity.describe()} in {wiring.store_label(settings)}", highlight=False)
 
 
 @command(index_app, "verify")
@@ -52,8 +53,8 @@ def index_verify(
 ) -> None:
     """Check the live index against what imgvec needs (field type, dimension, space, engine, model); exit 1 if not."""
     settings: Settings = ctx.obj
-    store = settings.open_store(name)
-    problems = store.verify(runs.requested_identity(settings))
+    store = wiring.open_store(settings, name)
+    problems = store.verify(wiring.requested_identity(settings))
     stats = store.stats()
     if as_json:
         print_json({"index": name, "ok": not problems, "problems": problems, **stats.as_dict()})
@@ -83,35 +84,28 @@ def migrate(
     from imgvec.pipeline.migrate import migrate as run_migration
     from imgvec.pipeline.migrate import resolve_origin
 
-    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=True)
+    settings: Settings = ctx.obj
     config = _knn_config(settings, knn)
-    fill_settings = replace(settings, index=target_index)
-    aliases = open_aliases(settings.store, settings.opensearch_options())
+    aliases = wiring.open_aliases(settings)
     named, origin_index = origin_index, resolve_origin(aliases, origin_index)
     if named != origin_index and not as_json:
         step(f"{named!r} is an alias of {origin_index!r}: migrating from {origin_index!r}")
-    origin = settings.open_store(origin_index)
-    target = settings.open_store(target_index)
-    runs.refuse_if_busy(replace(settings, index=origin_index))  # an imgvec run writing there would be left behind
-    runs.refuse_if_busy(fill_settings)
-    embedder = runs.embedder_for(settings, target)
-    options = runs.fit_to_model(options, embedder)
+    origin = wiring.open_store(settings, origin_index)
+    wiring.refuse_if_busy(replace(settings, index=origin_index))  # an imgvec run writing there would be left behind
+    setup = wiring.prepare_run(replace(settings, index=target_index), pipeline)  # the fill: into the new index
 
     def fill() -> RunReport:
-        source = runs.missing_vectors(fill_settings, target, options)
         display = ProgressDisplay(enabled=not as_json)
-        run = runs.indexer(
-            fill_settings, source, target, embedder, options, label=source.location, on_progress=display.update
-        )
-        with runs.stop_on_signals(run, step), display:
+        run = setup.indexer(source=setup.missing_source(), on_progress=display.update)
+        with wiring.stop_on_signals(run, step), display:
             return run.run()
 
     report = run_migration(
         origin,
-        target,
+        setup.store,
         aliases,
         alias=alias,
-        identity=embedder.identity,
+        identity=setup.model.identity,
         fill=fill,
         config=config,
         on_step=(lambda _text: None) if as_json else step,
@@ -131,10 +125,10 @@ def migrate(
 def alias_show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The alias.")]) -> None:
     """The index an alias points to, and the one it was migrated from."""
     settings: Settings = ctx.obj
-    target = open_aliases(settings.store, settings.opensearch_options()).target(name)
+    target = wiring.open_aliases(settings).target(name)
     if target is None:
         raise ImgvecError(f"no alias {name!r}")
-    origin = settings.open_store(target).origin()
+    origin = wiring.open_store(settings, target).origin()
     out.print(f"{name} → {target}" + (f" (migrated from {origin})" if origin else ""), highlight=False)
 
 
@@ -144,16 +138,11 @@ def alias_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help=
     from imgvec.pipeline.migrate import rollback
 
     settings: Settings = ctx.obj
-    aliases = open_aliases(settings.store, settings.opensearch_options())
-    current, origin = rollback(aliases, name, settings.open_store)
+    current, origin = rollback(wiring.open_aliases(settings), name, partial(wiring.open_store, settings))
     out.print(f"{name} → {origin} (was {current}, which is kept)", highlight=False)
 
 
-def _knn_config(settings: Settings, knn: Mapping[str, Any]) -> KnnIndexOptions | None:
+def _knn_config(settings: Settings, knn: Mapping[str, Any]) -> KnnIndexSettings | None:
     """The k-NN flags as an OpenSearch index's settings (checked even for the embedded store, which takes none)."""
-    options = KnnIndexOptions(**knn)
+    options = KnnIndexSettings(**knn)
     return options if is_remote(settings.store) else None
-
-
-def _store_label(settings: Settings) -> str:
-    return settings.opensearch_options().safe_url() if is_remote(settings.store) else settings.store

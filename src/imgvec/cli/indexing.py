@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from imgvec import runs
+from imgvec import wiring
 from imgvec.cli.app import app
 from imgvec.cli.base import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, command
 from imgvec.cli.options import EXECUTING, RUNNING, TUNING, AsJson, MaxDelete, parse_duration
@@ -25,12 +25,11 @@ from imgvec.cli.render import (
 )
 from imgvec.errors import UsageError
 from imgvec.pipeline.estimate import LAMBDA_PRICE_GB_SECOND, LAMBDA_PRICE_PER_MILLION_REQUESTS
-from imgvec.runs import PipelineFlags
 from imgvec.settings import Settings
+from imgvec.wiring import PipelineFlags
 
 if TYPE_CHECKING:
-    from imgvec.pipeline.indexer import Indexer
-    from imgvec.sources.base import Source
+    from imgvec.pipeline.plan import Plan
 
 SourceLocation = Annotated[str, typer.Argument(metavar="SOURCE", help="A folder or s3://bucket/prefix.")]
 
@@ -59,44 +58,28 @@ def ingest(
     pipeline: PipelineFlags,
 ) -> None:
     """Index every image under SOURCE; unchanged files are skipped, and a stopped run continues where it was."""
-    from imgvec.pipeline.plan import plan
-
     if (source_location is None) == (not missing):
         raise UsageError("give a SOURCE folder or s3:// URL, or --missing (not both)")
     if follow and (not missing or dry_run):
         raise UsageError("--follow goes with --missing and without --dry-run (a folder is followed by `imgvec watch`)")
-    remote = missing or (source_location or "").startswith("s3://")
-    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=remote)
-    store = settings.open_store()
-    if missing:
-        source = runs.missing_vectors(settings, store, options)
-    else:
-        source = runs.open_source(settings, source_location or "", options)
+    setup = wiring.prepare_run(
+        ctx.obj, pipeline, source=source_location, missing=missing, mode="dry_run" if dry_run else "write"
+    )
     if dry_run:
-        embedder, unavailable = runs.embedder_for_plan(settings, store)
-        if embedder is not None:
-            options = runs.fit_to_model(options, embedder)
-        journal = runs.existing_journal(settings)
-        result = plan(source, store, embedder, options, journal, scratch_store=runs.scratch_store)
-        result.model_unavailable = unavailable
+        result = _plan(setup)
         if as_json:
             print_json(result.as_dict())
         else:
             print_lines([format_plan(result)])
         return
-    runs.refuse_if_busy(settings)  # before loading a model for nothing
-    embedder = runs.embedder_for(settings, store)
-    options = runs.fit_to_model(options, embedder)
     if follow:
-        _follow(
-            settings, source, runs.indexer(settings, source, store, embedder, options, label=source.location), interval
-        )
+        _follow(setup, interval)
         return
     display = ProgressDisplay(enabled=not as_json)
-    run = runs.indexer(settings, source, store, embedder, options, label=source.location, on_progress=display.update)
-    with runs.stop_on_signals(run, step), display:
+    run = setup.indexer(on_progress=display.update)
+    with wiring.stop_on_signals(run, step), display:
         report = run.run()
-    print_report(report, _destination(settings), as_json)
+    print_report(report, _destination(setup.settings), as_json)
     if report.interrupted:
         raise fail(
             "stopped; every batch committed so far is kept: run the same command again to continue", EXIT_INTERRUPTED
@@ -115,22 +98,16 @@ def sync(
     pipeline: PipelineFlags,
 ) -> None:
     """One reconcile pass: index new and changed files, and delete the documents of files that are gone."""
-    from imgvec.pipeline.plan import plan
     from imgvec.pipeline.sync import count_stale, reconcile
 
-    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=source_location.startswith("s3://"))
-    store = settings.open_store()
-    source = runs.open_source(settings, source_location, options)
-    _ = source.scope  # an unsyncable source fails here, before a model loads
+    setup = wiring.prepare_run(
+        ctx.obj, pipeline, source=source_location, mode="dry_run" if dry_run else "write", reconcile=True
+    )
+    source = setup.source
+    assert source is not None
     if dry_run:
-        embedder, unavailable = runs.embedder_for_plan(settings, store)
-        if embedder is not None:
-            options = runs.fit_to_model(options, embedder)
-        result = plan(
-            source, store, embedder, options, runs.existing_journal(settings), scratch_store=runs.scratch_store
-        )
-        result.model_unavailable = unavailable
-        stale = count_stale(source, store, max_delete_percent=max_delete)
+        result = _plan(setup)
+        stale = count_stale(source, setup.store, max_delete_percent=max_delete)
         if as_json:
             print_json({**result.as_dict(), "sync": stale.as_dict()})
             return
@@ -138,15 +115,11 @@ def sync(
         if stale.refused:
             warn(stale.refused)
         return
-    runs.refuse_if_busy(settings)
-    embedder = runs.embedder_for(settings, store)
-    options = runs.fit_to_model(options, embedder)
     display = ProgressDisplay(enabled=not as_json)
-    label = f"sync {source.location}"
-    run = runs.indexer(settings, source, store, embedder, options, label=label, on_progress=display.update)
-    with runs.stop_on_signals(run, step), display, run.session(), run.counting():
+    run = setup.indexer(label=f"sync {source.location}", on_progress=display.update)
+    with wiring.stop_on_signals(run, step), display, run.session(), run.counting():
         result = reconcile(run, source, max_delete_percent=max_delete)
-    print_report(run.report, _destination(settings), as_json, sync=result)
+    print_report(run.report, _destination(setup.settings), as_json, sync=result)
     if run.report.interrupted:
         raise fail("stopped; every batch committed so far is kept, nothing was deleted", EXIT_INTERRUPTED)
     if result.refused:
@@ -182,8 +155,7 @@ def watch(
     pipeline: PipelineFlags,
 ) -> None:
     """Keep the index in step with a folder: new, changed, moved and deleted files, until SIGTERM or Ctrl-C."""
-    from imgvec.pipeline.watch import Watcher, WatchOptions
-    from imgvec.sources import LocalFolder
+    from imgvec.pipeline.continuous.watch import Watcher, WatchOptions
 
     try:
         watch_options = WatchOptions(
@@ -196,16 +168,13 @@ def watch(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=False)
-    store = settings.open_store()
-    source = LocalFolder(folder, follow_external=options.follow_external)
-    runs.refuse_if_busy(settings)
-    embedder = runs.embedder_for(settings, store)
-    options = runs.fit_to_model(options, embedder)
-    run = runs.indexer(settings, source, store, embedder, options, label=f"watch {source.location}")
+    setup = wiring.prepare_run(ctx.obj, pipeline, source=folder, folder=True)
+    source = setup.source
+    assert source is not None
+    run = setup.indexer(label=f"watch {source.location}")
     watcher = Watcher(source, run, watch_options, log=log_line)
-    log_line(f"watching {source.location} → {_destination(settings)}")
-    with runs.stop_on_signals(watcher, step):
+    log_line(f"watching {source.location} → {_destination(setup.settings)}")
+    with wiring.stop_on_signals(watcher, step):
         watcher.run()
     report = run.report
     log_line(
@@ -244,19 +213,16 @@ def estimate(
     from imgvec.pipeline.plan import plan
     from imgvec.pipeline.tuning import cores
 
-    remote = source_location.startswith("s3://")
-    settings, options = runs.pipeline_options(ctx.obj, pipeline, remote=remote)
-    store = settings.open_store()
-    source = runs.open_source(settings, source_location, options)
-    embedder = runs.embedder_for(settings, store)
-    options = runs.fit_to_model(options, embedder)
+    setup = wiring.prepare_run(ctx.obj, pipeline, source=source_location, mode="measure")
+    embedder, options = setup.model, setup.options
+    assert setup.source is not None
     counted = plan(
-        source,
-        store,
+        setup.source,
+        setup.store,
         embedder,
         options,
         None,
-        scratch_store=runs.scratch_store,
+        scratch_store=wiring.scratch_store,
         sample_size=sample,
         prefer_last_run=False,
     )
@@ -268,7 +234,13 @@ def estimate(
         images_per_request=lambda_images_per_request,
         concurrency=lambda_concurrency,
     )
-    result = predict(counted, cores=cores(), price_per_hour=price_per_hour, serverless=serverless, s3_source=remote)
+    result = predict(
+        counted,
+        cores=cores(),
+        price_per_hour=price_per_hour,
+        serverless=serverless,
+        s3_source=source_location.startswith("s3://"),
+    )
     if as_json:
         runtime = {"runtime": embedder.runtime.describe(), "runtime_reason": embedder.runtime.reason}
         print_json(result.as_dict() | runtime | {"decode_workers": options.workers})
@@ -276,17 +248,30 @@ def estimate(
     print_lines(format_estimate(result, embedder.runtime, options))
 
 
-def _follow(settings: Settings, source: Source, run: Indexer, interval: str) -> None:
+def _plan(setup: wiring.RunSetup) -> Plan:
+    """A dry run's plan: what would be processed, and how long (when the model could load)."""
+    from imgvec.pipeline.plan import plan
+
+    assert setup.source is not None
+    journal = wiring.existing_journal(setup.settings)
+    result = plan(setup.source, setup.store, setup.embedder, setup.options, journal, scratch_store=wiring.scratch_store)
+    result.model_unavailable = setup.model_unavailable
+    return result
+
+
+def _follow(setup: wiring.RunSetup, interval: str) -> None:
     """A service's loop: log lines, not a progress bar; SIGTERM drains and exits 0."""
-    from imgvec.pipeline.follow import Follower, FollowOptions
+    from imgvec.pipeline.continuous.follow import Follower, FollowOptions
 
     try:
         options = FollowOptions(interval=parse_duration(interval))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    source, run = setup.source, setup.indexer()
+    assert source is not None
     follower = Follower(source, run, options, log=log_line)
-    log_line(f"following {source.location} every {options.interval:g}s → {_destination(settings)}")
-    with runs.stop_on_signals(follower, step):
+    log_line(f"following {source.location} every {options.interval:g}s → {_destination(setup.settings)}")
+    with wiring.stop_on_signals(follower, step):
         follower.run()
     report = run.report
     log_line(f"stopped: {report.succeeded} filled, {report.failed} failed")

@@ -1,6 +1,6 @@
 """Options that several commands share, each declared once.
 
-Flag groups: pipeline flags are named after ``PipelineOptions`` fields, k-NN flags after ``KnnIndexOptions``
+Flag groups: pipeline flags are named after ``PipelineOptions`` fields, k-NN flags after ``KnnIndexSettings``
 fields. ``command(pipeline=..., knn=True)`` adds the ones a command takes and hands each group over as one mapping,
 so a new pipeline flag is written here and in ``PipelineOptions``, nowhere else.
 """
@@ -148,7 +148,7 @@ KNN_FLAGS: dict[str, tuple[Any, Any]] = {
         100,
     ),
 }
-"""A new OpenSearch index's settings (``index create``, ``migrate``), keyed by ``KnnIndexOptions`` field."""
+"""A new OpenSearch index's settings (``index create``, ``migrate``), keyed by ``KnnIndexSettings`` field."""
 
 
 def parse_duration(text: str) -> float:

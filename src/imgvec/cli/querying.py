@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imgvec import runs
+from imgvec import wiring
 from imgvec.cli.app import app
 from imgvec.cli.base import command
 from imgvec.cli.options import AsJson
@@ -38,12 +38,12 @@ def search(
     if (text is None) == (image is None):
         raise UsageError("give either a TEXT query or --image PATH (not both)")
     where = SearchFilter(extensions=tuple(ext or ()), path_prefix=path_prefix)
-    store = settings.open_store()
+    store = wiring.open_store(settings)
     store.stats()  # a missing index is reported before a model is loaded for nothing
-    embedder = runs.embedder_for(settings, store)
+    embedder = wiring.embedder_for(settings, store)
     if image is not None:
         try:
-            hits = search_image(store, embedder, image, k, where, reader=LocationReader(settings.s3_options()))
+            hits = search_image(store, embedder, image, k, where, reader=LocationReader(wiring.s3_connection(settings)))
         except (ImageDecodeError, OSError) as exc:
             raise SourceError(f"query image {image}: {getattr(exc, 'strerror', None) or exc}") from None
     else:
@@ -63,21 +63,21 @@ def search(
 @command(app)
 def status(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Documents in the index, with and without vectors, and the model that made them."""
-    stats = ctx.obj.open_store().stats()
+    stats = wiring.open_store(ctx.obj).stats()
     _print_fields(stats.as_dict(), as_json, width=15)
 
 
 @command(app)
 def progress(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Where the latest ingest of the index stands; works from a second terminal while it runs."""
-    run_progress, _ = runs.latest_run(ctx.obj)
+    run_progress, _ = wiring.latest_run(ctx.obj)
     _print_fields(run_progress.as_dict(), as_json, width=14)
 
 
 @command(app)
 def failures(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Files that failed, with the stage and the reason; `ingest --retry-failed` tries them again."""
-    records = runs.journal_for(ctx.obj, create=False).failures()
+    records = wiring.journal_for(ctx.obj, create=False).failures()
     if as_json:
         print_json([record.record_dict() for record in records])
         return
@@ -92,7 +92,7 @@ def metrics(ctx: typer.Context) -> None:
     """The latest run's metrics in Prometheus text format (for a textfile collector or a scrape)."""
     from imgvec.pipeline.metrics import prometheus_text
 
-    _, run_metrics = runs.latest_run(ctx.obj)
+    _, run_metrics = wiring.latest_run(ctx.obj)
     sys.stdout.write(prometheus_text(run_metrics, {"index": ctx.obj.index}))
 
 

@@ -33,6 +33,13 @@ Image.MAX_IMAGE_PIXELS = None
 DEFAULT_MAX_PIXELS = 200_000_000
 """Larger than any camera photo (a 150 MP medium-format frame fits); a bomb of 30000x30000 does not."""
 
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image within ``max_pixels`` can plausibly be: uncompressed 16-bit RGBA, plus room for
+    metadata. A bigger file is not read into memory at all (by the pipeline's readers, or for a thumbnail)."""
+    return max_pixels * 8 + (64 << 20)
+
+
 REDUCE_MARGIN = 2
 """A reduced decode keeps the short side at least this many times the model's input size. The final bicubic
 resize then still sees several source pixels per output pixel, which holds the tensor within the tolerance that

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from imgvec.embed.cpu import CpuInfo, cpu_info
-from imgvec.errors import ModelSpecError
+from imgvec.errors import RuntimeChoiceError
 
 
 class Runtime(StrEnum):
@@ -80,12 +80,12 @@ def resolve_device(device: str) -> str:
         return name
     if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise ModelSpecError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu (or auto)")
+            raise RuntimeChoiceError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu (or auto)")
         index = int(name[5:]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise ModelSpecError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise RuntimeChoiceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return name
-    raise ModelSpecError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    raise RuntimeChoiceError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
 def choose(
@@ -99,11 +99,11 @@ def choose(
     try:
         wanted = Precision(precision.strip().lower())
     except ValueError:
-        raise ModelSpecError(f"--precision {precision!r}: use auto, fp32, bf16, int8 or fp16") from None
+        raise RuntimeChoiceError(f"--precision {precision!r}: use auto, fp32, bf16, int8 or fp16") from None
     try:
         engine = Runtime((runtime or "auto").strip().lower())
     except ValueError:
-        raise ModelSpecError(f"--runtime {runtime!r}: use auto, torch, onnx or openvino") from None
+        raise RuntimeChoiceError(f"--runtime {runtime!r}: use auto, torch, onnx or openvino") from None
     resolved = resolve_device(device)
     on_gpu = resolved.startswith("cuda")
     cpu = cpu or cpu_info()
@@ -112,27 +112,27 @@ def choose(
         engine = Runtime.TORCH if on_gpu else by_precision[wanted]
     if on_gpu:
         if engine is Runtime.OPENVINO:
-            raise ModelSpecError("--runtime openvino runs on the CPU; use --device cpu, or torch on the GPU")
+            raise RuntimeChoiceError("--runtime openvino runs on the CPU; use --device cpu, or torch on the GPU")
         if wanted in (Precision.INT8, Precision.BF16):
-            raise ModelSpecError(f"--precision {wanted.value} is for CPUs; on a GPU use fp16 (the default)")
+            raise RuntimeChoiceError(f"--precision {wanted.value} is for CPUs; on a GPU use fp16 (the default)")
     if wanted is Precision.AUTO and engine is not Runtime.AUTO:
         wanted = _default_precision(engine, on_gpu, cpu)
     reason = "asked for by name" if engine is not Runtime.AUTO else ""
     if wanted is Precision.INT8 and engine is not Runtime.ONNX:
-        raise ModelSpecError("--precision int8 runs through ONNX Runtime; use --runtime onnx (or auto)")
+        raise RuntimeChoiceError("--precision int8 runs through ONNX Runtime; use --runtime onnx (or auto)")
     if wanted is Precision.BF16:
         if engine is not Runtime.OPENVINO:
-            raise ModelSpecError("--precision bf16 runs through OpenVINO; use --runtime openvino (or auto)")
+            raise RuntimeChoiceError("--precision bf16 runs through OpenVINO; use --runtime openvino (or auto)")
         if not cpu.bf16:
-            raise ModelSpecError(
+            raise RuntimeChoiceError(
                 "--precision bf16 needs a CPU with AMX or AVX512-BF16 (this one has "
                 f"{' '.join(cpu.notable_flags()) or 'neither'}); use --precision fp32 or int8, or --runtime auto"
             )
     if wanted is Precision.FP16:
         if not on_gpu:
-            raise ModelSpecError("--precision fp16 needs a CUDA GPU; on a CPU use bf16, fp32 or int8 (or auto)")
+            raise RuntimeChoiceError("--precision fp16 needs a CUDA GPU; on a CPU use bf16, fp32 or int8 (or auto)")
         if engine is not Runtime.TORCH:
-            raise ModelSpecError("--precision fp16 runs through torch; use --runtime torch on the GPU")
+            raise RuntimeChoiceError("--precision fp16 runs through torch; use --runtime torch on the GPU")
     if on_gpu and engine is Runtime.TORCH and wanted is Precision.FP16 and runtime in (None, "auto"):
         reason = "a CUDA GPU: torch with fp16 autocast"
     return RuntimeChoice(device=resolved, runtime=engine, precision=wanted, reason=reason)

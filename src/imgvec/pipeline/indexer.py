@@ -29,14 +29,14 @@ from typing import Any
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.base import Embedder
 from imgvec.errors import ImgvecError
-from imgvec.pipeline.executor import Embedded, Executor, ExecutorFactory, LocalExecutor
+from imgvec.pipeline.executors.base import Embedded, Executor, ExecutorFactory, Prepared
+from imgvec.pipeline.executors.local import LocalExecutor
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import Metrics, snapshot
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.report import Progress, RunReport
 from imgvec.pipeline.skip import Verdict, judge
-from imgvec.pipeline.workers import Prepared
 from imgvec.pipeline.writer import BatchWriter
 from imgvec.sources.base import Source
 from imgvec.stores.base import Store
@@ -110,7 +110,8 @@ class Indexer:
     @contextmanager
     def session(self, *, mode: str = "batch") -> Iterator[Indexer]:
         """Lock, run journal and executor for one or many ``process`` calls (``watch`` keeps one for hours:
-        spawning decode workers costs seconds, too much per file event). ``mode``: batch, or watch (a service)."""
+        spawning decode workers costs seconds, too much per file event). ``mode``: batch, watch or follow (the last two
+        are services: a stop is how they end, not an interruption)."""
         self.store.ensure_index(self.embedder.identity)  # a model/dimension mismatch stops us before any work
         if self.lock is not None:
             self.lock.acquire()

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from imgvec.documents import Failure
-from imgvec.errors import UNWRITABLE_HELP, StoreError, reason
+from imgvec.errors import UNWRITABLE_HELP, JournalError, reason
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.report import Progress
 
@@ -196,10 +196,6 @@ class RunJournal:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self.path)
-
-
-class JournalError(StoreError):
-    """The run state cannot be opened or written (a full disk, a read-only store)."""
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:

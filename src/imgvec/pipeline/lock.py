@@ -10,11 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from imgvec.errors import ImgvecError
-
-
-class IndexBusyError(ImgvecError):
-    """Another process is ingesting into the same index."""
+from imgvec.errors import IndexBusyError
 
 
 class IndexLock:

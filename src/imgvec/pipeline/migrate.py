@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from imgvec.errors import ImgvecError, IndexNotFoundError, StoreError
+from imgvec.errors import ImgvecError, IndexNotFoundError, MigrationError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.pipeline.report import RunReport
 from imgvec.stores.base import Aliases, IndexStats, Store
@@ -28,10 +28,6 @@ CATCH_UP_ROUNDS = 3
 the switch has to take; a writer that never pauses would never let them end."""
 SETTLE_SECONDS = 30.0
 """After the switch, how long writes already under way in the old index may take to land before the last round."""
-
-
-class MigrationError(ImgvecError):
-    """The new index is not ready: the alias was left where it was."""
 
 
 def resolve_origin(aliases: Aliases, name: str) -> str:

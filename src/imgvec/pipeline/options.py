@@ -16,7 +16,7 @@ class PipelineOptions:
     """Decode worker processes; 0 decodes in threads of this process (tests, tiny runs)."""
     workers_tuned: bool = False
     """``workers`` was left to the machine: once the model is loaded, its measured cost may change it
-    (``runs.fit_to_model``)."""
+    (``wiring.fit_to_model``)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int | None = None
     io_concurrency: int = 8

@@ -1,10 +1,14 @@
-"""The one write path: every document written, moved or deleted, and every count changed, goes through here.
+"""The one write path of a run: every document a run writes, moves or deletes, and every count it changes, goes
+through here.
 
     prepared batch → content cache (identical bytes reuse a stored vector) → model for the rest → vector check
       → upsert with the retry policy → failure records for what the store rejected → counts
 
 ``ingest``, ``sync``, ``watch`` and a migration's fill all write through one ``BatchWriter``, so each of them gets
-the same retries, the same refusal of zero or NaN vectors, and the same failure records.
+the same retries, the same refusal of zero or NaN vectors, and the same failure records. The retry policy here is
+the only retry of a whole failed write (docs/opensearch.md, "Who retries what"). One write is not a run's and does
+not come here: a migration's copy of the old index's documents, which the store does inside the cluster
+(``Store.copy_from``, ``copy_changes``) and ``pipeline/migrate.py`` checks by counting.
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ import numpy as np
 from imgvec.documents import Failure, ImageDocument, SourceItem, document_id, usable_vector
 from imgvec.embed.base import Embedder
 from imgvec.errors import UNWRITABLE_HELP, IdentityMismatchError, StoreError, errno_of, reason
-from imgvec.pipeline.executor import Embedded
+from imgvec.pipeline.executors.base import Embedded, Prepared
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.report import RunReport
 from imgvec.pipeline.retry import RetryPolicy
 from imgvec.pipeline.skip import Verdict, unchanged
-from imgvec.pipeline.workers import Prepared
 from imgvec.stores.base import Store
 
 OPTIMIZE_EVERY_BATCHES = 200

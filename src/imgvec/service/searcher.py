@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from imgvec import runs
+from imgvec import wiring
 from imgvec.allocator import release_free_memory
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget
-from imgvec.errors import ImgvecError, IndexNotFoundError, UsageError
+from imgvec.errors import NotInIndexError, NoVectorError, UsageError
 from imgvec.search import check_compatible, document_json, hit_json, image_pixels, neighbours
 from imgvec.service.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_SECONDS, ModelBatcher
 from imgvec.service.thumbnails import Thumbnails
@@ -30,7 +30,6 @@ from imgvec.sources.locations import parse_s3_url
 from imgvec.sources.reader import LocationReader
 from imgvec.stores import is_remote
 from imgvec.stores.base import SearchFilter, Store
-from imgvec.stores.embedded_aliases import EmbeddedAliases
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +57,6 @@ class ServiceConfig:
     """None: ``thumbnails/<index>`` in the store's state folder."""
 
 
-class NotInIndexError(IndexNotFoundError):
-    """A document id the index does not hold (the service serves nothing else)."""
-
-
-class NoVectorError(ImgvecError):
-    """The document is indexed but not embedded yet: it has no neighbours to find."""
-
-
 class Searcher:
     def __init__(
         self, settings: Settings, config: ServiceConfig, *, on_batch: Callable[[str, int, float], None] | None = None
@@ -74,8 +65,8 @@ class Searcher:
         self.config = config
         self._store: Store | None = None
         self._opening = threading.Lock()
-        self.reader = LocationReader(settings.s3_options())
-        folder = config.thumbnail_dir or settings.state_dir / "thumbnails" / runs.state_name(settings)
+        self.reader = LocationReader(wiring.s3_connection(settings))
+        folder = config.thumbnail_dir or settings.state_dir / "thumbnails" / wiring.state_name(settings)
         self.decodes = DecodeBudget(config.decode_memory_bytes, release=release_free_memory)
         self.thumbnails = Thumbnails(folder, self.reader, max_pixels=config.max_pixels, budget=self.decodes)
         self._embedder: Embedder | None = None
@@ -90,21 +81,21 @@ class Searcher:
         service ran). OpenSearch resolves its aliases itself."""
         with self._opening:
             if self._store is None or self._store.index != self._embedded_target():
-                self._store = self.settings.open_store()
+                self._store = wiring.open_store(self.settings)
             return self._store
 
     def _embedded_target(self) -> str | None:
         if self._store is None or is_remote(self.settings.store):
             return self._store.index if self._store is not None else None
-        return EmbeddedAliases(self.settings.store).target(self.settings.index) or self.settings.index
+        return wiring.open_aliases(self.settings).target(self.settings.index) or self.settings.index
 
     # -- the model ----------------------------------------------------------------------------------
 
     def model(self) -> tuple[Embedder, ModelBatcher]:
-        """The embedder and its batcher, loaded on first use by the same rule as the CLI (``runs.embedder_for``)."""
+        """The embedder and its batcher, loaded on first use by the same rule as the CLI (``wiring.embedder_for``)."""
         with self._loading:
             if self._batcher is None:
-                embedder = runs.embedder_for(self.settings, self.store)
+                embedder = wiring.embedder_for(self.settings, self.store)
                 self._embedder = embedder
                 self._batcher = ModelBatcher(
                     embedder, max_batch=self.config.max_batch, max_wait=self.config.max_wait, on_batch=self._on_batch
@@ -182,22 +173,7 @@ class Searcher:
         values = np.asarray(vector, dtype=np.float32).tolist()
         return {"embedding": values, "dimension": len(values), "model": identity.model, "cached": cached}
 
-    # -- the CLI's read commands, as JSON -----------------------------------------------------------
+    # -- what `imgvec status` prints -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         return self.store.stats().as_dict()
-
-    def progress(self) -> dict[str, Any]:
-        run_progress, _ = runs.latest_run(self.settings)
-        return run_progress.as_dict()
-
-    def run_metrics(self) -> dict[str, Any] | None:
-        """The latest run's metrics snapshot, or None before any run (for /metrics)."""
-        try:
-            return runs.latest_run(self.settings)[1]
-        except ImgvecError:
-            return None
-
-    def failures(self, offset: int, limit: int) -> list[dict[str, Any]]:
-        records = runs.journal_for(self.settings, create=False).failures(offset=offset, limit=limit)
-        return [record.record_dict() for record in records]

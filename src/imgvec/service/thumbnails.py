@@ -18,17 +18,13 @@ from typing import Any
 
 from PIL import Image
 
-from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
-from imgvec.pipeline.workers import max_file_bytes
+from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image, max_file_bytes
+from imgvec.errors import ThumbnailError
 from imgvec.sources.index import item_of_document
 from imgvec.sources.reader import LocationReader
 
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 32, 1024, 256
 JPEG_QUALITY = 85
-
-
-class ThumbnailError(ValueError):
-    """The document names no readable image (the message says why)."""
 
 
 class Thumbnails:

@@ -7,10 +7,10 @@ from imgvec.sources.base import IMAGE_EXTENSIONS, Source
 from imgvec.sources.local import LocalFolder
 from imgvec.sources.locations import ObjectLocation, parse_s3_url
 from imgvec.sources.reader import LocationReader
-from imgvec.sources.s3 import S3Bucket, S3Options
+from imgvec.sources.s3 import S3Bucket, S3Connection
 
 
-def open_source(location: str, s3: S3Options | None = None, *, follow_external: bool = False) -> Source:
+def open_source(location: str, s3: S3Connection | None = None, *, follow_external: bool = False) -> Source:
     """``s3://bucket/prefix`` is a bucket; anything else is a local (or mounted) folder."""
     if location.startswith("s3://"):
         return S3Bucket(location, s3)
@@ -23,7 +23,7 @@ __all__ = [
     "LocationReader",
     "ObjectLocation",
     "S3Bucket",
-    "S3Options",
+    "S3Connection",
     "Source",
     "SourceItem",
     "open_source",

@@ -14,16 +14,16 @@ from imgvec.documents import Failure, SourceItem, extension_of
 from imgvec.errors import SourceError
 from imgvec.sources.base import OnListingError
 from imgvec.sources.reader import LocationReader
-from imgvec.sources.s3 import S3Options
+from imgvec.sources.s3 import S3Connection
 from imgvec.stores.base import Store
 
 
 class IndexDocuments:
     """The documents of ``store`` without a vector, read by the locations they hold."""
 
-    def __init__(self, store: Store, s3: S3Options | None = None) -> None:
+    def __init__(self, store: Store, s3: S3Connection | None = None) -> None:
         self.store = store
-        self.s3 = s3 or S3Options()
+        self.s3 = s3 or S3Connection()
         self._reader: LocationReader | None = None
 
     @property

@@ -9,14 +9,14 @@ from urllib.parse import unquote, urlsplit
 from imgvec.errors import SourceError
 from imgvec.sources.local import read_regular_file
 from imgvec.sources.locations import parse_s3_url
-from imgvec.sources.s3 import S3Client, S3Options, make_client, read_object
+from imgvec.sources.s3 import S3Client, S3Connection, make_client, read_object
 
 
 class LocationReader:
     """Reads an image by whatever location a document holds; the S3 client is made on first use."""
 
-    def __init__(self, s3: S3Options | None = None, *, client: S3Client | None = None) -> None:
-        self.s3 = s3 or S3Options()
+    def __init__(self, s3: S3Connection | None = None, *, client: S3Client | None = None) -> None:
+        self.s3 = s3 or S3Connection()
         self._client = client
 
     def read(self, location: str, max_bytes: int | None = None) -> bytes:

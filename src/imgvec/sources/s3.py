@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgvec.documents import Failure, SourceItem, extension_of
-from imgvec.errors import SourceError
+from imgvec.errors import ObjectTooLargeError, SourceError, TooManyRequestsError
 from imgvec.sources.base import IMAGE_EXTENSIONS, OnListingError
 from imgvec.sources.locations import ObjectLocation, parse_s3_url
 from imgvec.waiting import ACCESS_CHECK_SECONDS, announced
@@ -43,7 +43,7 @@ _reads = threading.local()
 
 
 @dataclass(frozen=True, slots=True)
-class S3Options:
+class S3Connection:
     endpoint_url: str | None = None
     """An S3-compatible server (http://127.0.0.1:8333); None: AWS itself, or AWS_ENDPOINT_URL when set."""
     region: str | None = None
@@ -51,7 +51,7 @@ class S3Options:
     """HTTP connections in the pool: at least the number of concurrent readers, or they queue for one."""
 
 
-def make_client(options: S3Options, *, quick: bool = False) -> S3Client:
+def make_client(options: S3Connection, *, quick: bool = False) -> S3Client:
     """``quick``: one short try (``ACCESS_CHECK_SECONDS``), for the first request: a silent endpoint is then an
     error within seconds, not after ten patient attempts of a minute each."""
     try:
@@ -74,10 +74,6 @@ def make_client(options: S3Options, *, quick: bool = False) -> S3Client:
     return client
 
 
-class TooManyRequestsError(OSError):
-    """One read made more requests than ``MAX_SENDS_PER_READ``: the endpoint keeps answering with redirects."""
-
-
 def _count_send(**_kwargs: Any) -> None:
     sends = getattr(_reads, "sends", None)
     if sends is None:
@@ -96,7 +92,7 @@ class S3Bucket:
     def __init__(
         self,
         url: str,
-        options: S3Options | None = None,
+        options: S3Connection | None = None,
         *,
         client: S3Client | None = None,
         extensions: frozenset[str] = IMAGE_EXTENSIONS,
@@ -105,7 +101,7 @@ class S3Bucket:
         if location is None:
             raise SourceError(f"{url!r} is not an S3 URL (s3://bucket/prefix)")
         self.bucket, self.prefix = location.bucket, location.key
-        self.options = options or S3Options()
+        self.options = options or S3Connection()
         self._client = client
         self.extensions = extensions
         self.check_access()
@@ -231,10 +227,6 @@ def check_location(location: ObjectLocation) -> None:
         raise SourceError(f"{location.s3_url[:300]!r} names a bucket, not an object")
     if any(part in (".", "..") for part in location.key.split("/")):
         raise SourceError(f"the key {location.key[:300]!r} has '.' or '..' segments, which name no object")
-
-
-class ObjectTooLargeError(OSError):
-    """An object over the size a caller accepts."""
 
 
 def describe_s3_error(exc: BaseException, doing: str) -> str:

@@ -75,7 +75,7 @@ class Store(Protocol):
         """Create the index for ``identity``, or check that the existing one matches it.
 
         ``migrated_from``: the index a migration copies from, recorded for ``alias rollback``. ``config``: the
-        backend's own settings for a new index (OpenSearch: ``KnnIndexOptions``); a backend that has none takes
+        backend's own settings for a new index (OpenSearch: ``KnnIndexSettings``); a backend that has none takes
         None, and refuses another backend's.
         """
         ...

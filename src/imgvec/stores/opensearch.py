@@ -8,7 +8,6 @@ module or in ``opensearch_mapping``, and the contract tests check each one again
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +17,13 @@ from imgvec.documents import ImageDocument, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
-from imgvec.stores.opensearch_bulk import BULK_DOCUMENTS, BulkItem, send_bulk
+from imgvec.stores.opensearch_bulk import BulkItem, send_bulk
 from imgvec.stores.opensearch_client import request
+from imgvec.stores.opensearch_copy import PAGE_SIZE, IndexCopying
 from imgvec.stores.opensearch_mapping import (
     DEFAULT_ENGINE,
     VECTOR_FIELD,
-    KnnIndexOptions,
+    KnnIndexSettings,
     identity_of,
     index_body,
     mapping_problems,
@@ -35,25 +35,31 @@ from imgvec.stores.opensearch_mapping import (
 if TYPE_CHECKING:
     from opensearchpy import OpenSearch
 
-PAGE_SIZE = 500
 LUCENE_CANDIDATES = 100
 """Candidates a lucene query collects, as faiss's default ef_search does (recall figures in docs/opensearch.md)."""
 PIT_KEEP_ALIVE = "5m"
 STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag"]
-COPY_SCRIPT = (
-    "for (field in params.drop) { ctx._source.remove(field) } "
-    "if (ctx._source.doc_id == null) { ctx._source.doc_id = ctx._id }"
-)
-"""_reindex's ``source._source`` takes only fields to keep (the spec's ``Fields``): the old vectors are dropped here."""
 UNIQUE_SORT_FIELDS = ("doc_id", "s3_url", "file_path")
 """Keyword fields unique per document: a listing pages on the first one that every listed document holds (doc values,
 cheap); otherwise on ``_id``. A field some documents lack sorts them as ``null``, and ``search_after: [null]`` finds
 nothing after them: the worker writes no ``doc_id``, so sorting its documents on it ended every listing at one page."""
 
 
-class OpenSearchStore:
-    def __init__(self, client: OpenSearch, index: str, *, serverless: bool = False, label: str = "") -> None:
+class OpenSearchStore(IndexCopying):
+    def __init__(
+        self,
+        client: OpenSearch,
+        index: str,
+        *,
+        serverless: bool = False,
+        label: str = "",
+        write_client: OpenSearch | None = None,
+    ) -> None:
+        """``write_client``: the same cluster without transport retries, for ``upsert`` and ``delete``, whose
+        caller (the write path's ``RetryPolicy``) owns the retries of a whole failed request (docs/opensearch.md,
+        "Who retries what"); None: ``client`` serves both."""
         self.client = client
+        self.write_client = write_client or client
         self.index = index
         self.serverless = serverless
         self.label = label or "OpenSearch"
@@ -98,8 +104,8 @@ class OpenSearchStore:
     def ensure_index(
         self, identity: IndexIdentity, *, migrated_from: str | None = None, config: object | None = None
     ) -> None:
-        if config is not None and not isinstance(config, KnnIndexOptions):
-            raise StoreError(f"an OpenSearch index takes KnnIndexOptions, not {type(config).__name__}")
+        if config is not None and not isinstance(config, KnnIndexSettings):
+            raise StoreError(f"an OpenSearch index takes KnnIndexSettings, not {type(config).__name__}")
         if self.exists():
             mapping = self.mapping()
             current = identity_of(mapping)
@@ -113,7 +119,7 @@ class OpenSearchStore:
             self._identity = current
             return
         body = index_body(
-            identity, config or KnnIndexOptions(), migrated_from=migrated_from, serverless=self.serverless
+            identity, config or KnnIndexSettings(), migrated_from=migrated_from, serverless=self.serverless
         )
         self._call(self.client.indices.create, index=self.index, body=body)
         self._identity = identity
@@ -138,33 +144,36 @@ class OpenSearchStore:
                         {"doc": source, "doc_as_upsert": doc_id not in filling},
                     )
                     for doc_id, source in sources.items()
-                ]
+                ],
+                self.write_client,
             )
         # Serverless assigns ids itself: write the new version, then delete the old one(s).
-        existing = self._existing(list(sources))
+        existing = self._existing(list(sources), self.write_client)
         writes = []
         for doc_id, source in sources.items():
             old = existing.get(doc_id, [])
             merged = {**(old[0][1] if old else {}), **source}  # keep fields another writer added
             writes.append(BulkItem(doc_id, {"index": {"_index": self.index}}, merged))
-        rejected = self._bulk(writes)
+        rejected = self._bulk(writes, self.write_client)
         stale = [
             BulkItem(doc_id, {"delete": {"_index": self.index, "_id": hit_id}})
             for doc_id, hits in existing.items()
             if doc_id not in rejected
             for hit_id, _ in hits
         ]
-        rejected.update(self._bulk(stale))
+        rejected.update(self._bulk(stale, self.write_client))
         return rejected
 
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
         if self.serverless:
-            targets = [(doc_id, hit_id) for doc_id, hits in self._existing(list(ids)).items() for hit_id, _ in hits]
+            existing = self._existing(list(ids), self.write_client)
+            targets = [(doc_id, hit_id) for doc_id, hits in existing.items() for hit_id, _ in hits]
         else:
             targets = [(doc_id, doc_id) for doc_id in ids]
-        failed = self._bulk([BulkItem(d, {"delete": {"_index": self.index, "_id": h}}) for d, h in targets])
+        deletes = [BulkItem(d, {"delete": {"_index": self.index, "_id": h}}) for d, h in targets]
+        failed = self._bulk(deletes, self.write_client)
         failed = {i: reason for i, reason in failed.items() if not reason.startswith("HTTP 404")}  # already gone
         if failed:
             raise StoreError(f"{len(failed)} deletes failed, e.g. {next(iter(failed.values()))}")
@@ -184,8 +193,10 @@ class OpenSearchStore:
             source[VECTOR_FIELD] = vector.tolist()
         return {key: value for key, value in source.items() if value is not None}
 
-    def _bulk(self, items: list[BulkItem]) -> dict[str, str]:
-        return send_bulk(lambda body: self._call(self.client.bulk, body=body), items)
+    def _bulk(self, items: list[BulkItem], client: OpenSearch | None = None) -> dict[str, str]:
+        """``client``: the write client for the write path; a migration's copy keeps the transport's retries."""
+        client = client or self.client
+        return send_bulk(lambda body: self._call(client.bulk, body=body), items)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -193,7 +204,7 @@ class OpenSearchStore:
         """Matches documents by ``doc_id`` (what imgvec writes) or ``_id`` (documents another writer made)."""
         return {"bool": {"should": [{"terms": {"doc_id": ids}}, {"ids": {"values": ids}}], "minimum_should_match": 1}}
 
-    def _existing(self, ids: list[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    def _existing(self, ids: list[str], client: OpenSearch) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         if not ids or not self.exists():
             return found
@@ -202,7 +213,7 @@ class OpenSearchStore:
             "size": len(ids) * 2,
             "_source": {"excludes": [VECTOR_FIELD]},
         }
-        for hit in self._search(body)["hits"]["hits"]:
+        for hit in self._call(client.search, index=self.index, body=body)["hits"]["hits"]:
             doc_id = hit["_source"].get("doc_id") or hit["_id"]
             found.setdefault(doc_id, []).append((hit["_id"], hit["_source"]))
         return found
@@ -385,108 +396,18 @@ class OpenSearchStore:
     def _search(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call(self.client.search, index=self.index, body=body)
 
-    # -- migration ----------------------------------------------------------------------------------
-
-    def copy_from(self, origin_index: str, *, poll_seconds: float = 5.0) -> int:
-        """Copy another index's documents here without its vectors; returns how many were copied.
-
-        ``_reindex`` runs inside the cluster (kept ids, a ``doc_id`` added by script); Serverless has none,
-        so there the documents stream through imgvec with point-in-time paging and bulk writes.
-        """
-        origin = OpenSearchStore(self.client, origin_index, serverless=self.serverless, label=self.label)
-        excluded = sorted(vector_fields(origin.mapping())) or [VECTOR_FIELD]
-        if self.serverless:
-            if self._count(None):
-                raise StoreError(
-                    f"{self.index!r} already holds documents and Serverless has no custom ids to copy idempotently: "
-                    f"delete it and run the migration again"
-                )
-            copied = 0
-            batch: list[BulkItem] = []
-            for doc_id, fields in origin.documents():
-                batch.append(BulkItem(doc_id, {"index": {"_index": self.index}}, {**fields, "doc_id": doc_id}))
-                if len(batch) >= BULK_DOCUMENTS:
-                    copied += self._copy_batch(batch)
-                    batch = []
-            return copied + self._copy_batch(batch)
-        body = {
-            "source": {"index": origin_index},
-            "dest": {"index": self.index, "op_type": "create"},  # a re-run keeps the vectors filled since
-            "conflicts": "proceed",
-            "script": {"lang": "painless", "source": COPY_SCRIPT, "params": {"drop": excluded}},
-        }
-        task = self._call(self.client.reindex, body=body, params={"wait_for_completion": "false", "refresh": "true"})
-        while True:
-            status = self._call(self.client.tasks.get, task_id=task["task"])
-            if status.get("completed"):
-                break
-            time.sleep(poll_seconds)
-        response = status.get("response") or {}
-        failures = response.get("failures") or []
-        if status.get("error") or failures:
-            cause = status.get("error") or failures[0]
-            raise StoreError(f"_reindex from {origin_index!r} failed: {cause}")
-        return int(response.get("created", 0))
-
-    def change_mark(self) -> dict[str, int] | None:
-        if self.serverless:
-            return None  # no sequence numbers to read there: the migration's count check is all there is
-        stats = self._call(self.client.indices.stats, index=self.index, metric="docs", params={"level": "shards"})
-        [shards] = [entry["shards"] for entry in stats["indices"].values()]
-        self.optimize()  # every write up to the mark is searchable now: a copy started next sees all of them
-        return {
-            shard: int(copy["seq_no"]["global_checkpoint"])
-            for shard, copies in shards.items()
-            for copy in copies
-            if copy["routing"]["primary"]
-        }
-
-    def copy_changes(self, origin_index: str, since: dict[str, int]) -> int:
-        """Per shard, the documents whose sequence number is past the mark, in sequence order (a new version of a
-        document has a new number, so a document the writer replaced comes too), written over this index's copy
-        without their old vectors. The origin is refreshed first: every write up to the mark is then searchable."""
-        origin = OpenSearchStore(self.client, origin_index, serverless=self.serverless, label=self.label)
-        excluded = sorted(vector_fields(origin.mapping())) or [VECTOR_FIELD]
-        origin.optimize()
-        copied = 0
-        for shard, mark in sorted(since.items()):
-            body: dict[str, Any] = {
-                "size": PAGE_SIZE,
-                "query": {"range": {"_seq_no": {"gt": mark}}},
-                "sort": [{"_seq_no": "asc"}],
-                "_source": {"excludes": excluded},
-            }
-            while True:
-                response = self._call(
-                    self.client.search, index=origin_index, body=body, params={"preference": f"_shards:{shard}"}
-                )
-                hits = response["hits"]["hits"]
-                batch = [
-                    BulkItem(
-                        hit["_id"],
-                        {"index": {"_index": self.index, "_id": hit["_id"]}},
-                        {**hit["_source"], "doc_id": hit["_source"].get("doc_id") or hit["_id"]},
-                    )
-                    for hit in hits
-                ]
-                copied += self._copy_batch(batch)
-                if len(hits) < PAGE_SIZE:
-                    break
-                body["search_after"] = hits[-1]["sort"]
-        return copied
-
-    def _copy_batch(self, batch: list[BulkItem]) -> int:
-        rejected = self._bulk(batch)
-        if rejected:
-            raise StoreError(f"copying failed for {len(rejected)} documents, e.g. {next(iter(rejected.values()))}")
-        return len(batch)
-
     # -- housekeeping -------------------------------------------------------------------------------
 
     def optimize(self) -> None:
         """Make the writes searchable now; Serverless refreshes on its own (and answers _refresh with 404)."""
         if not self.serverless:
             self._call(self.client.indices.refresh, index=self.index)
+
+    def _other(self, index: str) -> OpenSearchStore:
+        """Another index of the same cluster, reached the same way."""
+        return OpenSearchStore(
+            self.client, index, serverless=self.serverless, label=self.label, write_client=self.write_client
+        )
 
     def _call(self, method: Any, **kwargs: Any) -> Any:
         return request(method, self.label, self.index, **kwargs)

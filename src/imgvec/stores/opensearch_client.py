@@ -19,7 +19,7 @@ RETRY_STATUSES = (429, 502, 503, 504)
 
 
 @dataclass(frozen=True, slots=True)
-class OpenSearchOptions:
+class OpenSearchConnection:
     """How to reach and authenticate to a cluster. Credentials never appear in logs or errors."""
 
     url: str
@@ -73,7 +73,7 @@ class OpenSearchOptions:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def connect(options: OpenSearchOptions, connection_class: type | None = None) -> OpenSearch:
+def connect(options: OpenSearchConnection, connection_class: type | None = None) -> OpenSearch:
     """An opensearch-py client that retries 429/5xx on the transport; ``connection_class`` lets tests record."""
     try:
         from opensearchpy import OpenSearch, Urllib3AWSV4SignerAuth, Urllib3HttpConnection
@@ -116,11 +116,11 @@ def connect(options: OpenSearchOptions, connection_class: type | None = None) ->
     )
 
 
-def check_reachable(options: OpenSearchOptions, index: str) -> None:
+def check_reachable(options: OpenSearchConnection, index: str) -> None:
     """One quick request before any real one: a cluster that accepts connections and never answers is an error
     within ``ACCESS_CHECK_SECONDS``, not after every retry of a minute-long timeout. ``HEAD /index`` works on
     every flavour (Serverless has no ``GET /``)."""
-    quick = connect(quick_options(options))
+    quick = connect(quick_connection(options))
     label = options.safe_url()
     try:
         with announced(f"{label} to answer (up to {ACCESS_CHECK_SECONDS:g}s)"):
@@ -129,7 +129,7 @@ def check_reachable(options: OpenSearchOptions, index: str) -> None:
         quick.close()
 
 
-def quick_options(options: OpenSearchOptions) -> OpenSearchOptions:
+def quick_connection(options: OpenSearchConnection) -> OpenSearchConnection:
     """The same cluster, one try of ``ACCESS_CHECK_SECONDS``: for a first request, or one a command can do
     without."""
     return replace(options, timeout=ACCESS_CHECK_SECONDS, max_retries=0)

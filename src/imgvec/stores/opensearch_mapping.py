@@ -27,7 +27,7 @@ pages through any index with ``search_after`` on every version (``_shard_doc`` n
 
 
 @dataclass(frozen=True, slots=True)
-class KnnIndexOptions:
+class KnnIndexSettings:
     """``imgvec index create`` flags. Shards and replicas are ignored by Serverless, which sizes itself."""
 
     shards: int = 2
@@ -46,7 +46,7 @@ class KnnIndexOptions:
 
 
 def index_body(
-    identity: IndexIdentity, options: KnnIndexOptions, *, migrated_from: str | None = None, serverless: bool = False
+    identity: IndexIdentity, options: KnnIndexSettings, *, migrated_from: str | None = None, serverless: bool = False
 ) -> dict[str, Any]:
     """The ``PUT /<index>`` body: metadata fields typed, the vector as HNSW cosine, the identity in ``_meta`` (with
     the index a migration copied from, which ``imgvec alias rollback`` switches back to)."""

@@ -19,9 +19,10 @@ from functools import partial
 
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.preprocess import Preprocessor
-from imgvec.errors import ImgvecError, reason
+from imgvec.errors import DecodeWorkersError, reason
+from imgvec.pipeline.executors.base import Prepared
+from imgvec.pipeline.executors.decode_worker import WorkerConfig, init_worker, prepare, read_item, worker_ready
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.workers import Prepared, WorkerConfig, init_worker, prepare, read_item, worker_ready
 from imgvec.sources.base import Source
 
 Pending = Future[Prepared | Failure]
@@ -35,10 +36,6 @@ WORKERS_HELP = (
     "check that /dev/shm is mounted and writable and that the process limit (ulimit -u, a container's pids limit) "
     "allows more processes, or decode in threads with --workers 0"
 )
-
-
-class DecodeWorkersError(ImgvecError):
-    """The decode workers cannot run here: no file is to blame."""
 
 
 class DecodePools:

@@ -2,7 +2,7 @@
 
 Items arrive as locations (a NAS path, an S3 key, an index document's URL), never as bytes: each actor reads
 from the source itself, so the driver's network and memory carry only item records out and vectors back. The
-reading and decoding are the local pipeline's own (``workers.read_item``, ``workers.prepare``), in threads of
+reading and decoding are the local pipeline's own (``decode_worker.read_item`` and ``prepare``), in threads of
 the actor; the model runs one batch at a time while the next batch decodes (the actor takes two calls at once).
 Everything that goes wrong with one file comes back as that file's ``Failure``, so a call raises only for a bug.
 """
@@ -13,30 +13,26 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from imgvec.documents import Failure, SourceItem
+from imgvec.embed.loading import ModelConfig, load_embedder
 from imgvec.errors import reason
-from imgvec.pipeline.executor import Embedded
+from imgvec.pipeline.executors.base import Embedded, Prepared
+from imgvec.pipeline.executors.decode_worker import WorkerConfig, init_worker, prepare, read_item
 from imgvec.pipeline.options import PipelineOptions
-from imgvec.pipeline.workers import Prepared, WorkerConfig, init_worker, prepare, read_item
-from imgvec.settings import Settings
 from imgvec.sources.base import Source
-
-CALLS_AT_ONCE = 2
-"""Batches an actor works on together: one decoding while the other is in the model."""
 
 
 class EmbedWorker:
-    """A Ray actor (``ray.remote(EmbedWorker)``, see ray_executor.py); plain Python, so it is tested as one."""
+    """A Ray actor (``ray.remote(EmbedWorker)``, see executor.py); plain Python, so it is tested as one."""
 
-    def __init__(
-        self, settings: Settings, model: str, source: Source, options: PipelineOptions, *, threads: int, device: str
-    ) -> None:
-        self.embedder = replace(settings, threads=threads, device=device).load_embedder(model)
+    def __init__(self, model: ModelConfig, source: Source, options: PipelineOptions) -> None:
+        """``model``: what to load and how to run it (its threads and device set by the driver for this actor's
+        share of its node); no store address or credential reaches an actor."""
+        self.embedder = load_embedder(model)
         self.runtime = self.embedder.runtime  # settled now: a first run on this CPU measures its runtimes here
         reduce_for = None if options.full_decode else self.embedder.preprocessor.reduce_for
         init_worker(WorkerConfig(source, self.embedder.preprocessor, options.max_pixels, options.retry, reduce_for))
@@ -44,7 +40,7 @@ class EmbedWorker:
         self.options = options
         # Reads wait on the network; decodes need a core each: both pools are the actor's own threads.
         self._readers = ThreadPoolExecutor(max(2, options.io_concurrency), thread_name_prefix="imgvec-read")
-        self._decoders = ThreadPoolExecutor(threads + 1, thread_name_prefix="imgvec-decode")
+        self._decoders = ThreadPoolExecutor((model.threads or 1) + 1, thread_name_prefix="imgvec-decode")
         self._model = threading.Lock()
 
     def ready(self) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from imgvec.errors import ImgvecError
+from imgvec.pipeline.continuous.loop import ContinuousRun
 from imgvec.pipeline.indexer import Indexer
-from imgvec.pipeline.recovery import Recovery
 from imgvec.sources.base import Source
 
 
@@ -29,37 +30,24 @@ class PassFailed(ImgvecError):
     """Every document a pass tried failed: counted as an error in a row, so the health says so."""
 
 
-class Follower:
+class Follower(ContinuousRun):
     """Runs passes over ``source`` (the index's documents without a vector) until ``stop()``."""
+
+    mode = "follow"
 
     def __init__(
         self, source: Source, indexer: Indexer, options: FollowOptions, log: Callable[[str], None] = print
     ) -> None:
+        super().__init__(indexer, log, then=", then a pass catches up")
         self.source = source
-        self.indexer = indexer
         self.options = options
-        self.log = log
-        self.recovery = Recovery(log, then=", then a pass catches up")
         self._last_pass_at: str | None = None
 
-    def stop(self) -> None:
-        self.indexer.stop()
+    def interval(self) -> float:
+        return self.options.interval
 
-    @property
-    def stopping(self) -> bool:
-        return self.indexer.stopping
-
-    def run(self) -> None:
-        with self.indexer.session(mode="follow"):
-            try:
-                while not self.stopping:
-                    self.recovery.attempt(self._pass)
-                    self._heartbeat()
-                    self.indexer.wait(self.recovery.pause(self.options.interval))
-            finally:
-                self._heartbeat()
-
-    def _pass(self) -> None:
+    def step(self) -> None:
+        """One pass."""
         report, writer = self.indexer.report, self.indexer.writer
         before = (report.succeeded, writer.failure_events)
         self.indexer.process(self.source.scan(self.indexer.record_listing_error))
@@ -78,11 +66,12 @@ class Follower:
             return
         raise PassFailed(f"{failed} documents failed and none was filled{why}")
 
-    def _heartbeat(self) -> None:
-        health = {
+    def heartbeat(self, *, force: bool = False) -> None:
+        super().heartbeat(force=True)  # once a pass: a pass is seconds apart, never too often to write
+
+    def health(self) -> dict[str, Any]:
+        return {
             "last_pass_at": self._last_pass_at,
             "interval_seconds": self.options.interval,
             "heartbeat_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            **self.recovery.health(),
         }
-        self.indexer.show_health(health, 0, force=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from stat import S_ISDIR
+from typing import Any
 
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -27,9 +28,9 @@ from watchdog.observers.polling import PollingObserver
 from imgvec.documents import SourceItem, document_id
 from imgvec.errors import SourceError
 from imgvec.paths import fs_path
-from imgvec.pipeline.changes import Change, ChangeTracker
+from imgvec.pipeline.continuous.changes import Change, ChangeTracker
+from imgvec.pipeline.continuous.loop import ContinuousRun
 from imgvec.pipeline.indexer import Indexer
-from imgvec.pipeline.recovery import Recovery
 from imgvec.pipeline.sync import owned_uri, reconcile
 from imgvec.sources.local import LocalFolder
 from imgvec.stores.base import SearchFilter
@@ -56,17 +57,18 @@ class WatchOptions:
     max_delete_percent: float = 50.0
 
 
-class Watcher:
+class Watcher(ContinuousRun):
     """Runs until ``stop()``: events → pipeline, plus reconcile passes at start, on schedule and after a remount."""
+
+    mode = "watch"
 
     def __init__(
         self, folder: LocalFolder, indexer: Indexer, options: WatchOptions, log: Callable[[str], None] = print
     ) -> None:
+        super().__init__(indexer, log, then=", then a reconcile pass catches up")
         self.folder = folder
-        self.indexer = indexer
         self.writer = indexer.writer
         self.options = options
-        self.log = log
         self.root = str(folder.root)
         self.tracker = ChangeTracker(folder.location, folder.extensions, options.settle_seconds)
         self._mount = _mount_point(self.root)
@@ -79,37 +81,27 @@ class Watcher:
         self._written_at_optimize = 0
         self._catch_up = False
         """A reconcile pass is due before the next changes: at start, and after an error."""
-        self.recovery = Recovery(log, then=", then a reconcile pass catches up")
 
-    def stop(self) -> None:
-        self.indexer.stop()
+    def start(self) -> None:
+        self._start_observer()  # before the first pass: a change made during it is not missed
+        self.heartbeat(force=True)
+        self._catch_up = self.options.initial_sync
+        self._schedule_reconcile()
 
-    @property
-    def stopping(self) -> bool:
-        return self.indexer.stopping
+    def finish(self) -> None:
+        self._stop_observer()
 
-    def run(self) -> None:
-        with self.indexer.session(mode="watch"):
-            try:
-                self._start_observer()  # before the first pass: a change made during it is not missed
-                self._heartbeat(force=True)
-                self._catch_up = self.options.initial_sync
-                self._schedule_reconcile()
-                while not self.stopping:
-                    self._heartbeat()
-                    self._guarded(self._tick)
-                    self.indexer.wait(self._pause())
-            finally:
-                self._stop_observer()
-                self._heartbeat(force=True)
+    def interval(self) -> float:
+        return TICK_SECONDS
 
-    def _tick(self) -> None:
+    def step(self) -> None:
+        """One tick: the source checked, a reconcile pass when due, the settled changes applied."""
         if not self._check_source():
             return
         if self._catch_up:
             self._reconcile("start" if self._last_reconcile_at is None else "catch-up")
             self._catch_up = False
-            self._heartbeat(force=True)
+            self.heartbeat(force=True)
         elif self._next_reconcile is not None and time.monotonic() >= self._next_reconcile:
             self._reconcile("scheduled")
             self._schedule_reconcile()
@@ -122,13 +114,9 @@ class Watcher:
             raise
         self._optimize_now_and_then()
 
-    def _guarded(self, step: Callable[[], None]) -> None:
-        if not self.recovery.attempt(step):
-            self._catch_up = True
-            self._heartbeat(force=True)
-
-    def _pause(self) -> float:
-        return self.recovery.pause(TICK_SECONDS)
+    def after_error(self) -> None:
+        self._catch_up = True
+        self.heartbeat(force=True)
 
     # -- the source coming and going ----------------------------------------------------------------
 
@@ -178,7 +166,7 @@ class Watcher:
                 self.log(
                     f"{self.folder.location} is unavailable (unmounted, moved or deleted?): nothing is deleted; waiting"
                 )
-                self._heartbeat(force=True)
+                self.heartbeat(force=True)
             return False
         watching = self._observer is not None and all(e.is_alive() for e in self._observer.emitters)
         if self._available and watching and root == self._root_id:
@@ -189,7 +177,7 @@ class Watcher:
         self._stop_observer()
         self.tracker.clear()
         self._start_observer()
-        self._heartbeat(force=True)
+        self.heartbeat(force=True)
         self._reconcile("remount")
         self._catch_up = False  # that pass was the catch-up
         return True
@@ -250,7 +238,7 @@ class Watcher:
         if not self.stopping and self._root_now() is not None:  # deletions only while the tree is really there
             gone = {p for p in gone if p not in upserts and not os.path.lexists(fs_path(p))}
             self._delete(gone, gone_folders, origins=set(moved_from.values()))
-        self._heartbeat(force=True)  # a second terminal sees each applied group at once
+        self.heartbeat(force=True)  # a second terminal sees each applied group at once
 
     def _delete(self, files: set[str], folders: set[str], origins: set[str]) -> None:
         """Delete the documents of vanished files and folders; ``origins`` (old paths of moves) are not counted as
@@ -280,18 +268,19 @@ class Watcher:
 
     # -- health -------------------------------------------------------------------------------------
 
-    def _heartbeat(self, *, force: bool = False) -> None:
+    def health(self) -> dict[str, Any]:
         last_event = self.tracker.last_event_at
-        health = {
+        return {
             "source_available": self._available,
             "observer": "polling" if self.options.polling else "inotify",
             "pending_changes": len(self.tracker),
             "last_change_at": _iso(last_event) if last_event else None,
             "last_reconcile_at": self._last_reconcile_at,
             "heartbeat_at": _now_iso(),
-            **self.recovery.health(),
         }
-        self.indexer.show_health(health, len(self.tracker), force=force)
+
+    def pending(self) -> int:
+        return len(self.tracker)
 
 
 def _mount_point(path: str) -> str:

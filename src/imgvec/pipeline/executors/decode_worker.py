@@ -16,12 +16,11 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
-
 from imgvec.documents import Failure, SourceItem
-from imgvec.embed.decode import decode_image
+from imgvec.embed.decode import decode_image, max_file_bytes
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.errors import ImageDecodeError
+from imgvec.pipeline.executors.base import Prepared
 from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
 from imgvec.sources.base import Source
 
@@ -34,17 +33,6 @@ class WorkerConfig:
     retry: RetryPolicy
     reduce_for: int | None = None
     """Decode at reduced size for this short side (``decode_image``); None: full decode."""
-
-
-@dataclass(slots=True)
-class Prepared:
-    item: SourceItem
-    pixels: np.ndarray
-    content_hash: str
-    read_seconds: float
-    decode_seconds: float
-    warnings: tuple[str, ...] = ()
-    """What the decoder warned of for this file (corrupt EXIF, odd palettes): logged with the file's path."""
 
 
 _config: WorkerConfig | None = None
@@ -92,12 +80,6 @@ def _exit_with_parent(parent_pid: int) -> None:
 def worker_ready() -> int:
     """A no-op a new pool runs once: a worker that answers has started (``DecodePools`` checks)."""
     return os.getpid()
-
-
-def max_file_bytes(max_pixels: int) -> int:
-    """The largest file an image within ``max_pixels`` can plausibly be: uncompressed 16-bit RGBA, plus room for
-    metadata. A bigger file is not read into memory at all."""
-    return max_pixels * 8 + (64 << 20)
 
 
 def read_item(source: Source, item: SourceItem, retry: RetryPolicy, max_pixels: int) -> bytes | Failure:
