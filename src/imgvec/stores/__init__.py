@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from imgvec.errors import StoreError
 from imgvec.stores.base import Aliases, IndexStats, SearchFilter, SearchHit, Store
-from imgvec.stores.opensearch_client import OpenSearchOptions
+from imgvec.stores.opensearch_client import OpenSearchConnection
 
 __all__ = [
     "Aliases",
     "IndexStats",
-    "OpenSearchOptions",
+    "OpenSearchConnection",
     "SearchFilter",
     "SearchHit",
     "Store",
@@ -25,7 +26,7 @@ def is_remote(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
-def open_store(location: str, index: str, opensearch: OpenSearchOptions | None = None) -> Store:
+def open_store(location: str, index: str, opensearch: OpenSearchConnection | None = None) -> Store:
     """A directory → the embedded store; an http(s) URL → an OpenSearch cluster.
 
     In the embedded store an alias name resolves to its index here; OpenSearch resolves its own aliases.
@@ -34,9 +35,15 @@ def open_store(location: str, index: str, opensearch: OpenSearchOptions | None =
         from imgvec.stores.opensearch import OpenSearchStore
         from imgvec.stores.opensearch_client import check_reachable, connect
 
-        options = opensearch or OpenSearchOptions(url=location)
+        options = opensearch or OpenSearchConnection(url=location)
         check_reachable(options, index)
-        return OpenSearchStore(connect(options), index, serverless=options.serverless, label=options.safe_url())
+        return OpenSearchStore(
+            connect(options),
+            index,
+            serverless=options.serverless,
+            label=options.safe_url(),
+            write_client=connect(replace(options, max_retries=0)),  # the write path retries whole requests itself
+        )
     if "://" in location:
         raise StoreError(f"--store {location}: unknown scheme; give a directory or an http(s):// URL")
     from imgvec.stores.embedded import EmbeddedStore
@@ -45,12 +52,12 @@ def open_store(location: str, index: str, opensearch: OpenSearchOptions | None =
     return EmbeddedStore(Path(location), EmbeddedAliases(location).target(index) or index)
 
 
-def open_aliases(location: str, opensearch: OpenSearchOptions | None = None) -> Aliases:
+def open_aliases(location: str, opensearch: OpenSearchConnection | None = None) -> Aliases:
     if is_remote(location):
         from imgvec.stores.opensearch_aliases import OpenSearchAliases
         from imgvec.stores.opensearch_client import connect
 
-        return OpenSearchAliases(connect(opensearch or OpenSearchOptions(url=location)))
+        return OpenSearchAliases(connect(opensearch or OpenSearchConnection(url=location)))
     from imgvec.stores.embedded_aliases import EmbeddedAliases
 
     return EmbeddedAliases(location)
