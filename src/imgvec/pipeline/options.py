@@ -35,7 +35,7 @@ class PipelineOptions:
     """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
     reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""
     executor: str = "local"
-    """local: this machine decodes and embeds; ray: actors on a Ray cluster do (``ray_executor.py``)."""
+    """local: this machine decodes and embeds; ray: actors on a Ray cluster do (``executors/ray/``)."""
     ray_address: str | None = None
     """With ``executor`` ray: ``auto`` (the cluster this machine belongs to), ``ray://host:10001``, or host:port;
     None starts a Ray instance on this machine for the run."""

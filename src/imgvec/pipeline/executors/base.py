@@ -79,4 +79,4 @@ class Executor(Protocol):
 
 
 ExecutorFactory = Callable[[Source, Embedder, PipelineOptions], Executor]
-"""Builds a session's executor; ``runs`` chooses which (``--executor``), the run never knows."""
+"""Builds a session's executor; ``wiring.executor_for`` chooses which (``--executor``), the run never knows."""
