@@ -26,6 +26,7 @@ from imgvec.cli.render import (
 from imgvec.errors import UsageError
 from imgvec.pipeline.estimate import LAMBDA_PRICE_GB_SECOND, LAMBDA_PRICE_PER_MILLION_REQUESTS
 from imgvec.settings import Settings
+from imgvec.sources import is_s3_location
 from imgvec.wiring import PipelineFlags
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def estimate(
         cores=cores(),
         price_per_hour=price_per_hour,
         serverless=serverless,
-        s3_source=source_location.startswith("s3://"),
+        s3_source=is_s3_location(source_location),
     )
     if as_json:
         runtime = {"runtime": embedder.runtime.describe(), "runtime_reason": embedder.runtime.reason}

@@ -10,9 +10,13 @@ from imgvec.sources.reader import LocationReader
 from imgvec.sources.s3 import S3Bucket, S3Connection
 
 
-def open_source(location: str, s3: S3Connection | None = None, *, follow_external: bool = False) -> Source:
+def is_s3_location(location: str) -> bool:
     """``s3://bucket/prefix`` is a bucket; anything else is a local (or mounted) folder."""
-    if location.startswith("s3://"):
+    return location.startswith("s3://")
+
+
+def open_source(location: str, s3: S3Connection | None = None, *, follow_external: bool = False) -> Source:
+    if is_s3_location(location):
         return S3Bucket(location, s3)
     return LocalFolder(location, follow_external=follow_external)
 
@@ -26,6 +30,7 @@ __all__ = [
     "S3Connection",
     "Source",
     "SourceItem",
+    "is_s3_location",
     "open_source",
     "parse_s3_url",
 ]

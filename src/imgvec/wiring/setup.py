@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from imgvec.errors import ImgvecError, UsageError
 from imgvec.settings import Settings
+from imgvec.sources import is_s3_location
 from imgvec.stores.base import Store
 from imgvec.wiring.build import (
     indexer,
@@ -96,7 +97,7 @@ def prepare_run(
     """``source``: a folder or ``s3://bucket/prefix``; ``missing``: the index's documents without a vector instead
     (neither: none yet, see ``RunSetup.source``). ``folder``: ``source`` must be a local folder (``watch``).
     ``reconcile``: the run deletes what the source no longer holds, so the source must say what it covers."""
-    remote = missing or source is None or source.startswith("s3://")
+    remote = missing or source is None or is_s3_location(source)
     settings, options = pipeline_options(settings, flags, remote=remote and not folder)
     store = open_store(settings)
     opened: Source | None = None
