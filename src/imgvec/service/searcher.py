@@ -1,4 +1,4 @@
-"""What the HTTP service does, without HTTP: the routes in ``app.py`` only parse, call one method here, and answer.
+"""What the HTTP service does, without HTTP: the routes in ``routes.py`` only parse, call one method here, and answer.
 
 The store is opened once and the model loaded once for the life of the process (the CLI pays both on every
 query). The model loads on first need, not at start-up, so that a service started before its index exists, or
