@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from imgvec.documents import ImageDocument, StoredFile, document_id
+from imgvec.documents import ImageDocument, Picture, StoredFile, document_id
 from imgvec.errors import SourceError
 from imgvec.identity import IndexIdentity
 from imgvec.pipeline.skip import unchanged
@@ -57,13 +57,16 @@ def _item(size: int = 10, mtime: float = 1.0, etag: str | None = None) -> Source
 
 
 def test_unchanged_prefers_the_etag_where_there_is_one() -> None:
-    stored = StoredFile(file_size=10, mtime=1.0, content_hash="h", has_vector=True, etag="e1")
+    picture = Picture(perceptual_hash=-5, width=4, height=3)
+    stored = StoredFile(file_size=10, mtime=1.0, content_hash="h", has_vector=True, etag="e1", picture=picture)
     assert unchanged(stored, _item(etag="e1", mtime=99.0))  # re-uploaded, same bytes: nothing to do
     assert not unchanged(stored, _item(etag="e2"))  # same size and time, other content
     assert unchanged(stored, _item())  # a source without ETags: size + mtime
     assert not unchanged(stored, _item(size=11, etag="e1"))
     assert not unchanged(None, _item())
-    assert not unchanged(StoredFile(10, 1.0, "h", has_vector=False, etag="e1"), _item(etag="e1"))
+    assert not unchanged(StoredFile(10, 1.0, "h", has_vector=False, etag="e1", picture=picture), _item(etag="e1"))
+    # stored before imgvec kept the picture's facts: read again (its vector comes from the content cache)
+    assert not unchanged(StoredFile(10, 1.0, "h", has_vector=True, etag="e1"), _item(etag="e1"))
 
 
 def test_an_index_made_before_the_etag_column_gains_it(tmp_path) -> None:

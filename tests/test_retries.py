@@ -15,7 +15,7 @@ from imgvec.documents import SourceItem
 from imgvec.pipeline.metrics import Metrics
 from imgvec.pipeline.report import RunReport
 from imgvec.pipeline.retry import RetryPolicy
-from imgvec.pipeline.writer import BatchWriter
+from imgvec.pipeline.writer import BatchWriter, Vectored
 from imgvec.stores import open_store
 from imgvec.stores.opensearch_client import OpenSearchConnection
 from imgvec.stores.opensearch_mapping import KnnIndexSettings
@@ -47,10 +47,12 @@ def test_a_stalled_cluster_holds_a_batch_for_the_write_paths_attempts_only(
         writer = BatchWriter(store, tiny_embedder, report, Metrics(), None, policy)
         rng = np.random.default_rng(7)
 
-        def batch(start: int) -> list[tuple[SourceItem, str, np.ndarray]]:
+        def batch(start: int) -> list[Vectored]:
             vectors = rng.standard_normal((4, identity.dimension)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            return [(item, f"hash{item.uri}", vector) for item, vector in zip(items(start, 4), vectors, strict=True)]
+            return [
+                Vectored(item, f"hash{item.uri}", v, None) for item, v in zip(items(start, 4), vectors, strict=True)
+            ]
 
         writer.write_vectors(batch(0), [False] * 4)
         assert report.embedded == 4

@@ -29,7 +29,9 @@ METADATA_FIELDS = (
     "indexed_at",
 )
 """The file-index worker's fields."""
-DOCUMENT_FIELDS = (*METADATA_FIELDS, "mtime", "content_hash", "etag", "model")
+PICTURE_FIELDS = ("perceptual_hash", "width", "height", "taken_at")
+"""What the picture says about itself (``Picture``): added after the first schema, filled in by a later run."""
+DOCUMENT_FIELDS = (*METADATA_FIELDS, "mtime", "content_hash", "etag", "model", *PICTURE_FIELDS)
 """Every stored field but the id and the vector, in the stores' column order."""
 MIN_VECTOR_NORM = 1e-6
 """Below this a vector is a failed embedding (CLIP's are unit length): it would match nothing, or everything, and
@@ -93,6 +95,49 @@ class SourceItem:
         return self.doc_id or document_id(self.uri)
 
 
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """What a decoded picture says about itself, read once at ingest: the duplicates view groups and ranks by it.
+
+    ``perceptual_hash`` is the 64-bit pHash (``embed/perceptual.py``) held as a signed 64-bit integer, the type both
+    stores have (``signed_hash``). ``width`` and ``height`` are the full picture's, upright (a portrait photo whose
+    EXIF says "rotate" is taller than wide). ``taken_at`` is EXIF DateTimeOriginal (with its offset where the camera
+    wrote one; wall-clock time read as UTC where it did not), never the file's mtime: None when the file does not say.
+    """
+
+    perceptual_hash: int
+    width: int
+    height: int
+    taken_at: datetime | None = None
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "perceptual_hash": self.perceptual_hash,
+            "width": self.width,
+            "height": self.height,
+            "taken_at": self.taken_at,
+        }
+
+    @classmethod
+    def of_fields(cls, fields: dict[str, Any]) -> Picture | None:
+        """From stored fields; None for a document stored before the fields existed (or never decoded)."""
+        if fields.get("perceptual_hash") is None or fields.get("width") is None:
+            return None
+        taken = fields.get("taken_at")
+        if isinstance(taken, str):
+            taken = datetime.fromisoformat(taken)
+        return cls(int(fields["perceptual_hash"]), int(fields["width"]), int(fields["height"] or 0), taken)
+
+
+def signed_hash(value: int) -> int:
+    """A 64-bit hash as the signed integer a store's int64/long holds (two's complement); the bits are unchanged."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 @dataclass(slots=True)
 class ImageDocument:
     """One image in an index: the item it was read as, plus what embedding added (None until embedded)."""
@@ -101,6 +146,7 @@ class ImageDocument:
     vector: np.ndarray | None = None
     content_hash: str | None = None
     model: str | None = None
+    picture: Picture | None = None
     indexed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     """Now, for a new document; the existing document's own time when its vector is filled in."""
 
@@ -136,6 +182,7 @@ class ImageDocument:
             "content_hash": self.content_hash,
             "etag": item.etag,
             "model": self.model,
+            **(self.picture.fields() if self.picture else dict.fromkeys(PICTURE_FIELDS)),
         }
 
 
@@ -148,6 +195,8 @@ class StoredFile:
     content_hash: str | None
     has_vector: bool
     etag: str | None = None
+    picture: Picture | None = None
+    """None for a document stored before imgvec kept these: a later run reads the file again to fill them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Commands that read: search, status, progress, failures, metrics."""
+"""Commands that read: search, duplicates, status, progress, failures, metrics."""
 
 from __future__ import annotations
 
@@ -58,6 +58,41 @@ def search(
     for rank, hit in enumerate(hits, 1):
         table.add_row(str(rank), f"{hit.score:.4f}", hit.document.get("file_path") or "")
     out.print(table)
+
+
+@command(app)
+def duplicates(
+    ctx: typer.Context,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="exact: the same bytes. resaved: the same picture re-encoded, resized, cropped or turned (exact "
+            "copies too). similar: visually near by the model's vectors (bursts, a scene shot twice).",
+        ),
+    ] = "resaved",
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="resaved: bits apart, at most (default 8). similar: cosine, at least (0.95)."),
+    ] = None,
+    path_prefix: Annotated[str | None, typer.Option("--path-prefix", help="Only files under this path.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Show the first N groups only.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Every group as JSON, for a script that acts on them.")
+    ] = False,
+) -> None:
+    """Groups of duplicates, largest saving first, each with the member to keep. Deletes and moves nothing."""
+    from imgvec.cli.render import print_duplicates
+    from imgvec.duplicates import find_duplicates
+
+    settings: Settings = ctx.obj
+    store = wiring.open_store(settings)
+    store.stats()  # a missing index is one line, before any work
+    found = find_duplicates(store, kind, threshold=threshold, where=SearchFilter(path_prefix=path_prefix))
+    if as_json:
+        print_json(found.as_dict(limit=limit))
+        return
+    print_duplicates(found, limit)
 
 
 @command(app)

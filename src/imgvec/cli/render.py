@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
+    from imgvec.duplicates import Duplicates
     from imgvec.embed.runtime import RuntimeChoice
     from imgvec.pipeline.estimate import Estimate
     from imgvec.pipeline.options import PipelineOptions
@@ -143,6 +144,46 @@ def format_duration(seconds: float) -> str:
 def format_money(amount: float) -> str:
     """Cents for big bills; small ones keep enough digits to compare test runs."""
     return f"${amount:,.2f}" if amount >= 10 else f"${amount:.4f}"
+
+
+def format_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover - the loop returns at GB
+
+
+def format_duplicates(found: Duplicates, limit: int | None) -> list[str]:
+    """Each group: its saving, then its members, the keeper marked; a summary line first."""
+    threshold = "" if found.threshold is None else f" (threshold {found.threshold:g})"
+    lines = [
+        f"{len(found)} groups of {found.kind} duplicates{threshold} among {found.documents} documents; "
+        f"deleting all but the keeper of each would free {format_size(found.total_saving)}"
+    ]
+    if found.random_weights:
+        lines.append("note: the model has random weights: 'similar' groups say nothing about the pictures")
+    if found.unhashed:
+        lines.append(
+            f"note: {found.unhashed} documents have no perceptual hash yet (indexed by an older imgvec): "
+            "`imgvec ingest` again over their folder (or `--missing`) fills it in"
+        )
+    for number, group in enumerate(found.page(0, limit), 1):
+        lines.append(f"\n#{number}  {len(group.members)} files, frees {format_size(group.saving)}")
+        for member in group.members:
+            mark = "keep" if member is group.keeper else "    "
+            size = f"{member.width}x{member.height}" if member.width else "?x?"
+            taken = member.taken_at.strftime("%Y-%m-%d %H:%M") if member.taken_at else "-"
+            score = "" if member.score is None else f"  [{member.score:g}]"
+            size_text = format_size(member.file_size)
+            lines.append(f"  {mark} {size_text:>9} {size:>11} {taken:>16}  {member.file_path}{score}")
+    if limit is not None and len(found) > limit:
+        lines.append(f"\n... {len(found) - limit} more groups (--limit, or --json for all)")
+    return lines
+
+
+def print_duplicates(found: Duplicates, limit: int | None) -> None:
+    print_lines(format_duplicates(found, limit))
 
 
 # -- progress ---------------------------------------------------------------------------------------

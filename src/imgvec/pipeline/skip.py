@@ -18,8 +18,10 @@ class Verdict(Enum):
 
 
 def unchanged(stored: StoredFile | None, item: SourceItem) -> bool:
-    """Already embedded from these same bytes: same ETag where the source has one (S3), else same size+mtime."""
-    if stored is None or not stored.has_vector or stored.file_size != item.file_size:
+    """Already embedded from these same bytes: same ETag where the source has one (S3), else same size+mtime. A
+    document stored before imgvec kept what the picture says (``Picture``) is read again to fill it in: the
+    content cache finds its own vector, so the model does not run for it."""
+    if stored is None or not stored.has_vector or stored.picture is None or stored.file_size != item.file_size:
         return False
     if item.etag is not None and stored.etag is not None:
         return stored.etag == item.etag

@@ -17,10 +17,11 @@ import errno
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from imgvec.documents import Failure, ImageDocument, SourceItem, document_id, usable_vector
+from imgvec.documents import Failure, ImageDocument, Picture, SourceItem, document_id, usable_vector
 from imgvec.embed.base import Embedder
 from imgvec.errors import UNWRITABLE_HELP, IdentityMismatchError, StoreError, errno_of, reason
 from imgvec.pipeline.executors.base import Embedded, Prepared
@@ -40,6 +41,15 @@ STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACC
 """A full disk or an unwritable store: no later batch can succeed, whatever came before."""
 CACHE_ENTRIES = 10_000
 """Vectors remembered from this run by content hash, so copies inside one run are embedded once."""
+
+
+class Vectored(NamedTuple):
+    """An item ready to write: its vector (embedded here, elsewhere, or reused) and what its bytes said."""
+
+    item: SourceItem
+    content_hash: str
+    vector: np.ndarray
+    picture: Picture | None
 
 
 class BatchWriter:
@@ -107,16 +117,19 @@ class BatchWriter:
         embedded already (``Embedded``) keep their vectors."""
         prepared = [entry for entry in batch if isinstance(entry, Prepared)]
         vectors, reused = self._vectors_for(prepared) if prepared else ([], [])
-        entries = [(entry.item, entry.content_hash, vector) for entry, vector in zip(prepared, vectors, strict=True)]
+        entries = [
+            Vectored(entry.item, entry.content_hash, vector, entry.picture)
+            for entry, vector in zip(prepared, vectors, strict=True)
+        ]
         for entry in batch:
             if isinstance(entry, Embedded):
-                entries.append((entry.item, entry.content_hash, entry.vector))
+                entries.append(Vectored(entry.item, entry.content_hash, entry.vector, entry.picture))
                 reused.append(False)
         self.write_vectors(entries, reused)
 
-    def write_vectors(self, entries: Sequence[tuple[SourceItem, str, np.ndarray]], reused: Sequence[bool]) -> None:
+    def write_vectors(self, entries: Sequence[Vectored], reused: Sequence[bool]) -> None:
         """Write items whose vectors are known (embedded here or elsewhere); ``reused``: from the content cache."""
-        hits = {item.id for (item, _, _), was_reused in zip(entries, reused, strict=True) if was_reused}
+        hits = {entry.item.id for entry, was_reused in zip(entries, reused, strict=True) if was_reused}
         written = self._upsert(self._documents(entries))
         if written:
             cache_hits = sum(1 for doc in written if doc.id in hits)
@@ -129,21 +142,21 @@ class BatchWriter:
         """Write moved files' documents with the vectors stored for their old locations (no read, no model).
         Returns the items that still need the pipeline: no old document, or the file changed on the way."""
         old = self.store.lookup([document_id(src) for src in moved_from.values()])
-        hashes: dict[str, str] = {}
+        known: dict[str, tuple[str, Picture | None]] = {}
         for item in items:
             src = moved_from.get(item.uri)
             stored = old.get(document_id(src)) if src else None
             if stored is not None and stored.content_hash and unchanged(stored, item):
-                hashes[item.uri] = stored.content_hash
-        if not hashes:
+                known[item.uri] = (stored.content_hash, stored.picture)
+        if not known:
             return list(items)
-        vectors = self.store.vectors_by_hash(sorted(set(hashes.values())))
+        vectors = self.store.vectors_by_hash(sorted({content_hash for content_hash, _ in known.values()}))
         entries = [
-            (item, hashes[item.uri], vectors[hashes[item.uri]])
+            Vectored(item, known[item.uri][0], vectors[known[item.uri][0]], known[item.uri][1])
             for item in items
-            if item.uri in hashes and hashes[item.uri] in vectors
+            if item.uri in known and known[item.uri][0] in vectors
         ]
-        handled = {item.uri for item, _, _ in entries}
+        handled = {entry.item.uri for entry in entries}
         self.report.moved += len(self._upsert(self._documents(entries)))
         return [item for item in items if item.uri not in handled]
 
@@ -178,13 +191,13 @@ class BatchWriter:
             return []
         return [f.key for f in self.journal.failures() if f.file_path.startswith(prefix) and f.stage != "list"]
 
-    def _documents(self, entries: Sequence[tuple[SourceItem, str, np.ndarray]]) -> list[ImageDocument]:
+    def _documents(self, entries: Sequence[Vectored]) -> list[ImageDocument]:
         """Documents for items with vectors; a zero or NaN vector is that item's failure, never a stored value."""
         model = self.embedder.identity.model
         documents = []
-        for item, content_hash, vector in entries:
+        for item, content_hash, vector, picture in entries:
             if usable_vector(vector):
-                documents.append(ImageDocument(item, vector, content_hash, model))
+                documents.append(ImageDocument(item, vector, content_hash, model, picture))
             else:
                 self.fail([Failure.of(item, "embed", "model produced a zero or NaN vector")])
         return documents

@@ -28,14 +28,14 @@ class IndexDocuments:
 
     @property
     def location(self) -> str:
-        return f"index:{self.store.index} (documents without a vector)"
+        return f"index:{self.store.index} (documents without a vector or picture facts)"
 
     @property
     def scope(self) -> str:
         raise SourceError("an index lists documents, not files: sync a folder or an s3:// location instead")
 
     def scan(self, on_error: OnListingError) -> Iterator[SourceItem]:
-        for doc_id, fields in self.store.documents(without_vector=True):
+        for doc_id, fields in self.store.documents(unfinished=True):
             item = item_of_document(doc_id, fields)
             if item is None:
                 on_error(Failure.listing(f"document {doc_id}", "has no s3_url, bucket+file_key or file_path to read"))

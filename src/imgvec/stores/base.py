@@ -11,9 +11,30 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from imgvec.documents import ImageDocument, StoredFile
 from imgvec.identity import IndexIdentity
+
+FIELD_TYPES = {
+    "file_name": pa.string(),
+    "file_path": pa.string(),
+    "file_extension": pa.string(),
+    "file_size": pa.int64(),
+    "bucket": pa.string(),
+    "file_key": pa.string(),
+    "s3_url": pa.string(),
+    "indexed_at": pa.timestamp("us", tz="UTC"),
+    "mtime": pa.float64(),
+    "content_hash": pa.string(),
+    "etag": pa.string(),
+    "model": pa.string(),
+    "perceptual_hash": pa.int64(),
+    "width": pa.int32(),
+    "height": pa.int32(),
+    "taken_at": pa.timestamp("us", tz="UTC"),
+}
+"""The Arrow type of each of ``DOCUMENT_FIELDS``: the embedded store's columns, and both stores' ``scan`` pages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +129,24 @@ class Store(Protocol):
         """Stored vectors of documents with these content hashes: identical bytes need no second embedding."""
         ...
 
+    def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The fields (without the vector) of the documents with these ids that the index holds."""
+        ...
+
     def documents(
-        self, *, without_vector: bool = False, where: SearchFilter | None = None
+        self, *, unfinished: bool = False, where: SearchFilter | None = None
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every document (or only those without a vector, or under a path) as (id, fields without the vector),
-        streamed: ``ingest --missing`` and the deletions of ``sync`` and ``watch``."""
+        """Every document (or only those a run has to finish: no vector, or none of ``PICTURE_FIELDS``; or those
+        under a path) as (id, fields without the vector), streamed: ``ingest --missing`` and the deletions of
+        ``sync`` and ``watch``."""
+        ...
+
+    def scan(
+        self, fields: Sequence[str], *, where: SearchFilter | None = None, with_vector: bool = False
+    ) -> Iterator[pa.Table]:
+        """A few fields of every document, a page at a time as Arrow columns (``id`` first, a field the index lacks
+        as nulls): what the duplicates view reads a million documents by without holding them. ``with_vector``:
+        only documents that have one, with a ``vector`` column of fixed-size float32 lists."""
         ...
 
     def copy_from(self, origin_index: str) -> int:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from imgvec.documents import DOCUMENT_FIELDS, ImageDocument, StoredFile, usable_vector
+from imgvec.documents import DOCUMENT_FIELDS, PICTURE_FIELDS, ImageDocument, Picture, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
+from imgvec.stores.base import FIELD_TYPES, IndexStats, SearchFilter, SearchHit
 from imgvec.stores.embedded_indexes import build_missing_indexes, tune_search
 
 if TYPE_CHECKING:
@@ -37,33 +37,22 @@ store that is rewritten by compaction; readers here always move to the latest ve
 LOOKUP_CHUNK = 2_000
 DOCUMENTS_PER_RANGE = 4096
 """``documents()`` reads the index in id ranges of about this many rows, each from the latest version."""
-ADDED_COLUMNS = (("etag", pa.string()),)
+ADDED_COLUMNS = (
+    ("etag", pa.string()),
+    ("perceptual_hash", pa.int64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("taken_at", pa.timestamp("us", tz="UTC")),
+)
 """Columns added after the first schema, in order; older tables get them (all null) when first opened."""
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-COLUMN_TYPES = {
-    "file_name": pa.string(),
-    "file_path": pa.string(),
-    "file_extension": pa.string(),
-    "file_size": pa.int64(),
-    "bucket": pa.string(),
-    "file_key": pa.string(),
-    "s3_url": pa.string(),
-    "indexed_at": pa.timestamp("us", tz="UTC"),
-    "mtime": pa.float64(),
-    "content_hash": pa.string(),
-    "etag": pa.string(),
-    "model": pa.string(),
-}
-"""The Arrow type of each of ``DOCUMENT_FIELDS``."""
 
 
 def _schema(identity: IndexIdentity, migrated_from: str | None = None) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
-            *(pa.field(name, COLUMN_TYPES[name]) for name in DOCUMENT_FIELDS),
+            *(pa.field(name, FIELD_TYPES[name]) for name in DOCUMENT_FIELDS),
             pa.field("vector", pa.list_(pa.float32(), identity.dimension), nullable=True),
         ],
         metadata={IDENTITY_KEY: identity.to_json().encode()}
@@ -219,7 +208,7 @@ class EmbeddedStore:
             missing[row] = False
         rows = [doc.fields() for doc in documents]
         columns: dict[str, Any] = {"id": [doc.id for doc in documents]}
-        columns |= {name: [row[name] for row in rows] for name in DOCUMENT_FIELDS}
+        columns |= {name: [row[name] for row in rows] for name in DOCUMENT_FIELDS if name in schema.names}
         columns["vector"] = pa.FixedSizeListArray.from_arrays(
             pa.array(block.reshape(-1)), dimension, mask=pa.array(missing)
         )
@@ -232,8 +221,8 @@ class EmbeddedStore:
             return {}
         table = self._open()
         columns = ["id", "file_size", "mtime", "content_hash", "vector"]
-        if "etag" in table.schema.names:  # an index from before the column, not yet opened by a writer
-            columns.append("etag")
+        # an index from before these columns, not yet opened by a writer, lacks them
+        columns += [name for name in ("etag", *PICTURE_FIELDS) if name in table.schema.names]
         found: dict[str, StoredFile] = {}
         for chunk in _chunks(ids, LOOKUP_CHUNK):
             rows = (
@@ -251,7 +240,20 @@ class EmbeddedStore:
                     content_hash=row["content_hash"],
                     has_vector=vectors[i],
                     etag=row.get("etag"),
+                    picture=Picture.of_fields(row),
                 )
+        return found
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids or not self.exists():
+            return {}
+        table = self._open()
+        columns = [name for name in table.schema.names if name != "vector"]
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids), LOOKUP_CHUNK):
+            where = f"id IN ({', '.join(_sql_str(i) for i in chunk)})"
+            for row in table.search().where(where).select(columns).limit(len(chunk)).to_arrow().to_pylist():
+                found[row["id"]] = row
         return found
 
     def get(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None] | None:
@@ -284,23 +286,48 @@ class EmbeddedStore:
         return found
 
     def documents(
-        self, *, without_vector: bool = False, where: SearchFilter | None = None
+        self, *, unfinished: bool = False, where: SearchFilter | None = None
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Streamed in id ranges, each read from the latest version: a scan pinned to one version for a long
-        ``--missing`` run would outlive that version's files once compaction cleans them up."""
+        table = self._open() if self.exists() else None
+        if table is None:
+            return
+        columns = [name for name in table.schema.names if name != "vector"]
+        condition = None
+        if unfinished:
+            condition = "vector IS NULL OR perceptual_hash IS NULL" if "perceptual_hash" in columns else ""
+        for page in self._ranges(table, columns, where, condition):
+            for row in page.to_pylist():
+                yield row["id"], row
+
+    def scan(
+        self, fields: Sequence[str], *, where: SearchFilter | None = None, with_vector: bool = False
+    ) -> Iterator[pa.Table]:
         if not self.exists():
             return
         table = self._open()
-        columns = [name for name in table.schema.names if name != "vector"]
+        present = [name for name in fields if name in table.schema.names]
+        columns = ["id", *present, *(["vector"] if with_vector else [])]
+        for page in self._ranges(table, columns, where, "vector IS NOT NULL" if with_vector else None):
+            for name in fields:
+                if name not in present:  # a column an older index lacks reads as nulls
+                    page = page.append_column(name, pa.nulls(page.num_rows, FIELD_TYPES[name]))
+            yield page
+
+    @staticmethod
+    def _ranges(
+        table: lancedb.table.Table, columns: list[str], where: SearchFilter | None, condition: str | None
+    ) -> Iterator[pa.Table]:
+        """The rows in id ranges, each read from the latest version: a scan pinned to one version for a long
+        ``--missing`` run would outlive that version's files once compaction cleans them up."""
         # ~4,096 rows a range: one query for a small index (watch deletes a folder in milliseconds), up to 256
         # for a large one (a page stays small, whatever the size).
         parts = min(256, max(1, table.count_rows() // DOCUMENTS_PER_RANGE))
         bounds = [None, *(f"{i * 256 // parts:02x}" for i in range(1, parts)), None]
-        condition = _filter_sql(where)
+        filtered = _filter_sql(where)
         for low, high in itertools.pairwise(bounds):
-            clauses = ["vector IS NULL"] if without_vector else []
-            if condition:
-                clauses.append(condition)
+            clauses = [f"({condition})"] if condition else []
+            if filtered:
+                clauses.append(filtered)
             if low is not None:
                 clauses.append(f"id >= {_sql_str(low)}")
             if high is not None:
@@ -308,8 +335,7 @@ class EmbeddedStore:
             query = table.search().select(columns)
             if clauses:
                 query = query.where(" AND ".join(clauses))
-            for row in query.limit(None).to_arrow().to_pylist():
-                yield row["id"], row
+            yield query.limit(None).to_arrow()
 
     def copy_from(self, origin_index: str) -> int:
         """Inserts the documents this index lacks; returns how many that was."""

@@ -9,14 +9,16 @@ module or in ``opensearch_mapping``, and the contract tests check each one again
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from imgvec.documents import ImageDocument, StoredFile, usable_vector
+from imgvec.documents import PICTURE_FIELDS, ImageDocument, Picture, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores.base import IndexStats, SearchFilter, SearchHit
+from imgvec.stores.base import FIELD_TYPES, IndexStats, SearchFilter, SearchHit
 from imgvec.stores.opensearch_bulk import BulkItem, send_bulk
 from imgvec.stores.opensearch_client import request
 from imgvec.stores.opensearch_copy import PAGE_SIZE, IndexCopying
@@ -24,6 +26,7 @@ from imgvec.stores.opensearch_mapping import (
     DEFAULT_ENGINE,
     VECTOR_FIELD,
     KnnIndexSettings,
+    added_properties,
     identity_of,
     index_body,
     mapping_problems,
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
 LUCENE_CANDIDATES = 100
 """Candidates a lucene query collects, as faiss's default ef_search does (recall figures in docs/opensearch.md)."""
 PIT_KEEP_ALIVE = "5m"
-STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag"]
+STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag", *PICTURE_FIELDS]
 UNIQUE_SORT_FIELDS = ("doc_id", "s3_url", "file_path")
 """Keyword fields unique per document: a listing pages on the first one that every listed document holds (doc values,
 cheap); otherwise on ``_id``. A field some documents lack sorts them as ``null``, and ``search_after: [null]`` finds
@@ -117,6 +120,9 @@ class OpenSearchStore(IndexCopying):
                 )
             current.require_compatible(identity)
             self._identity = current
+            added = added_properties(mapping)
+            if added is not None:
+                self._call(self.client.indices.put_mapping, index=self.index, body=added)
             return
         body = index_body(
             identity, config or KnnIndexSettings(), migrated_from=migrated_from, serverless=self.serverless
@@ -184,6 +190,8 @@ class OpenSearchStore(IndexCopying):
             source["indexed_at"] = source["indexed_at"].isoformat()
         else:  # filling a document that exists: a partial update leaves its indexed_at exactly as written
             del source["indexed_at"]
+        if isinstance(source.get("taken_at"), datetime):
+            source["taken_at"] = source["taken_at"].isoformat()
         if doc.vector is not None:
             vector = np.asarray(doc.vector, dtype=np.float32).reshape(-1)
             if identity is not None:
@@ -242,7 +250,23 @@ class OpenSearchStore(IndexCopying):
                 content_hash=source.get("content_hash"),
                 has_vector=doc_id in with_vector,
                 etag=source.get("etag"),
+                picture=Picture.of_fields(source),
             )
+        return found
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids or not self.exists():
+            return {}
+        found: dict[str, dict[str, Any]] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), PAGE_SIZE):
+            chunk = ids[start : start + PAGE_SIZE]
+            body = {"query": self._id_query(chunk), "size": len(chunk) * 2, "_source": {"excludes": [VECTOR_FIELD]}}
+            for hit in self._search(body)["hits"]["hits"]:
+                document = dict(hit["_source"])
+                doc_id = document.get("doc_id") or hit["_id"]
+                document.setdefault("id", doc_id)
+                found[doc_id] = document
         return found
 
     def get(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None] | None:
@@ -315,23 +339,38 @@ class OpenSearchStore(IndexCopying):
         return int(self._call(self.client.count, index=self.index, body=body)["count"])
 
     def documents(
-        self, *, without_vector: bool = False, where: SearchFilter | None = None
+        self, *, unfinished: bool = False, where: SearchFilter | None = None
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every document (or those with no vector, or under a path) as (id, fields without vectors), one page
+        """Every document (or those a run has to finish, or under a path) as (id, fields without vectors), one page
         in memory."""
         if not self.exists():
             return
         mapping = self.mapping()
         properties = mapping.get("properties") or {}
         excluded = sorted(vector_fields(mapping)) or [VECTOR_FIELD]
-        query: dict[str, Any] = {"match_all": {}}
-        condition = search_filter(where)
-        if without_vector or condition:
-            query = {"bool": dict(condition["bool"]) if condition else {}}
-            if without_vector:
-                query["bool"]["must_not"] = [{"exists": {"field": VECTOR_FIELD}}]
-        for hit in self._pages(query, self._sort_for(query, properties), excluded):
+        lacking = [{"bool": {"must_not": [{"exists": {"field": name}}]}} for name in (VECTOR_FIELD, "perceptual_hash")]
+        query = _query(
+            search_filter(where), {"bool": {"should": lacking, "minimum_should_match": 1}} if unfinished else None
+        )
+        for hit in self._pages(query, self._sort_for(query, properties), {"excludes": excluded}):
             yield hit["_source"].get("doc_id") or hit["_id"], hit["_source"]
+
+    def scan(
+        self, fields: Sequence[str], *, where: SearchFilter | None = None, with_vector: bool = False
+    ) -> Iterator[pa.Table]:
+        if not self.exists():
+            return
+        properties = self.mapping().get("properties") or {}
+        query = _query(search_filter(where), {"exists": {"field": VECTOR_FIELD}} if with_vector else None)
+        includes = ["doc_id", *fields, *([VECTOR_FIELD] if with_vector else [])]
+        page: list[dict[str, Any]] = []
+        for hit in self._pages(query, self._sort_for(query, properties), {"includes": includes}):
+            page.append(hit)
+            if len(page) == PAGE_SIZE:
+                yield _arrow_page(page, fields, with_vector)
+                page = []
+        if page:
+            yield _arrow_page(page, fields, with_vector)
 
     def _sort_for(self, query: dict[str, Any], properties: dict[str, Any]) -> list[dict[str, str]]:
         """A total order over the documents ``query`` matches, for search_after (see ``UNIQUE_SORT_FIELDS``)."""
@@ -344,7 +383,7 @@ class OpenSearchStore(IndexCopying):
         return [{"_id": "asc"}]
 
     def _pages(
-        self, query: dict[str, Any], sort: list[dict[str, str]], excluded: list[str]
+        self, query: dict[str, Any], sort: list[dict[str, str]], source: dict[str, list[str]]
     ) -> Iterator[dict[str, Any]]:
         """Point-in-time + search_after (what Serverless and 2.4+ support); scroll where PIT is unavailable.
 
@@ -352,7 +391,7 @@ class OpenSearchStore(IndexCopying):
         a run that exits 0 with documents left behind."""
         from opensearchpy import NotFoundError, RequestError
 
-        body: dict[str, Any] = {"size": PAGE_SIZE, "query": query, "_source": {"excludes": excluded}, "sort": sort}
+        body: dict[str, Any] = {"size": PAGE_SIZE, "query": query, "_source": source, "sort": sort}
         try:
             pit = self._call(self.client.create_pit, index=self.index, params={"keep_alive": PIT_KEEP_ALIVE})
         except (NotFoundError, RequestError):
@@ -411,3 +450,27 @@ class OpenSearchStore(IndexCopying):
 
     def _call(self, method: Any, **kwargs: Any) -> Any:
         return request(method, self.label, self.index, **kwargs)
+
+
+def _query(*clauses: dict[str, Any] | None) -> dict[str, Any]:
+    """Every clause given (None: none), as one filter; all documents when there is none."""
+    given = [clause for clause in clauses if clause is not None]
+    return {"bool": {"filter": given}} if given else {"match_all": {}}
+
+
+def _arrow_page(hits: list[dict[str, Any]], fields: Sequence[str], with_vector: bool) -> pa.Table:
+    """A page of hits as ``Store.scan`` returns it; dates as the embedded store types them."""
+    sources = [hit["_source"] for hit in hits]
+    columns: dict[str, pa.Array] = {
+        "id": pa.array([s.get("doc_id") or h["_id"] for s, h in zip(sources, hits, strict=True)])
+    }
+    for name in fields:
+        values = [source.get(name) for source in sources]
+        kind = FIELD_TYPES.get(name)
+        if kind is not None and pa.types.is_timestamp(kind):
+            values = [None if v is None else datetime.fromisoformat(str(v).replace("Z", "+00:00")) for v in values]
+        columns[name] = pa.array(values, type=kind)
+    if with_vector:
+        block = np.asarray([source[VECTOR_FIELD] for source in sources], dtype=np.float32)
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
+    return pa.table(columns)

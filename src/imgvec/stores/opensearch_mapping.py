@@ -26,6 +26,15 @@ KEYWORD_FIELDS = ("doc_id", "file_extension", "bucket", "file_key", "s3_url", "c
 pages through any index with ``search_after`` on every version (``_shard_doc`` needs 3.3)."""
 
 
+PICTURE_PROPERTIES: dict[str, dict[str, str]] = {
+    "perceptual_hash": {"type": "long"},
+    "width": {"type": "integer"},
+    "height": {"type": "integer"},
+    "taken_at": {"type": "date"},
+}
+"""``documents.PICTURE_FIELDS``, added to indexes made before them (``added_properties``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KnnIndexSettings:
     """``imgvec index create`` flags. Shards and replicas are ignored by Serverless, which sizes itself."""
@@ -70,11 +79,21 @@ def index_body(
     properties["file_size"] = {"type": "long"}
     properties["mtime"] = {"type": "double"}
     properties["indexed_at"] = {"type": "date"}
+    properties.update(PICTURE_PROPERTIES)
     properties[VECTOR_FIELD] = {"type": "knn_vector", "dimension": identity.dimension, "method": method}
     meta: dict[str, Any] = {"identity": identity.to_json()}
     if migrated_from:
         meta["migrated_from"] = migrated_from
     return {"settings": {"index": index_settings}, "mappings": {"_meta": {META_KEY: meta}, "properties": properties}}
+
+
+def added_properties(mapping: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``PUT /<index>/_mapping`` body that types the fields later versions added, or None when none is missing.
+    Without it a first document would map them dynamically (``taken_at`` as text on a cluster without date
+    detection), and a field's type never changes afterwards."""
+    present = mapping.get("properties") or {}
+    missing = {name: spec for name, spec in PICTURE_PROPERTIES.items() if name not in present}
+    return {"properties": missing} if missing else None
 
 
 def identity_of(mapping: dict[str, Any]) -> IndexIdentity | None:

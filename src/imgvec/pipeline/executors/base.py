@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgvec.documents import Failure, SourceItem
+from imgvec.documents import Failure, Picture, SourceItem
 from imgvec.embed.base import Embedder
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.sources.base import Source
@@ -27,6 +27,7 @@ class Prepared:
     item: SourceItem
     pixels: np.ndarray
     content_hash: str
+    picture: Picture
     read_seconds: float
     decode_seconds: float
     warnings: tuple[str, ...] = ()
@@ -40,6 +41,7 @@ class Embedded:
     item: SourceItem
     vector: np.ndarray
     content_hash: str
+    picture: Picture
     read_seconds: float
     decode_seconds: float
     embed_seconds: float

@@ -1,4 +1,4 @@
-"""What one decode worker does for one file: (read, with retries) → hash → decode → preprocess.
+"""What one decode worker does for one file: (read, with retries) → hash → decode → picture facts → preprocess.
 
 Runs in worker processes (spawned: they import PIL and numpy, never torch), or in threads when workers=0.
 Everything it needs arrives once through ``init_worker``. A task sends the item and, when the ingest's I/O
@@ -17,7 +17,8 @@ import warnings
 from dataclasses import dataclass
 
 from imgvec.documents import Failure, SourceItem
-from imgvec.embed.decode import decode_image, max_file_bytes
+from imgvec.embed.decode import decode_opened, max_file_bytes, open_image
+from imgvec.embed.picture import Header
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.errors import ImageDecodeError
 from imgvec.pipeline.executors.base import Prepared
@@ -113,7 +114,10 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
     kept: list[str] = []
     _decoding.warnings = kept
     try:
-        image = decode_image(data, max_pixels=config.max_pixels, reduce_for=config.reduce_for)
+        opened = open_image(data, max_pixels=config.max_pixels)
+        header = Header(opened)
+        image = decode_opened(opened, reduce_for=config.reduce_for)
+        picture = header.picture(image)
         pixels = config.preprocessor(image)
     except ImageDecodeError as exc:
         return Failure.of(item, "decode", str(exc))
@@ -126,6 +130,7 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
         item=item,
         pixels=pixels,
         content_hash=hashlib.sha256(data).hexdigest(),
+        picture=picture,
         read_seconds=read_seconds,
         decode_seconds=time.perf_counter() - read_done,
     )

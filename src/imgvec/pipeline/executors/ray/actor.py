@@ -76,7 +76,14 @@ class EmbedWorker:
         share = (time.perf_counter() - began) / len(prepared)
         embedded = [
             Embedded(
-                entry.item, vector, entry.content_hash, entry.read_seconds, entry.decode_seconds, share, entry.warnings
+                entry.item,
+                vector,
+                entry.content_hash,
+                entry.picture,
+                entry.read_seconds,
+                entry.decode_seconds,
+                share,
+                entry.warnings,
             )
             for entry, vector in zip(prepared, vectors, strict=True)
         ]
