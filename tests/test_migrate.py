@@ -65,7 +65,7 @@ def test_ingest_missing_fills_documents_in_place(cli_env, tmp_path: Path):
     assert report["embedded"] == 5 and [f["file_path"] for f in report["failures"]] == [str(files[-1])]
     store = EmbeddedStore(store_dir, "photos")
     assert {i for i, _ in store.documents()} == ids_before  # same documents, now with vectors: no new ones
-    assert [fields["file_path"] for _, fields in store.documents(without_vector=True)] == [str(files[-1])]
+    assert [fields["file_path"] for _, fields in store.documents(unfinished=True)] == [str(files[-1])]
 
     both = run_cli(["--index", "photos", "ingest", str(tmp_path), "--missing"], cli_env)
     assert both.returncode == 2 and "not both" in both.stderr

@@ -463,10 +463,12 @@ def test_missing_vectors_are_paged_with_pit_and_search_after(cluster: RecordedCl
         return 200, answer
 
     cluster.on("POST", "/_search", page)
-    found = list(store_for(cluster).documents(without_vector=True))
+    found = list(store_for(cluster).documents(unfinished=True))
     assert [i for i, _ in found] == ["w1", "w2", "w3"]
     first, second = cluster.of("search")
-    missing = {"bool": {"must_not": [{"exists": {"field": "image_vector"}}]}}
+    # no vector, or no perceptual hash (a document an older imgvec filled): both are finished by the run
+    lacking_either = [{"bool": {"must_not": [{"exists": {"field": f}}]}} for f in ("image_vector", "perceptual_hash")]
+    missing = {"bool": {"filter": [{"bool": {"should": lacking_either, "minimum_should_match": 1}}]}}
     assert first.body["query"] == missing
     assert first.body["pit"] == {"id": "pit-1", "keep_alive": "5m"} and first.body["track_total_hits"] is True
     # doc_id would sort them all as null, and search_after [null] ends the listing at one page
@@ -502,7 +504,7 @@ def test_a_listing_pages_on_id_when_no_unique_field_is_complete_and_refuses_to_e
     cluster.on("POST", "/_search", page)
     listed = []
     with pytest.raises(StoreError, match="stopped after 3 of 5 documents"):
-        for doc_id, _ in store_for(cluster).documents(without_vector=True):
+        for doc_id, _ in store_for(cluster).documents(unfinished=True):
             listed.append(doc_id)
     assert listed == ["w0", "w1", "w2"]
     assert cluster.of("search")[0].body["sort"] == [{"_id": "asc"}]
@@ -831,3 +833,21 @@ def test_ingest_missing_fills_worker_documents_in_place(cluster: RecordedCluster
         assert len(fields["image_vector"]) == 512 and fields["model"] == identity.model
         assert fields["content_hash"] and np.linalg.norm(fields["image_vector"]) == pytest.approx(1.0, abs=1e-4)
     assert cluster.of("indices.refresh")
+
+
+def test_an_index_from_before_the_picture_fields_is_given_their_types_once(cluster: RecordedCluster):
+    from imgvec.stores.opensearch_mapping import PICTURE_PROPERTIES
+
+    older = ours()
+    for name in PICTURE_PROPERTIES:
+        del older["properties"][name]
+    existing_index(cluster, older)
+    cluster.on("PUT", f"/{INDEX}/_mapping", (200, {"acknowledged": True}))
+    store_for(cluster).ensure_index(CLIP)
+    (added,) = cluster.of("indices.put_mapping")
+    assert added.body == {"properties": PICTURE_PROPERTIES}
+
+    current = RecordedCluster(cluster.validator)
+    existing_index(current, ours())
+    store_for(current).ensure_index(CLIP)
+    assert not current.of("indices.put_mapping")  # an index that has them is left alone

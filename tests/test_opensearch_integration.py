@@ -10,8 +10,11 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from imgvec.documents import ImageDocument, SourceItem
@@ -153,3 +156,56 @@ def test_filling_a_document_its_writer_deleted_fails_that_file_and_creates_nothi
     assert set(rejected) == {"worker-gone"} and "404" in rejected["worker-gone"]
     store.optimize()
     assert store.stats().documents == 1 and store.stats().with_vector == 1
+
+
+def test_an_index_from_before_the_picture_fields_gains_them_and_serves_the_duplicates_view(cluster, tiny_embedder):
+    """The mapping of an index made before ``perceptual_hash``, ``width``, ``height`` and ``taken_at`` gets them
+    typed (a dynamic mapping would guess, and a field's type never changes); the view reads it by scan pages."""
+    from imgvec.documents import Picture
+    from imgvec.duplicates import find_duplicates
+    from imgvec.stores.opensearch_mapping import PICTURE_PROPERTIES, index_body
+
+    client, prefix, serverless = cluster
+    store = OpenSearchStore(client, f"{prefix}-old", serverless=serverless)
+    body = index_body(tiny_embedder.identity, LIVE, serverless=serverless)
+    for name in PICTURE_PROPERTIES:
+        del body["mappings"]["properties"][name]
+    client.indices.create(index=store.index, body=body)
+
+    store.ensure_index(tiny_embedder.identity)  # what every writer does first
+    properties = store.mapping()["properties"]
+    assert {name: properties[name] for name in PICTURE_PROPERTIES} == PICTURE_PROPERTIES
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((1100, tiny_embedder.identity.dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[1099] = vectors[7]  # one picture stored twice, under another name
+    taken = datetime(2019, 5, 1, 9, 0, tzinfo=UTC)
+    documents = [
+        ImageDocument(
+            SourceItem.of_path(f"/nas/{n // 100}/{n}.jpg", 1000 + n, 0.0),
+            vectors[n],
+            f"{n:064x}",
+            tiny_embedder.identity.model,
+            Picture(perceptual_hash=-(2**63) + n * 2**40, width=4000, height=3000, taken_at=taken),
+        )
+        for n in range(1100)
+    ]
+    for start in range(0, len(documents), 500):
+        assert store.upsert(documents[start : start + 500]) == {}
+    store.optimize()
+
+    read = [page for page in store.scan(["perceptual_hash", "taken_at"], with_vector=True)]
+    assert sum(page.num_rows for page in read) == 1100 and len(read) >= 3  # past the 500-document page twice
+    assert len({doc_id for page in read for doc_id in page.column("id").to_pylist()}) == 1100  # each once
+    assert read[0].column("taken_at").type == pa.timestamp("us", tz="UTC")
+    assert read[0].column("taken_at")[0].as_py() == taken
+
+    near = find_duplicates(store, "similar", threshold=0.999)
+    assert (near.documents, len(near)) == (1100, 1)
+    group = near.page()[0]
+    assert sorted(member.file_path for member in group.members) == ["/nas/0/7.jpg", "/nas/10/1099.jpg"]
+    assert group.keeper.file_path == "/nas/0/7.jpg" and group.members[1].score >= 0.999  # the shorter path kept
+    assert group.keeper.taken_at == taken and (group.keeper.width, group.keeper.height) == (4000, 3000)
+    fetched = store.get_many([doc.id for doc in documents[:700]])
+    assert len(fetched) == 700 and fetched[documents[3].id]["perceptual_hash"] == -(2**63) + 3 * 2**40

@@ -105,6 +105,20 @@ def test_missing_fills_thousands_of_worker_documents_past_a_block_of_failures_in
     assert json.loads(again.stdout)["embedded"] + json.loads(again.stdout)["cache_hits"] == 0
     assert json.loads(again.stdout)["failed"] == failing + 1
 
+    # every filled document got its picture's facts; the duplicates view reads them past every page of the scan and
+    # of the members' details (thousands of documents over a handful of pictures: five groups)
+    assert count(opensearch_client, index, {"query": {"exists": {"field": "perceptual_hash"}}}) == valid
+    for kind in ("exact", "resaved"):
+        shown = cli(live_env, "duplicates", "--kind", kind, "--json", index=index)
+        assert shown.returncode == 0, shown.stderr
+        found = json.loads(shown.stdout)
+        assert (found["documents"], found["groups_total"], found["unhashed"]) == (len(documents), PICTURES, 0)
+        groups = found["groups"]
+        assert sum(len(group["members"]) for group in groups) == valid
+        assert {member["width"] for group in groups for member in group["members"]} == {64}
+        sizes = [sum(m["file_size"] for m in group["members"]) - group["members"][0]["file_size"] for group in groups]
+        assert [group["saving"] for group in groups] == sizes == sorted(sizes, reverse=True)
+
 
 def test_follow_counts_each_bad_document_once_and_turns_unhealthy_while_passes_fail(
     live_env, opensearch_client, live_prefix, cli_env

@@ -24,7 +24,7 @@ import numpy as np
 from imgvec.duplicates.catalogue import Catalogue, read_catalogue
 from imgvec.duplicates.components import components
 from imgvec.duplicates.pairs import Pairs, empty_pairs, hash_pairs, vector_pairs
-from imgvec.errors import ImgvecError
+from imgvec.errors import UsageError
 from imgvec.stores.base import SearchFilter, Store
 
 KINDS = ("exact", "resaved", "similar")
@@ -85,7 +85,8 @@ class Duplicates:
     documents: int
     """Documents looked at (those with a vector, for ``similar``)."""
     unhashed: int
-    """Documents without a perceptual hash yet (``resaved`` cannot place them until a run fills it in)."""
+    """Documents an older imgvec indexed without a perceptual hash (``resaved`` cannot place them until a run fills
+    it in)."""
     random_weights: bool
     store: Store
     _catalogue: Catalogue = field(repr=False)
@@ -165,7 +166,7 @@ def find_duplicates(
 ) -> Duplicates:
     """Groups of ``kind`` among the documents of ``store`` (under ``where``'s path prefix)."""
     if kind not in KINDS:
-        raise ImgvecError(f"unknown kind of duplicate {kind!r}; choose one of {', '.join(KINDS)}")
+        raise UsageError(f"unknown kind of duplicate {kind!r}; choose one of {', '.join(KINDS)}")
     threshold = _checked_threshold(kind, threshold)
     identity = store.identity()
     catalogue = read_catalogue(store, where, with_vectors=kind == "similar", scratch=scratch)
@@ -175,7 +176,8 @@ def find_duplicates(
         kind=kind,
         threshold=threshold,
         documents=len(catalogue),
-        unhashed=int((~catalogue.hashed).sum()) if kind == "resaved" else 0,
+        # read by an imgvec from before the hash (a content hash, no perceptual one); not the documents never read
+        unhashed=int((~catalogue.hashed & (catalogue.content != 0)).sum()) if kind == "resaved" else 0,
         random_weights=bool(identity and identity.random_weights) and kind == "similar",
         store=store,
         _catalogue=catalogue,
@@ -187,13 +189,13 @@ def find_duplicates(
 def _checked_threshold(kind: str, threshold: float | None) -> float | None:
     if kind == "exact":
         if threshold is not None:
-            raise ImgvecError("--threshold does not apply to exact duplicates (the same bytes)")
+            raise UsageError("a threshold does not apply to exact duplicates (the same bytes)")
         return None
     value = DEFAULT_THRESHOLDS[kind] if threshold is None else threshold
     if kind == "resaved" and not (value == int(value) and 0 <= value <= 32):
-        raise ImgvecError(f"--threshold for resaved is bits apart, a whole number from 0 to 32 (not {value})")
+        raise UsageError(f"the threshold of resaved duplicates is bits apart: a whole number from 0 to 32, not {value}")
     if kind == "similar" and not 0 < value <= 1:
-        raise ImgvecError(f"--threshold for similar is a cosine above 0 and at most 1 (not {value})")
+        raise UsageError(f"the threshold of similar pictures is a cosine above 0 and at most 1 (not {value})")
     return int(value) if kind == "resaved" else float(value)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
@@ -136,6 +136,20 @@ def thumbnail(
 ) -> Response:
     data = searcher.thumbnail(doc_id, size)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@api.get("/api/duplicates", summary="Groups of duplicates, largest saving first (imgvec duplicates --json), paged")
+def duplicates(
+    searcher: SearcherDep,
+    kind: Annotated[Literal["exact", "resaved", "similar"], Query(description="Which kind of duplicate.")] = "resaved",
+    threshold: Annotated[
+        float | None, Query(ge=0, le=64, description="resaved: bits apart, at most; similar: cosine, at least.")
+    ] = None,
+    path_prefix: PREFIX = None,
+    offset: Annotated[int, Query(ge=0, le=2**62, description="Groups to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Groups in this page.")] = 20,
+) -> dict[str, Any]:
+    return searcher.duplicates(kind, threshold, path_prefix or None, offset, limit)
 
 
 # -- the worker's embedding endpoint ------------------------------------------------------------

@@ -24,6 +24,7 @@ from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 from imgvec.errors import NotInIndexError, NoVectorError, UsageError
 from imgvec.search import check_compatible, document_json, hit_json, image_pixels, neighbours
 from imgvec.service.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_SECONDS, ModelBatcher
+from imgvec.service.duplicate_views import DuplicateViews
 from imgvec.service.thumbnails import Thumbnails
 from imgvec.settings import Settings
 from imgvec.sources.locations import parse_s3_url
@@ -73,6 +74,7 @@ class Searcher:
         self._batcher: ModelBatcher | None = None
         self._loading = threading.Lock()
         self._on_batch = on_batch
+        self.duplicate_views = DuplicateViews(lambda: self.store)
 
     @property
     def store(self) -> Store:
@@ -172,6 +174,13 @@ class Searcher:
             vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels, self.decodes))
         values = np.asarray(vector, dtype=np.float32).tolist()
         return {"embedding": values, "dimension": len(values), "model": identity.model, "cached": cached}
+
+    # -- what `imgvec duplicates --json` prints ----------------------------------------------------------
+
+    def duplicates(
+        self, kind: str, threshold: float | None, path_prefix: str | None, offset: int, limit: int
+    ) -> dict[str, Any]:
+        return self.duplicate_views.page(kind, threshold, path_prefix, offset, limit)
 
     # -- what `imgvec status` prints -----------------------------------------------------------------
 

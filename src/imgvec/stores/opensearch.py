@@ -454,7 +454,12 @@ class OpenSearchStore(IndexCopying):
 
 def _query(*clauses: dict[str, Any] | None) -> dict[str, Any]:
     """Every clause given (None: none), as one filter; all documents when there is none."""
-    given = [clause for clause in clauses if clause is not None]
+    given: list[dict[str, Any]] = []
+    for clause in clauses:
+        if clause is not None and set(clause) == {"bool"} and set(clause["bool"]) == {"filter"}:
+            given.extend(clause["bool"]["filter"])  # a filter of filters is the filters
+        elif clause is not None:
+            given.append(clause)
     return {"bool": {"filter": given}} if given else {"match_all": {}}
 
 

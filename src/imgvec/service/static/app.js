@@ -1,10 +1,12 @@
-// The search page: plain JavaScript, no build step and nothing fetched from outside this server.
-// State lives in the URL (?q=…, ?similar=ID, filters), so a search can be shared and the back button works.
+// The search page and the duplicates view: plain JavaScript, no build step and nothing fetched from outside this
+// server. State lives in the URL (?q=…, ?similar=ID, filters; ?view=duplicates&kind=…&offset=…), so a search or a
+// page of duplicates can be shared and the back button works.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "imgvec-token";
 const PROGRESS_EVERY_MS = 3000;
+const GROUPS_PER_PAGE = 20;
 let objectUrls = [];
 
 // -- talking to the API ----------------------------------------------------------------------------
@@ -135,6 +137,12 @@ function showState(params, { push }) {
 
 async function runFromUrl() {
   const params = new URLSearchParams(location.search);
+  const duplicates = params.get("view") === "duplicates";
+  $("search-view").hidden = duplicates;
+  $("duplicates-view").hidden = !duplicates;
+  $("search-link").classList.toggle("current", !duplicates);
+  $("duplicates-link").classList.toggle("current", duplicates);
+  if (duplicates) return showDuplicates(params);
   $("query").value = params.get("q") || "";
   $("ext").value = params.get("ext") || "";
   $("path-prefix").value = params.get("path_prefix") || "";
@@ -254,6 +262,109 @@ async function loadThumbnail(img, id) {
   }
 }
 
+// -- the duplicates view --------------------------------------------------------------------------
+
+function formatBytes(size) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let unit = 0;
+  while (size >= 1000 && unit < units.length - 1) {
+    size /= 1000;
+    unit += 1;
+  }
+  return unit === 0 ? `${size} B` : `${size.toFixed(1)} ${units[unit]}`;
+}
+
+function duplicatesParams(offset = 0) {
+  const params = new URLSearchParams({ view: "duplicates", kind: $("dup-kind").value });
+  const threshold = $("dup-threshold").value.trim();
+  if (threshold) params.set("threshold", threshold);
+  const prefix = $("dup-path-prefix").value.trim();
+  if (prefix) params.set("path_prefix", prefix);
+  if (offset > 0) params.set("offset", String(offset));
+  return params;
+}
+
+function goToDuplicates(offset) {
+  const params = duplicatesParams(offset);
+  showState(params, { push: true });
+  showDuplicates(params);
+}
+
+async function showDuplicates(params) {
+  $("dup-kind").value = params.get("kind") || "resaved";
+  $("dup-threshold").value = params.get("threshold") || "";
+  $("dup-path-prefix").value = params.get("path_prefix") || "";
+  const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+  const query = new URLSearchParams(params);
+  query.delete("view");
+  query.set("offset", String(offset));
+  query.set("limit", String(GROUPS_PER_PAGE));
+  const info = $("duplicates-info");
+  const groups = $("groups");
+  info.textContent = "Looking for duplicates… (the first look at a large index takes a while)";
+  groups.replaceChildren();
+  groups.setAttribute("aria-busy", "true");
+  try {
+    const found = await (await api(`/api/duplicates?${query.toString()}`)).json();
+    renderGroups(found, offset);
+  } catch (error) {
+    info.textContent = "";
+    notice(error.message, true);
+  } finally {
+    groups.removeAttribute("aria-busy");
+  }
+}
+
+function renderGroups(found, offset) {
+  objectUrls.forEach((url) => URL.revokeObjectURL(url));
+  objectUrls = [];
+  const threshold = found.threshold == null ? "" : ` (threshold ${found.threshold})`;
+  const shown = found.groups.length ? `; groups ${offset + 1}–${offset + found.groups.length}` : "";
+  let text = `${found.groups_total} groups of ${found.kind} duplicates${threshold} among ${found.documents} ` +
+    `documents; keeping one of each frees ${formatBytes(found.saving_total)}${shown}.`;
+  if (found.random_weights) text += " The model has random weights: these groups say nothing about the pictures.";
+  if (found.unhashed) text += ` ${found.unhashed} documents have no perceptual hash yet: ingest them again to fill it in.`;
+  $("duplicates-info").textContent = text;
+  const groups = $("groups");
+  const template = $("member-template");
+  found.groups.forEach((group, index) => {
+    const box = document.createElement("section");
+    box.className = "group";
+    const title = document.createElement("h2");
+    title.textContent = `#${offset + index + 1} · ${group.members.length} files · frees ${formatBytes(group.saving)}`;
+    const row = document.createElement("div");
+    row.className = "members";
+    for (const member of group.members) {
+      const card = template.content.firstElementChild.cloneNode(true);
+      const keeper = member.id === group.keep;
+      card.classList.toggle("keeper", keeper);
+      card.dataset.id = member.id;
+      const score = member.score == null ? "" : found.kind === "resaved" ? ` · ${member.score} bits` : ` · cos ${member.score}`;
+      card.querySelector(".badge").textContent = keeper ? "keep" : `duplicate${score}`;
+      const size = member.width ? `${member.width}×${member.height}` : "size unknown";
+      const taken = member.taken_at ? ` · taken ${member.taken_at.slice(0, 16).replace("T", " ")}` : "";
+      card.querySelector(".facts").textContent = `${formatBytes(member.file_size)} · ${size}${taken}`;
+      card.querySelector(".path").textContent = member.file_path;
+      const img = card.querySelector("img");
+      img.alt = member.file_path;
+      loadThumbnail(img, member.id);
+      row.append(card);
+    }
+    box.append(title, row);
+    groups.append(box);
+  });
+  if (!found.groups.length) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = "No duplicates.";
+    groups.append(empty);
+  }
+  $("previous-groups").hidden = offset === 0;
+  $("next-groups").hidden = offset + found.groups.length >= found.groups_total;
+  $("previous-groups").onclick = () => goToDuplicates(Math.max(0, offset - GROUPS_PER_PAGE));
+  $("next-groups").onclick = () => goToDuplicates(offset + GROUPS_PER_PAGE);
+}
+
 // -- input: typing, choosing, dropping and pasting -------------------------------------------------
 
 function firstImage(items) {
@@ -265,6 +376,17 @@ function firstImage(items) {
 }
 
 function wire() {
+  $("duplicates-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    goToDuplicates(0);
+  });
+  for (const link of [$("search-link"), $("duplicates-link")]) {
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      history.pushState(null, "", link.getAttribute("href"));
+      runFromUrl();
+    });
+  }
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("query").value.trim();
