@@ -257,6 +257,14 @@ def test_exact_similar_prefix_and_threshold(collection: Path, module_env) -> Non
         assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
+    searched = run_cli(["search", "a photo", "-k", "200", "--json"], module_env)  # the new fields print as JSON too
+    assert searched.returncode == 0, searched.stderr
+    dated = {hit["file_path"]: hit["taken_at"] for hit in json.loads(searched.stdout) if hit["taken_at"]}
+    assert dated == {
+        str(collection / "edits/later.jpg"): "2021-05-01T10:00:00+00:00",
+        str(collection / "edits/first-of-the-day.jpg"): "2019-05-01T09:00:00+00:00",
+    }
+
     text = run_cli(["duplicates", "--limit", "3"], module_env).stdout
     assert "keep" in text and "640x480" in text and f"{ORIGINALS - 3} more groups" in text
 

@@ -76,9 +76,7 @@ def neighbours(
 def hit_json(hit: SearchHit) -> dict[str, Any]:
     """One result as `search --json` prints it and the HTTP API returns it: ``id``, ``file_path`` and ``score``
     first, then the document's fields."""
-    doc = dict(hit.document)
-    if isinstance(doc.get("indexed_at"), datetime):  # the embedded store's; OpenSearch gives the stored string
-        doc["indexed_at"] = doc["indexed_at"].isoformat()
+    doc = document_json(hit.document)  # the embedded store's timestamps; OpenSearch gives the stored strings
     return {"id": hit.id, "file_path": doc.get("file_path"), "score": hit.score, **doc}
 
 

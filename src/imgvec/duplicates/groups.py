@@ -170,8 +170,7 @@ def find_duplicates(
     threshold = _checked_threshold(kind, threshold)
     identity = store.identity()
     catalogue = read_catalogue(store, where, with_vectors=kind == "similar", scratch=scratch)
-    pairs = _pairs(catalogue, kind, threshold)
-    groups, savings = _ranked_groups(catalogue, pairs)
+    groups, savings = ranked_groups(catalogue, kind, threshold)
     return Duplicates(
         kind=kind,
         threshold=threshold,
@@ -213,9 +212,9 @@ def _pairs(catalogue: Catalogue, kind: str, threshold: float | None) -> Pairs:
     return rows[a], rows[b], score
 
 
-def _ranked_groups(catalogue: Catalogue, pairs: Pairs) -> tuple[list[np.ndarray], list[int]]:
-    """Row numbers per group, keeper first, and each group's saving, largest saving first."""
-    a, b, _ = pairs
+def ranked_groups(catalogue: Catalogue, kind: str, threshold: float | None) -> tuple[list[np.ndarray], list[int]]:
+    """Row numbers per group, keeper first, and each group's saving, largest saving first (``threshold`` checked)."""
+    a, b, _ = _pairs(catalogue, kind, threshold)
     if not len(a):
         return [], []
     labels = components(len(catalogue), a, b)

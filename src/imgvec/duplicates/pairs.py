@@ -37,7 +37,8 @@ def empty_pairs(score_type: type = np.int64) -> Pairs:
 
 
 def hash_pairs(hashes: np.ndarray, threshold: int) -> Pairs:
-    """Every pair of rows whose 64-bit hashes differ in at most ``threshold`` bits.
+    """Pairs of rows whose 64-bit hashes differ in at most ``threshold`` bits: enough of them to join every group
+    that all such pairs would join (rows with equal hashes are joined to the first of them, not each to each).
 
     Multi-index hashing (Norouzi, Punjani and Fleet, 2012): cut the 64 bits into ``m`` chunks; two hashes within
     ``threshold`` bits agree within ``threshold // m`` bits on at least one chunk (pigeonhole), so each chunk's
@@ -55,7 +56,7 @@ def hash_pairs(hashes: np.ndarray, threshold: int) -> Pairs:
     copy = first_of_row != rows
     same = (first_of_row[copy], rows[copy], np.zeros(int(copy.sum()), np.int64))
     # distinct values within the threshold: between the first rows holding them
-    a, b, score = _unique_hash_pairs(unique, threshold) if len(unique) > 1 else empty_pairs()
+    a, b, score = _unique_hash_pairs(unique, threshold) if len(unique) > 1 and threshold > 0 else empty_pairs()
     near = (np.minimum(firsts[a], firsts[b]), np.maximum(firsts[a], firsts[b]), score)
     a, b, score = (np.concatenate(parts) for parts in zip(same, near, strict=True))
     return a, b, score
