@@ -2,6 +2,7 @@
 how long grouping takes, with how much memory, at 100k and 1 M documents.
 
     python benchmarks/duplicates.py [--photos 60] [--side 2000] [--scale 100000,1000000] [--store-rows 100000]
+                                    [--opensearch URL --opensearch-rows 20000]
 
 The corpus, per original (``tests/helpers.textured_photo``: coarse shapes, fine periodic detail, sensor noise):
 re-saves at JPEG quality 60, 75, 90 and 95 and as PNG; resizes to 50 % and 25 %; 5 % crops (2.5 % a side); a
@@ -21,7 +22,8 @@ mean something only with trained weights, which this machine cannot download.
 Scale (``--scale``): synthetic catalogues (hashes with planted near copies; clustered 512-dim vectors with planted
 near pairs, float16 in a scratch file as the real view keeps them), grouped by the same code as ``imgvec
 duplicates``: seconds per kind and the peak of traced allocations (numpy's included; the memory-mapped vectors are
-the page cache's, not the process's). ``--store-rows``: the same through a real embedded store, scan included.
+the page cache's, not the process's). ``--store-rows``: the same through a real embedded store, scan included;
+``--opensearch``: through an index on that cluster (the test node: ``scripts/opensearch.sh start``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ from imgvec.duplicates.pairs import hash_pairs  # noqa: E402
 from imgvec.embed.decode import decode_image  # noqa: E402
 from imgvec.embed.perceptual import dhash, hamming, phash  # noqa: E402
 from imgvec.identity import IndexIdentity  # noqa: E402
+from imgvec.stores.base import Store  # noqa: E402
 from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
+from imgvec.stores.opensearch import OpenSearchStore  # noqa: E402
+from imgvec.stores.opensearch_client import OpenSearchConnection, connect  # noqa: E402
+from imgvec.stores.opensearch_mapping import KnnIndexSettings  # noqa: E402
 from tests.helpers import encode, textured_photo  # noqa: E402
 
 HASHES = {"phash": phash, "dhash": dhash}
@@ -94,6 +100,8 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=2000, help="originals' width in pixels (4:3)")
     parser.add_argument("--scale", default="100000,1000000", help="synthetic catalogue sizes; empty: none")
     parser.add_argument("--store-rows", type=int, default=100_000, help="documents in the embedded store; 0: none")
+    parser.add_argument("--opensearch", help="also through an OpenSearch index on this cluster (URL), lucene engine")
+    parser.add_argument("--opensearch-rows", type=int, default=20_000, help="documents in that index")
     args = parser.parse_args()
     print(
         f"{platform.processor() or platform.machine()}; {args.photos} originals of {args.side} px, "
@@ -105,6 +113,8 @@ def main() -> None:
         synthetic_scale(rows)
     if args.store_rows:
         through_the_store(args.store_rows)
+    if args.opensearch:
+        through_the_store(args.opensearch_rows, opensearch=args.opensearch)
 
 
 def planted_corpus(args: argparse.Namespace) -> None:
@@ -243,13 +253,20 @@ def synthetic_scale(rows: int) -> None:
             )
 
 
-def through_the_store(rows: int) -> None:
-    """``imgvec duplicates`` as it runs: a real embedded store, read by its scan."""
+def through_the_store(rows: int, *, opensearch: str | None = None) -> None:
+    """``imgvec duplicates`` as it runs: a real store (embedded, or an OpenSearch index), read by its scan."""
     with tempfile.TemporaryDirectory(prefix="imgvec-bench-store-") as folder:
         catalogue = synthetic_catalogue(rows, Path(folder), seed=1)
         identity = IndexIdentity("bench/random", "bench", "random", 512)
-        store = EmbeddedStore(Path(folder) / "store", "images")
-        store.ensure_index(identity)
+        store: Store
+        if opensearch:
+            client = connect(OpenSearchConnection(url=opensearch))
+            store = OpenSearchStore(client, f"bench-duplicates-{rows}")
+            client.indices.delete(index=store.index, ignore_unavailable=True)
+            store.ensure_index(identity, config=KnnIndexSettings(engine="lucene", shards=1, replicas=0))
+        else:
+            store = EmbeddedStore(Path(folder) / "store", "images")
+            store.ensure_index(identity)
         began = time.perf_counter()
         for start in range(0, rows, 10_000):
             documents = [
@@ -262,9 +279,10 @@ def through_the_store(rows: int) -> None:
                 )
                 for n in range(start, min(rows, start + 10_000))
             ]
-            store.upsert(documents)
+            assert store.upsert(documents) == {}  # OpenSearch: bulk requests sized by the store
         store.optimize()
-        print(f"\n[{rows:,} documents in the embedded store] written in {time.perf_counter() - began:.0f} s")
+        where = f"the OpenSearch index {store.index}" if opensearch else "the embedded store"
+        print(f"\n[{rows:,} documents in {where}] written in {time.perf_counter() - began:.0f} s")
         for kind in ("exact", "resaved", "similar"):
             found, seconds, peak = measured(find_duplicates, store, kind, scratch=Path(folder))
             print(f"  {kind:8s}: {seconds:7.1f} s, peak {peak:6.0f} MB traced; {len(found):,} groups")

@@ -7,6 +7,7 @@ OPENSEARCH_URL to run the same flows against a real cluster (``test_opensearch_i
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -479,6 +480,40 @@ def test_missing_vectors_are_paged_with_pit_and_search_after(cluster: RecordedCl
     assert all(r.body["query"]["bool"]["filter"] == [missing] for r in cluster.of("count"))
     assert cluster.of("delete_pit")[0].body == {"pit_id": ["pit-1"]}
     assert not cluster.of("scroll")
+
+
+def test_a_scan_reads_doc_values_in_large_pages_and_the_vectors_from_the_source(cluster: RecordedCluster, monkeypatch):
+    monkeypatch.setattr(opensearch_store, "SCAN_PAGE_SIZE_WITH_VECTORS", 2)
+    existing_index(cluster, ours())
+    documents_hold(cluster, {"doc_id"}, 3)
+    shards = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
+    opened = {"pit_id": "pit-2", "_shards": shards, "creation_time": 1}
+    cluster.on("POST", f"/{INDEX}/_search/point_in_time", (200, opened))
+    cluster.on("DELETE", "/_search/point_in_time", (200, {"pits": [{"pit_id": "pit-2", "successful": True}]}))
+
+    def hit(n: int) -> dict[str, Any]:
+        fields = {"doc_id": [f"d{n}"], "perceptual_hash": [-5 - n], "taken_at": ["2019-05-01T09:00:00.000Z"]}
+        source = {"image_vector": unit_vector(n).tolist()}
+        return {"_index": INDEX, "_id": f"d{n}", "_score": None, "_source": source, "fields": fields, "sort": [f"d{n}"]}
+
+    def page(request: Request) -> tuple[int, Any]:
+        after = request.body.get("search_after")
+        hits = [hit(3)] if after else [hit(1), hit(2)]
+        answer = search_answer(hits, pit_id="pit-2")
+        answer["hits"]["total"]["value"] = 3
+        return 200, answer
+
+    cluster.on("POST", "/_search", page)
+    pages = list(store_for(cluster).scan(["perceptual_hash", "taken_at"], with_vector=True))
+    assert [p.num_rows for p in pages] == [2, 1]
+    assert pages[0].column("id").to_pylist() == ["d1", "d2"]
+    assert pages[0].column("perceptual_hash").to_pylist() == [-6, -7]
+    assert pages[1].column("taken_at")[0].as_py() == datetime(2019, 5, 1, 9, 0, tzinfo=UTC)
+    assert np.allclose(pages[1].column("vector")[0].values.to_numpy(), unit_vector(3))
+    first = cluster.of("search")[0].body
+    assert first["docvalue_fields"] == ["doc_id", "perceptual_hash", "taken_at"]
+    assert first["_source"] == {"includes": ["image_vector"]} and first["size"] == 2
+    assert first["query"] == {"bool": {"filter": [{"exists": {"field": "image_vector"}}]}}
 
 
 def test_a_listing_pages_on_id_when_no_unique_field_is_complete_and_refuses_to_end_early(

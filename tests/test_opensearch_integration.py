@@ -6,6 +6,7 @@ libraries, so every index here uses the lucene engine. Throwaway index names, de
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -176,36 +177,42 @@ def test_an_index_from_before_the_picture_fields_gains_them_and_serves_the_dupli
     properties = store.mapping()["properties"]
     assert {name: properties[name] for name in PICTURE_PROPERTIES} == PICTURE_PROPERTIES
 
+    # 2,100 documents with vectors (past the 1,000-document page of a scan with vectors twice), 8,500 without (past
+    # the 5,000-document page of a scan of fields twice); one picture stored twice with a vector, one without
+    with_vectors, total = 2100, 10_600
     rng = np.random.default_rng(5)
-    vectors = rng.standard_normal((1100, tiny_embedder.identity.dimension)).astype(np.float32)
+    vectors = rng.standard_normal((with_vectors, tiny_embedder.identity.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors[1099] = vectors[7]  # one picture stored twice, under another name
+    vectors[with_vectors - 1] = vectors[7]
     taken = datetime(2019, 5, 1, 9, 0, tzinfo=UTC)
     documents = [
         ImageDocument(
             SourceItem.of_path(f"/nas/{n // 100}/{n}.jpg", 1000 + n, 0.0),
-            vectors[n],
-            f"{n:064x}",
+            vectors[n] if n < with_vectors else None,
+            hashlib.sha256(str(3 if n == total - 1 else n).encode()).hexdigest(),
             tiny_embedder.identity.model,
             Picture(perceptual_hash=-(2**63) + n * 2**40, width=4000, height=3000, taken_at=taken),
         )
-        for n in range(1100)
+        for n in range(total)
     ]
-    for start in range(0, len(documents), 500):
-        assert store.upsert(documents[start : start + 500]) == {}
+    assert store.upsert(documents) == {}
     store.optimize()
 
-    read = [page for page in store.scan(["perceptual_hash", "taken_at"], with_vector=True)]
-    assert sum(page.num_rows for page in read) == 1100 and len(read) >= 3  # past the 500-document page twice
-    assert len({doc_id for page in read for doc_id in page.column("id").to_pylist()}) == 1100  # each once
+    read = list(store.scan(["perceptual_hash", "taken_at"], with_vector=True))
+    assert [page.num_rows for page in read] == [1000, 1000, 100]
+    assert len({doc_id for page in read for doc_id in page.column("id").to_pylist()}) == with_vectors  # each once
     assert read[0].column("taken_at").type == pa.timestamp("us", tz="UTC")
     assert read[0].column("taken_at")[0].as_py() == taken
+    assert [page.num_rows for page in store.scan(["content_hash"])] == [5000, 5000, 600]
 
     near = find_duplicates(store, "similar", threshold=0.999)
-    assert (near.documents, len(near)) == (1100, 1)
+    assert (near.documents, len(near)) == (with_vectors, 1)
     group = near.page()[0]
-    assert sorted(member.file_path for member in group.members) == ["/nas/0/7.jpg", "/nas/10/1099.jpg"]
+    assert sorted(member.file_path for member in group.members) == ["/nas/0/7.jpg", "/nas/20/2099.jpg"]
     assert group.keeper.file_path == "/nas/0/7.jpg" and group.members[1].score >= 0.999  # the shorter path kept
     assert group.keeper.taken_at == taken and (group.keeper.width, group.keeper.height) == (4000, 3000)
+    copies = find_duplicates(store, "exact")
+    assert (copies.documents, len(copies)) == (total, 1)
+    assert [member.file_path for member in copies.page()[0].members] == ["/nas/0/3.jpg", "/nas/105/10599.jpg"]
     fetched = store.get_many([doc.id for doc in documents[:700]])
     assert len(fetched) == 700 and fetched[documents[3].id]["perceptual_hash"] == -(2**63) + 3 * 2**40

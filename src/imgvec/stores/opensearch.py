@@ -8,6 +8,7 @@ module or in ``opensearch_mapping``, and the contract tests check each one again
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,12 @@ LUCENE_CANDIDATES = 100
 """Candidates a lucene query collects, as faiss's default ef_search does (recall figures in docs/opensearch.md)."""
 PIT_KEEP_ALIVE = "5m"
 STATE_FIELDS = ["doc_id", "file_size", "mtime", "content_hash", "etag", *PICTURE_FIELDS]
+SCAN_PAGE_SIZE = 5_000
+"""Documents per page of ``scan`` (the id and a few doc values each)."""
+SCAN_PAGE_SIZE_WITH_VECTORS = 1_000
+"""With the vectors: about 10 MB of JSON a page at 512 dimensions."""
+DOC_VALUE_TYPES = frozenset({"keyword", "long", "integer", "short", "byte", "double", "float", "date", "boolean"})
+"""Mapping types whose values ``scan`` reads from doc values rather than the source."""
 UNIQUE_SORT_FIELDS = ("doc_id", "s3_url", "file_path")
 """Keyword fields unique per document: a listing pages on the first one that every listed document holds (doc values,
 cheap); otherwise on ``_id``. A field some documents lack sorts them as ``null``, and ``search_after: [null]`` finds
@@ -358,18 +365,19 @@ class OpenSearchStore(IndexCopying):
     def scan(
         self, fields: Sequence[str], *, where: SearchFilter | None = None, with_vector: bool = False
     ) -> Iterator[pa.Table]:
+        """Fields with doc values are read from them (the cluster need not parse each document's source, vector and
+        all); large pages: both halve the time of a scan (docs/duplicates.md)."""
         if not self.exists():
             return
         properties = self.mapping().get("properties") or {}
         query = _query(search_filter(where), {"exists": {"field": VECTOR_FIELD}} if with_vector else None)
-        includes = ["doc_id", *fields, *([VECTOR_FIELD] if with_vector else [])]
-        page: list[dict[str, Any]] = []
-        for hit in self._pages(query, self._sort_for(query, properties), {"includes": includes}):
-            page.append(hit)
-            if len(page) == PAGE_SIZE:
-                yield _arrow_page(page, fields, with_vector)
-                page = []
-        if page:
+        valued = [name for name in ("doc_id", *fields) if (properties.get(name) or {}).get("type") in DOC_VALUE_TYPES]
+        sourced = [name for name in fields if name not in valued] + ([VECTOR_FIELD] if with_vector else [])
+        size = SCAN_PAGE_SIZE_WITH_VECTORS if with_vector else SCAN_PAGE_SIZE
+        hits = self._pages(
+            query, self._sort_for(query, properties), {"includes": sourced} if sourced else False, size, valued
+        )
+        while page := list(itertools.islice(hits, size)):
             yield _arrow_page(page, fields, with_vector)
 
     def _sort_for(self, query: dict[str, Any], properties: dict[str, Any]) -> list[dict[str, str]]:
@@ -383,7 +391,12 @@ class OpenSearchStore(IndexCopying):
         return [{"_id": "asc"}]
 
     def _pages(
-        self, query: dict[str, Any], sort: list[dict[str, str]], source: dict[str, list[str]]
+        self,
+        query: dict[str, Any],
+        sort: list[dict[str, str]],
+        source: dict[str, list[str]] | bool,
+        size: int | None = None,
+        docvalue_fields: list[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Point-in-time + search_after (what Serverless and 2.4+ support); scroll where PIT is unavailable.
 
@@ -391,7 +404,10 @@ class OpenSearchStore(IndexCopying):
         a run that exits 0 with documents left behind."""
         from opensearchpy import NotFoundError, RequestError
 
-        body: dict[str, Any] = {"size": PAGE_SIZE, "query": query, "_source": source, "sort": sort}
+        size = size or PAGE_SIZE
+        body: dict[str, Any] = {"size": size, "query": query, "_source": source, "sort": sort}
+        if docvalue_fields:
+            body["docvalue_fields"] = docvalue_fields
         try:
             pit = self._call(self.client.create_pit, index=self.index, params={"keep_alive": PIT_KEEP_ALIVE})
         except (NotFoundError, RequestError):
@@ -415,7 +431,7 @@ class OpenSearchStore(IndexCopying):
                 hits = response["hits"]["hits"]
                 listed += len(hits)
                 yield from hits
-                if len(hits) < PAGE_SIZE:
+                if len(hits) < size:
                     break
                 after = hits[-1]["sort"]
             if listed < total:
@@ -465,17 +481,19 @@ def _query(*clauses: dict[str, Any] | None) -> dict[str, Any]:
 
 def _arrow_page(hits: list[dict[str, Any]], fields: Sequence[str], with_vector: bool) -> pa.Table:
     """A page of hits as ``Store.scan`` returns it; dates as the embedded store types them."""
-    sources = [hit["_source"] for hit in hits]
-    columns: dict[str, pa.Array] = {
-        "id": pa.array([s.get("doc_id") or h["_id"] for s, h in zip(sources, hits, strict=True)])
-    }
+
+    def value(hit: dict[str, Any], name: str) -> Any:
+        valued = (hit.get("fields") or {}).get(name)
+        return valued[0] if valued else (hit.get("_source") or {}).get(name)
+
+    columns: dict[str, pa.Array] = {"id": pa.array([value(hit, "doc_id") or hit["_id"] for hit in hits], pa.string())}
     for name in fields:
-        values = [source.get(name) for source in sources]
+        values = [value(hit, name) for hit in hits]
         kind = FIELD_TYPES.get(name)
         if kind is not None and pa.types.is_timestamp(kind):
             values = [None if v is None else datetime.fromisoformat(str(v).replace("Z", "+00:00")) for v in values]
         columns[name] = pa.array(values, type=kind)
     if with_vector:
-        block = np.asarray([source[VECTOR_FIELD] for source in sources], dtype=np.float32)
+        block = np.asarray([hit["_source"][VECTOR_FIELD] for hit in hits], dtype=np.float32)
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
     return pa.table(columns)
