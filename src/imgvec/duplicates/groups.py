@@ -103,7 +103,7 @@ class Duplicates:
 
     def page(self, offset: int = 0, limit: int | None = None) -> list[DuplicateGroup]:
         """Groups ``offset`` to ``offset + limit``, with their members' details from the store."""
-        chosen = list(range(len(self._groups)))[offset : None if limit is None else offset + limit]
+        chosen = range(len(self._groups))[offset : None if limit is None else offset + limit]
         ids = [self._catalogue.ids[int(row)].as_py() for g in chosen for row in self._groups[g]]
         details = self.store.get_many(ids)
         groups = []
