@@ -24,4 +24,21 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.imgvec-installed-*
   touch "$stamp"
 fi
+
+# The AWS Lambda Runtime Interface Emulator, for the tests that run imgvec's handler under the real runtime: a Go
+# module (no binary is published for download here), built once into the environment.
+RIE_VERSION="v0.0.0-20261030222936-bef5c4ba774d"
+if [ ! -x "$VENV/bin/aws-lambda-rie" ]; then
+  GO="$(command -v go || echo /usr/local/go/bin/go)"
+  if [ ! -x "$GO" ]; then
+    echo "installing Go (apt-get) to build the Lambda runtime emulator" >&2
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    $SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go >/dev/null
+    GO="$(command -v go || echo go)"
+  fi
+  echo "building aws-lambda-rie ($RIE_VERSION) into $VENV/bin" >&2
+  GOBIN="$VENV/bin" GOFLAGS=-mod=mod "$GO" install \
+    "github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$RIE_VERSION" >&2 \
+    || { echo "could not build aws-lambda-rie: the Lambda tests need it (Go and the Go module proxy)" >&2; exit 1; }
+fi
 export VENV

@@ -311,7 +311,7 @@ def test_ray_flags_need_the_ray_executor(tmp_path: Path, cli_env: dict[str, str]
     result = run_cli(["ingest", str(tmp_path), "--ray-workers", "2"], env)
     assert result.returncode == 2 and "--ray-workers goes with --executor ray" in result.stderr
     result = run_cli(["ingest", str(tmp_path), "--executor", "spark"], env)
-    assert result.returncode == 2 and "choose local or ray" in result.stderr
+    assert result.returncode == 2 and "choose local, ray or lambda" in result.stderr
 
 
 def test_an_unreachable_cluster_is_one_line_within_seconds(tmp_path: Path, cli_env: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget, decode_image
 from imgvec.errors import IndexNotFoundError, SourceError
+from imgvec.identity import IndexIdentity
 from imgvec.sources.reader import LocationReader
 from imgvec.stores.base import SearchFilter, SearchHit, Store
 
@@ -83,3 +84,21 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
 def document_json(fields: dict[str, Any]) -> dict[str, Any]:
     """A stored document's fields as JSON (timestamps as ISO 8601 text)."""
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in fields.items()}
+
+
+# -- the worker's embedding function (``POST /api/embed`` and the Lambda) ------------------------------
+
+
+def stored_vector(store: Store, identity: IndexIdentity, content_hash: str) -> np.ndarray | None:
+    """The vector an ingest stored for bytes with this SHA-256, if the index holds this model's vectors (another
+    model's never stand in)."""
+    stored = store.identity()
+    if stored is None or not stored.compatible(identity):
+        return None
+    return store.vectors_by_hash([content_hash]).get(content_hash)
+
+
+def embedding_json(vector: np.ndarray, identity: IndexIdentity, *, cached: bool) -> dict[str, Any]:
+    """The worker's embedding answer's ``data``: the same shape from the HTTP API and from the Lambda."""
+    values = np.asarray(vector, dtype=np.float32).tolist()
+    return {"embedding": values, "dimension": len(values), "model": identity.model, "cached": cached}

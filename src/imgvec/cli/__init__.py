@@ -6,7 +6,8 @@ from importlib import import_module
 
 from imgvec.cli.app import app
 
-for _group in ("indexing", "querying", "serving", "admin"):  # registration order is the order of `imgvec --help`
+# Registration order is the order of `imgvec --help`.
+for _group in ("indexing", "querying", "serving", "admin", "models"):
     import_module(f"imgvec.cli.{_group}")
 
 __all__ = ["app"]

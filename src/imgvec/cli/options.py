@@ -78,9 +78,9 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
         Annotated[
             str,
             typer.Option(
-                metavar="local|ray",
-                help="Where images are decoded and embedded: this machine, or actors on a Ray cluster "
-                "(pip install 'imgvec[ray]'; docs/scaling.md).",
+                metavar="local|ray|lambda",
+                help="Where images are decoded and embedded: this machine, actors on a Ray cluster "
+                "(pip install 'imgvec[ray]'; docs/scaling.md), or an AWS Lambda function (docs/aws.md).",
             ),
         ],
         "local",
@@ -113,6 +113,46 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
         ],
         0.0,
     ),
+    "lambda_function": (
+        Annotated[
+            str | None,
+            typer.Option(metavar="NAME", help="With --executor lambda: the function running imgvec's handler."),
+        ],
+        None,
+    ),
+    "lambda_concurrency": (
+        Annotated[int, typer.Option(min=1, max=10000, help="With --executor lambda: invocations at once, at most.")],
+        10,
+    ),
+    "lambda_batch_size": (
+        Annotated[int, typer.Option(min=1, max=1000, help="With --executor lambda: images per invocation.")],
+        100,
+    ),
+    "lambda_rate": (
+        Annotated[
+            float | None,
+            typer.Option(min=0.001, help="With --executor lambda: at most this many invocations per second."),
+        ],
+        None,
+    ),
+    "lambda_endpoint": (
+        Annotated[
+            str | None,
+            typer.Option(
+                "--lambda-endpoint-url",
+                metavar="URL",
+                help="With --executor lambda: another Lambda endpoint (default: AWS_ENDPOINT_URL_LAMBDA, else AWS).",
+            ),
+        ],
+        None,
+    ),
+    "lambda_timeout": (
+        Annotated[
+            float,
+            typer.Option(min=1, max=900, help="With --executor lambda: the function's time-out in seconds."),
+        ],
+        300.0,
+    ),
 }
 """Each pipeline flag: (annotation, default), keyed by its ``PipelineOptions`` field."""
 TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout", "full_decode")
@@ -120,7 +160,15 @@ TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout
 RUNNING = (*TUNING, "follow_external", "rate_limit", "retry_failed")
 """A run over a source: ``sync`` and ``watch`` (``ingest`` adds ``max_files``)."""
 
-EXECUTING = ("executor", "ray_address", "ray_workers", "ray_gpus_per_worker")
+LAMBDA = (
+    "lambda_function",
+    "lambda_concurrency",
+    "lambda_batch_size",
+    "lambda_rate",
+    "lambda_endpoint",
+    "lambda_timeout",
+)
+EXECUTING = ("executor", "ray_address", "ray_workers", "ray_gpus_per_worker", *LAMBDA)
 """Where a batch run's images are embedded: ``ingest`` (with ``--missing``), ``sync`` and ``migrate``'s fill."""
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]

@@ -143,16 +143,21 @@ class ClipEmbedder:
                 self._encode = self._image_encoder(self._runtime.runtime, self._runtime.precision, self._threads)
             return self._encode
 
+    def image_tower_onnx(self) -> Path:
+        """The image tower as an fp32 ONNX file (exported on first use, checked against torch, cached)."""
+        with _load_lock:  # one export per process, however many threads load the model at once
+            return exported_tower(self._model, self._input_size(), self._cache_dir)
+
     def _image_encoder(self, engine: Runtime, precision: Precision, threads: int | None) -> probe.ImageEncoder:
         if engine is Runtime.TORCH:
-            return self._torch_images
-        with _load_lock:  # one export per process, however many threads load the model at once
-            fp32 = exported_tower(self._model, self._input_size(), self._cache_dir)
+            return self.torch_images
+        fp32 = self.image_tower_onnx()
         if engine is Runtime.OPENVINO:
             return OpenVinoImageEncoder(fp32, precision=precision, threads=threads, cache_dir=self._cache_dir)
         return OnnxImageEncoder(fp32, precision=precision, device=self.device, threads=threads, vnni=cpu_info().vnni)
 
-    def _torch_images(self, pixels: np.ndarray) -> np.ndarray:
+    def torch_images(self, pixels: np.ndarray) -> np.ndarray:
+        """Through torch, whatever runtime embeds this model's images: the reference the others are held to."""
         import torch
 
         with torch.inference_mode(), self._autocast():

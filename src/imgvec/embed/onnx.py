@@ -47,7 +47,7 @@ class OnnxImageEncoder:
         if precision is Precision.INT8:
             path = fp32.with_name(fp32.name.replace("-fp32.onnx", "-int8.onnx" if vnni else "-int8-r7.onnx"))
             if not path.is_file():
-                _quantize(fp32, path, reduce_range=not vnni)
+                quantize(fp32, path, reduce_range=not vnni)
         self.path = path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -163,7 +163,7 @@ def _check_agreement(path: Path, probe: np.ndarray, expected: np.ndarray) -> Non
         )
 
 
-def _quantize(fp32: Path, path: Path, *, reduce_range: bool) -> None:
+def quantize(fp32: Path, path: Path, *, reduce_range: bool) -> None:
     """Dynamic quantisation: int8 weights, activations quantised per batch at run time. It needs no calibration
     images, so it works for any model the same way."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -272,6 +272,8 @@ class Indexer:
         self.progress.runtime, self.progress.runtime_reason = status.runtime, status.runtime_reason
         self.progress.workers_alive, self.progress.workers = status.workers_alive, status.workers
         self.progress.bytes_per_image, self.progress.decode_workers = status.bytes_per_image, status.decode_workers
+        self.progress.invocations, self.progress.throttles = status.invocations, status.throttles
+        self.progress.concurrency = status.concurrency
 
 
 def index_source(

@@ -82,6 +82,9 @@ def snapshot(
             "executor": progress.executor,
         },
         "workers_alive": progress.workers_alive,
+        "lambda_invocations": progress.invocations,
+        "lambda_throttles": progress.throttles,
+        "lambda_concurrency": progress.concurrency,
     }
 
 
@@ -92,6 +95,8 @@ _COUNTERS = {
     "images_skipped": "Files skipped as unchanged or as known failures.",
     "cache_hits": "Images whose vector was reused from identical bytes.",
     "batches": "Model batches written.",
+    "lambda_invocations": "Invocations of the Lambda function (--executor lambda), throttled and failed included.",
+    "lambda_throttles": "Lambda invocations refused with 429: the function's concurrency was used up.",
 }
 _GAUGES = {
     "embedding_seconds_per_image_mean": "Mean model time per image.",
@@ -99,7 +104,8 @@ _GAUGES = {
     "success_rate": "Share of attempted images that got a vector.",
     "error_rate": "Share of attempted images that failed.",
     "cache_hit_rate": "Share of vectors reused from the content cache.",
-    "workers_alive": "Workers running: decode workers, or Ray actors with the model loaded (--executor ray).",
+    "workers_alive": "Workers running: decode workers, Ray actors with the model loaded, or Lambda calls in flight.",
+    "lambda_concurrency": "Lambda invocations allowed at once now (halved on a throttle, grown back per success).",
 }
 
 
@@ -117,6 +123,8 @@ class RunMetricsCollector(Collector):
             return
         names, values = list(self._labels), list(self._labels.values())
         for name, help_text in _COUNTERS.items():
+            if name.startswith("lambda_") and snapshot.get(name) is None:
+                continue  # a run on another executor has no invocations, not zero of them
             counter = CounterMetricFamily(f"imgvec_{name}", help_text, labels=names)
             counter.add_metric(values, snapshot.get(name) or 0)
             yield counter

@@ -35,7 +35,8 @@ class PipelineOptions:
     """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
     reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""
     executor: str = "local"
-    """local: this machine decodes and embeds; ray: actors on a Ray cluster do (``executors/ray/``)."""
+    """local: this machine decodes and embeds; ray: actors on a Ray cluster do (``executors/ray/``); lambda: an AWS
+    Lambda function does (``executors/aws_lambda/``)."""
     ray_address: str | None = None
     """With ``executor`` ray: ``auto`` (the cluster this machine belongs to), ``ray://host:10001``, or host:port;
     None starts a Ray instance on this machine for the run."""
@@ -43,3 +44,15 @@ class PipelineOptions:
     """Ray actors (each loads the model once); None: as many as the cluster's CPUs (or GPUs) hold."""
     ray_gpus_per_worker: float = 0.0
     """GPUs each actor asks Ray for (fractions share a GPU); 0: actors embed on CPUs."""
+    lambda_function: str | None = None
+    """With ``executor`` lambda: the function's name or ARN (imgvec's handler, docs/aws.md)."""
+    lambda_concurrency: int = 10
+    """Invocations at once, at most (the function's reserved concurrency is the real bound; throttles adapt)."""
+    lambda_batch_size: int = 100
+    """Images per invocation."""
+    lambda_rate: float | None = None
+    """At most this many invocations per second."""
+    lambda_endpoint: str | None = None
+    """Another Lambda endpoint (an emulator); None: boto3's own (``AWS_ENDPOINT_URL_LAMBDA``, else AWS)."""
+    lambda_timeout: float = 300.0
+    """The function's time-out in seconds: the driver waits a little longer than this for an answer."""

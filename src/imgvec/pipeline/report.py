@@ -101,13 +101,20 @@ class Progress:
     decode_workers: int | None = None
     """Decode worker processes (0: threads), from ``--workers`` or from the measured decode and model costs."""
     executor: str = "local"
-    """local (this machine), or ray (actors on a Ray cluster read, decode and embed)."""
+    """local (this machine), ray (actors on a Ray cluster read, decode and embed), or lambda (an AWS Lambda function
+    does)."""
     workers_alive: int | None = None
     """local: the decode workers; ray: the actors that have their model loaded and are not lost."""
     workers: list[dict[str, Any]] | None = None
     """ray only: per actor, ``worker``, ``node``, ``alive``, ``images`` and ``rate`` (images/s since it started)."""
     bytes_per_image: float | None = None
-    """ray only: bytes sent and received between this process and the actors, per image."""
+    """ray, lambda: bytes sent and received between this process and the actors (or the function), per image."""
+    invocations: int | None = None
+    """lambda only: invocations of the function so far, throttled and failed ones included."""
+    throttles: int | None = None
+    """lambda only: invocations refused with 429 (the function's concurrency used up)."""
+    concurrency: int | None = None
+    """lambda only: invocations the driver allows at once now (adaptive: halved on a throttle)."""
     health: dict[str, Any] | None = None
     """watch only: source_available, observer, pending_changes, last_change_at, last_reconcile_at, heartbeat_at,
     errors_in_a_row, last_error."""

@@ -22,7 +22,15 @@ from imgvec.allocator import release_free_memory
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 from imgvec.errors import NotInIndexError, NoVectorError, UsageError
-from imgvec.search import check_compatible, document_json, hit_json, image_pixels, neighbours
+from imgvec.search import (
+    check_compatible,
+    document_json,
+    embedding_json,
+    hit_json,
+    image_pixels,
+    neighbours,
+    stored_vector,
+)
 from imgvec.service.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_SECONDS, ModelBatcher
 from imgvec.service.duplicate_views import DuplicateViews
 from imgvec.service.thumbnails import Thumbnails
@@ -161,19 +169,13 @@ class Searcher:
         """``{"embedding", "dimension", "model", "cached"}``. ``use_cache``: identical bytes already in the index
         (same sha256 as an ingest records) return their stored vector without a model call."""
         embedder, batcher = self.model()
-        identity = embedder.identity
         vector = None
-        store = self.store
         if use_cache:
-            stored = store.identity()
-            if stored is not None and stored.compatible(identity):  # another model's vectors never stand in
-                content_hash = hashlib.sha256(data).hexdigest()
-                vector = store.vectors_by_hash([content_hash]).get(content_hash)
+            vector = stored_vector(self.store, embedder.identity, hashlib.sha256(data).hexdigest())
         cached = vector is not None
         if vector is None:
             vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels, self.decodes))
-        values = np.asarray(vector, dtype=np.float32).tolist()
-        return {"embedding": values, "dimension": len(values), "model": identity.model, "cached": cached}
+        return embedding_json(vector, embedder.identity, cached=cached)
 
     # -- what `imgvec duplicates --json` prints ----------------------------------------------------------
 

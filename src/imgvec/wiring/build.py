@@ -155,11 +155,16 @@ def indexer(
 
 
 def executor_for(settings: Settings, options: PipelineOptions, embedder: Embedder) -> ExecutorFactory:
-    """``--executor``: this machine, or actors on a Ray cluster that load the run's model themselves."""
+    """``--executor``: this machine, actors on a Ray cluster that load the run's model themselves, or a Lambda
+    function that holds it (checked against the run's on its first answer)."""
     from imgvec.pipeline.executors.local import LocalExecutor
 
     if options.executor == "local":
         return LocalExecutor
+    if options.executor == "lambda":
+        from imgvec.pipeline.executors.aws_lambda.executor import LambdaExecutor
+
+        return LambdaExecutor
     from imgvec.pipeline.executors.ray import RayExecutor
 
     return partial(RayExecutor, model=model_config(settings, embedder.identity.model))

@@ -151,18 +151,23 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
 
 def _check_executor(flags: PipelineFlags) -> None:
     executor = flags.get("executor") or "local"
-    if executor not in ("local", "ray"):
-        raise UsageError(f"--executor {executor!r}: choose local or ray")
+    if executor not in ("local", "ray", "lambda"):
+        raise UsageError(f"--executor {executor!r}: choose local, ray or lambda")
     if executor == "ray":
         from imgvec.pipeline.executors.ray import import_ray
 
         import_ray()  # not installed: said now, before a model loads
-    else:
-        given = [name for name in ("ray_address", "ray_workers") if flags.get(name) is not None]
+    if executor == "lambda" and not flags.get("lambda_function"):
+        raise UsageError("--executor lambda needs --lambda-function NAME (the function running imgvec's handler)")
+    given = []
+    if executor != "ray":
+        given += [name for name in ("ray_address", "ray_workers") if flags.get(name) is not None]
         given += ["ray_gpus_per_worker"] if flags.get("ray_gpus_per_worker") else []
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise UsageError(f"{flag} goes with --executor ray")
+    if executor != "lambda":
+        given += [name for name in ("lambda_function", "lambda_rate", "lambda_endpoint") if flags.get(name) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-").replace("lambda-endpoint", "lambda-endpoint-url")
+        raise UsageError(f"{flag} goes with --executor {'ray' if given[0].startswith('ray') else 'lambda'}")
 
 
 def fit_to_model(options: PipelineOptions, embedder: Embedder) -> PipelineOptions:

@@ -67,6 +67,12 @@ class ExecutorStatus:
     """Bytes sent and received between driver and workers per image (Ray)."""
     decode_workers: int | None = None
     """This machine's decode worker processes (local); None where the workers decode for themselves."""
+    invocations: int | None = None
+    """Lambda only: invocations so far (throttled and failed ones included)."""
+    throttles: int | None = None
+    """Lambda only: invocations refused for want of concurrency (429)."""
+    concurrency: int | None = None
+    """Lambda only: invocations allowed at once now (halved on a throttle, grown back by one per success)."""
 
 
 class Executor(Protocol):

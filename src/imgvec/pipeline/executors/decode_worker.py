@@ -16,7 +16,9 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from imgvec.documents import Failure, SourceItem
+import numpy as np
+
+from imgvec.documents import Failure, Picture, SourceItem
 from imgvec.embed.decode import decode_opened, max_file_bytes, open_image
 from imgvec.embed.picture import Header
 from imgvec.embed.preprocess import Preprocessor
@@ -114,15 +116,9 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
     kept: list[str] = []
     _decoding.warnings = kept
     try:
-        opened = open_image(data, max_pixels=config.max_pixels)
-        header = Header(opened)
-        image = decode_opened(opened, reduce_for=config.reduce_for)
-        picture = header.picture(image)
-        pixels = config.preprocessor(image)
+        pixels, picture = model_input(data, config.preprocessor, config.max_pixels, config.reduce_for)
     except ImageDecodeError as exc:
         return Failure.of(item, "decode", str(exc))
-    except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
-        return Failure.of(item, "decode", f"cannot decode image: {exc}")
     finally:
         _decoding.warnings = None
     return Prepared(
@@ -134,3 +130,19 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
         read_seconds=read_seconds,
         decode_seconds=time.perf_counter() - read_done,
     )
+
+
+def model_input(
+    data: bytes, preprocessor: Preprocessor, max_pixels: int, reduce_for: int | None
+) -> tuple[np.ndarray, Picture]:
+    """A file's bytes → the model's input and what the picture says about itself. Raises ``ImageDecodeError``
+    with the reason a person reads, whatever the decoder raised; the Lambda handler decodes through this too."""
+    try:
+        opened = open_image(data, max_pixels=max_pixels)
+        header = Header(opened)
+        image = decode_opened(opened, reduce_for=reduce_for)
+        return preprocessor(image), header.picture(image)
+    except ImageDecodeError:
+        raise
+    except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
+        raise ImageDecodeError(f"cannot decode image: {exc}") from None

@@ -1,0 +1,315 @@
+"""imgvec as the `cis-image-embedding` Lambda, under AWS's real runtime (the Runtime Interface Emulator with
+awslambdaric), reading a real S3 server; and ``--executor lambda`` fanning a backfill out to several function
+instances behind a front that throttles and injects faults as Lambda does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgvec.embed.bundle import export_bundle
+from imgvec.stores.embedded import EmbeddedStore
+from tests.conftest import TINY_MODEL
+from tests.helpers import encode, photo, run_cli
+from tests.lambdaemu import Emulator, Fault, Front, lambda_client
+from tests.s3server import SeaweedServer
+
+PHOTOS = 130
+"""Past the executor's batch of 20 several times, and its default of 100 once."""
+CORRUPT = ("mirror/broken.jpg", "mirror/truncated.png")
+POISON = "mirror/poison.jpg"
+"""A valid image whose every invocation fails (the front's fault): it ends as that image's failure alone."""
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    client = server.client()
+    client.create_bucket(Bucket="nas")
+    for i in range(PHOTOS):
+        client.put_object(Bucket="nas", Key=f"mirror/{i:03d}.jpg", Body=encode(photo(7000 + i)))
+    client.put_object(Bucket="nas", Key=CORRUPT[0], Body=b"\xff\xd8\xff\xe0 not really a jpeg")
+    client.put_object(Bucket="nas", Key=CORRUPT[1], Body=encode(photo(1), "PNG")[:300])
+    client.put_object(Bucket="nas", Key=POISON, Body=encode(photo(7999)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_embedder) -> Path:
+    folder = tmp_path_factory.mktemp("bundle") / "model"
+    export_bundle(tiny_embedder, folder)
+    return folder
+
+
+def function_env(s3: SeaweedServer, bundle: Path, **extra: str) -> dict[str, str]:
+    """What the function's configuration gives it: its bundle, S3, and nothing of this machine's imgvec settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("IMGVEC_", "AWS_"))}
+    return {**env, **s3.env(), "IMGVEC_MODEL_BUNDLE": str(bundle), "IMGVEC_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory, s3: SeaweedServer, bundle: Path) -> Iterator[Emulator]:
+    instance = Emulator(tmp_path_factory.mktemp("rie") / "rie.log", function_env(s3, bundle)).start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory: pytest.TempPathFactory, s3: SeaweedServer, module_env: dict[str, str]) -> Path:
+    """The mirror ingested in-process: imgvec's own vectors, which the function's must match."""
+    store = tmp_path_factory.mktemp("local") / "store"
+    env = {**module_env, **s3.env(), "IMGVEC_STORE": str(store)}
+    result = run_cli(["ingest", "s3://nas/mirror/", "--json"], env)
+    assert result.returncode == 3, result.stderr  # the two corrupt files
+    return store
+
+
+def stored(store: Path) -> dict[str, tuple[np.ndarray, str]]:
+    rows = EmbeddedStore(store, "images")._open().to_arrow().select(["file_key", "vector", "content_hash"])
+    return {
+        row["file_key"]: (np.asarray(row["vector"], dtype=np.float32), row["content_hash"]) for row in rows.to_pylist()
+    }
+
+
+def invoke(endpoint: str, event: object) -> dict:
+    """The file-index worker's call, exactly: boto3's invoke, FunctionName "function" on the emulator."""
+    response = lambda_client(endpoint).invoke(FunctionName="function", Payload=json.dumps(event))
+    assert response["StatusCode"] == 200 and "FunctionError" not in response
+    return json.loads(response["Payload"].read())
+
+
+# -- the worker's call --------------------------------------------------------------------------------
+
+
+def test_the_workers_call_returns_imgvecs_own_vector(emulator: Emulator, s3: SeaweedServer, local_store: Path) -> None:
+    ours = stored(local_store)
+    for key in ("mirror/000.jpg", "mirror/129.jpg"):
+        answer = invoke(emulator.endpoint, {"imageUrl": f"s3://nas/{key}", "useCache": True})
+        assert list(answer) == ["data"] and list(answer["data"]) == ["embedding", "dimension", "model", "cached"]
+        data = answer["data"]
+        assert data["dimension"] == 512 and len(data["embedding"]) == 512 and data["model"] == TINY_MODEL
+        assert data["cached"] is False  # this function has no store
+        assert float(np.asarray(data["embedding"], dtype=np.float32) @ ours[key][0]) >= 0.999
+    # The object's https URL, as the worker's documents hold it (path-style under the S3 endpoint).
+    answer = invoke(emulator.endpoint, {"imageUrl": f"{s3.endpoint}/nas/mirror/000.jpg", "useCache": False})
+    assert float(np.asarray(answer["data"]["embedding"]) @ ours["mirror/000.jpg"][0]) >= 0.999
+
+
+@pytest.mark.parametrize(
+    ("event", "kind", "says"),
+    [
+        ({"imageUrl": "s3://nas/mirror/broken.jpg", "useCache": True}, "ImageDecodeError", "image"),
+        ({"imageUrl": "s3://nas/mirror/truncated.png"}, "ImageDecodeError", "image"),
+        ({"imageUrl": "s3://nas/mirror/gone.jpg", "useCache": True}, "ObjectNotFound", "no longer exists"),
+        ({"imageUrl": "s3://no-such-bucket/a.jpg"}, "ObjectNotFound", "does not exist"),
+        ({"imageUrl": "file:///etc/passwd"}, "InvalidRequest", "must be an s3://bucket/key"),
+        ({"imageUrl": "http://169.254.169.254/latest/meta-data/"}, "InvalidRequest", "must be an s3://bucket/key"),
+        ({"imageUrl": "s3://nas/"}, "InvalidRequest", "must be an s3://bucket/key"),
+        ({"imageUrl": "s3://nas/mirror/000.jpg", "useCache": "yes"}, "InvalidRequest", "useCache"),
+        ({"url": "s3://nas/mirror/000.jpg"}, "InvalidRequest", "expected"),
+        ([1, 2, 3], "InvalidRequest", "expected"),
+    ],
+)
+def test_a_bad_request_is_an_error_payload_and_the_runtime_lives_on(
+    emulator: Emulator, event: object, kind: str, says: str
+) -> None:
+    answer = invoke(emulator.endpoint, event)
+    assert list(answer) == ["error"] and answer["error"]["type"] == kind, answer
+    assert says in answer["error"]["message"] and "\n" not in answer["error"]["message"]
+    assert "Traceback" not in json.dumps(answer)
+    after = invoke(emulator.endpoint, {"imageUrl": "s3://nas/mirror/001.jpg", "useCache": True})
+    assert after["data"]["dimension"] == 512
+
+
+def test_use_cache_answers_from_the_index_from_a_cold_start(
+    tmp_path: Path, s3: SeaweedServer, bundle: Path, local_store: Path
+) -> None:
+    ours = stored(local_store)
+    cold = Emulator(tmp_path / "rie.log", function_env(s3, bundle, IMGVEC_STORE=str(local_store))).start()
+    try:
+        first = invoke(cold.endpoint, {"imageUrl": "s3://nas/mirror/005.jpg", "useCache": True})["data"]
+        assert first["cached"] is True
+        assert np.array_equal(np.asarray(first["embedding"], dtype=np.float32), ours["mirror/005.jpg"][0])
+        fresh = invoke(cold.endpoint, {"imageUrl": "s3://nas/mirror/005.jpg", "useCache": False})["data"]
+        assert fresh["cached"] is False
+        assert float(np.asarray(fresh["embedding"]) @ ours["mirror/005.jpg"][0]) >= 0.999
+        # Embedded Metric Format on stdout: CloudWatch Logs makes metrics of it.
+        lines = [json.loads(line) for line in cold.stdout().splitlines() if line.startswith('{"_aws"')]
+        assert [line["CacheHits"] for line in lines] == [1, 0]
+        assert lines[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "imgvec"
+    finally:
+        cold.stop()
+
+
+def test_a_function_without_its_model_answers_why(tmp_path: Path, s3: SeaweedServer) -> None:
+    broken = Emulator(tmp_path / "rie.log", function_env(s3, tmp_path / "no-bundle")).start()
+    try:
+        for _ in range(2):
+            answer = invoke(broken.endpoint, {"imageUrl": "s3://nas/mirror/000.jpg", "useCache": True})
+            assert answer["error"]["type"] == "ModelLoadError" and "no model bundle at" in answer["error"]["message"]
+    finally:
+        broken.stop()
+
+
+def test_the_handler_never_imports_torch(s3: SeaweedServer, bundle: Path) -> None:
+    code = (
+        "import sys, json; from imgvec.aws.lambda_handler import handler\n"
+        "one = handler({'imageUrl': 's3://nas/mirror/003.jpg', 'useCache': True})\n"
+        "many = handler({'items': [{'id': 'a', 'bucket': 'nas', 'key': 'mirror/004.jpg'}]})\n"
+        "print(json.dumps([one['data']['dimension'], many['items'][0]['id'], "
+        "[m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=function_env(s3, bundle), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [512, "a", []]
+
+
+# -- the executor -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, s3: SeaweedServer, bundle: Path) -> Iterator[Front]:
+    """Three function instances behind one front: at most three invocations at once, as a reserved concurrency."""
+    instances = [Emulator(tmp_path / f"rie{i}.log", function_env(s3, bundle)).start() for i in range(3)]
+    front = Front(instances)
+    yield front
+    front.close()
+    for instance in instances:
+        instance.stop()
+
+
+def lambda_flags(front: Front, *extra: str) -> list[str]:
+    return [
+        "--executor",
+        "lambda",
+        "--lambda-function",
+        "cis-image-embedding",
+        "--lambda-endpoint-url",
+        front.endpoint,
+        *extra,
+    ]
+
+
+def driver_env(module_env: dict[str, str], s3: SeaweedServer, store: Path) -> dict[str, str]:
+    return {**module_env, **s3.env(), "IMGVEC_STORE": str(store)}
+
+
+def test_a_backfill_through_lambda_ends_like_the_in_process_run(
+    tmp_path: Path, fleet: Front, s3: SeaweedServer, local_store: Path, module_env: dict[str, str]
+) -> None:
+    for kind, times in (("500", 2), ("502", 1), ("429", 2), ("error", 1), ("timeout", 1), ("too_large", 1)):
+        fleet.inject(Fault(kind, times=times))
+    fleet.inject(Fault("slow", times=3, seconds=1.0))
+    poisoned = lambda request: any(item.get("key") == POISON for item in request.get("items", []))  # noqa: E731
+    fleet.inject(Fault("error", times=1000, when=poisoned))
+    env = driver_env(module_env, s3, tmp_path / "store")
+    result = run_cli(
+        [
+            "ingest",
+            "s3://nas/mirror/",
+            "--json",
+            *lambda_flags(fleet, "--lambda-batch-size", "20", "--lambda-concurrency", "6"),
+        ],
+        env,
+    )
+    assert result.returncode == 3, result.stderr  # files failed, the run finished
+    report = json.loads(result.stdout)
+    failures = {failure["file_path"]: failure for failure in report["failures"]}
+    assert set(failures) == {f"s3://nas/{key}" for key in (*CORRUPT, POISON)}, failures
+    assert {failures[f"s3://nas/{key}"]["stage"] for key in CORRUPT} == {"decode"}
+    assert "failed twice on this image alone" in failures[f"s3://nas/{POISON}"]["reason"]
+    assert report["embedded"] == PHOTOS
+    ours, theirs = stored(local_store), stored(tmp_path / "store")
+    assert set(theirs) == set(ours) - {POISON} and len(theirs) == PHOTOS
+    for key, (vector, content_hash) in theirs.items():
+        assert content_hash == ours[key][1]
+        assert float(vector @ ours[key][0]) >= 0.999, key
+    progress = json.loads(run_cli(["progress", "--json"], env).stdout)
+    assert progress["executor"] == "lambda" and progress["invocations"] >= 7
+    assert progress["throttles"] >= 2  # the injected ones, and six callers on three instances
+    assert fleet.counts.concurrent_peak == 3 and fleet.counts.throttled + 2 <= progress["throttles"] + 2
+    assert progress["bytes_per_image"] < 10_000
+    metrics = run_cli(["metrics"], env).stdout
+    assert "imgvec_lambda_invocations_total" in metrics and "imgvec_lambda_throttles_total" in metrics
+
+
+def test_a_killed_driver_resumes_with_every_image_once(
+    tmp_path: Path, fleet: Front, s3: SeaweedServer, module_env: dict[str, str]
+) -> None:
+    fleet.inject(Fault("slow", times=1000, seconds=0.7))  # every batch: the run lasts long enough to be killed
+    env = driver_env(module_env, s3, tmp_path / "store")
+    command = [
+        "ingest",
+        "s3://nas/mirror/",
+        "--json",
+        *lambda_flags(fleet, "--lambda-batch-size", "10", "--lambda-concurrency", "2"),
+    ]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "imgvec.cli", *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while count(tmp_path / "store") < 30 and run.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert run.poll() is None
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    committed = count(tmp_path / "store")
+    assert 30 <= committed < PHOTOS
+    final = run_cli(command[:3] + lambda_flags(fleet), env, timeout=240)  # the default batch of 100
+    assert final.returncode == 3, final.stderr
+    report = json.loads(final.stdout)
+    assert report["unchanged"] == committed and report["embedded"] == PHOTOS + 1 - committed
+    keys = EmbeddedStore(tmp_path / "store", "images")._open().to_arrow()["file_key"].to_pylist()
+    assert len(keys) == len(set(keys)) == PHOTOS + 1
+
+
+def count(store: Path) -> int:
+    try:
+        return EmbeddedStore(store, "images").stats().documents
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def test_lambda_flags_are_checked_before_any_work(tmp_path: Path, module_env: dict[str, str]) -> None:
+    env = {**module_env, "IMGVEC_STORE": str(tmp_path / "store")}
+    (tmp_path / "photos").mkdir()
+    result = run_cli(["ingest", str(tmp_path / "photos"), "--executor", "lambda"], env)
+    assert result.returncode == 2 and "--executor lambda needs --lambda-function NAME" in result.stderr
+    result = run_cli(["ingest", str(tmp_path / "photos"), "--lambda-function", "f"], env)
+    assert result.returncode == 2 and "--lambda-function goes with --executor lambda" in result.stderr
+    (tmp_path / "photos" / "a.jpg").write_bytes(encode(photo(1)))
+    result = run_cli(["ingest", str(tmp_path / "photos"), "--executor", "lambda", "--lambda-function", "f"], env)
+    assert result.returncode == 2 and "reads images from S3" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_lambda_endpoint_is_one_line(
+    tmp_path: Path, s3: SeaweedServer, module_env: dict[str, str]
+) -> None:
+    env = driver_env(module_env, s3, tmp_path / "store")
+    began = time.monotonic()
+    flags = ["--executor", "lambda", "--lambda-function", "f", "--lambda-endpoint-url", "http://127.0.0.1:9"]
+    result = run_cli(["ingest", "s3://nas/mirror/", *flags], env)
+    assert result.returncode == 1 and time.monotonic() - began < 90, result.stderr
+    assert "cannot reach Lambda at http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
