@@ -21,6 +21,7 @@ from imgvec.stores.embedded import EmbeddedStore
 from tests.conftest import TINY_MODEL
 from tests.helpers import encode, photo, run_cli
 from tests.lambdaemu import Emulator, Fault, Front, lambda_client
+from tests.motoserver import MotoServer
 from tests.s3server import SeaweedServer
 
 PHOTOS = 130
@@ -207,24 +208,24 @@ def driver_env(module_env: dict[str, str], s3: SeaweedServer, store: Path) -> di
     return {**module_env, **s3.env(), "IMGVEC_STORE": str(store)}
 
 
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path / "moto.log").start()
+    yield server
+    server.stop()
+
+
 def test_a_backfill_through_lambda_ends_like_the_in_process_run(
-    tmp_path: Path, fleet: Front, s3: SeaweedServer, local_store: Path, module_env: dict[str, str]
+    tmp_path: Path, fleet: Front, s3: SeaweedServer, local_store: Path, module_env: dict[str, str], moto: MotoServer
 ) -> None:
     for kind, times in (("500", 2), ("502", 1), ("429", 2), ("error", 1), ("timeout", 1), ("too_large", 1)):
         fleet.inject(Fault(kind, times=times))
     fleet.inject(Fault("slow", times=3, seconds=1.0))
     poisoned = lambda request: any(item.get("key") == POISON for item in request.get("items", []))  # noqa: E731
     fleet.inject(Fault("error", times=1000, when=poisoned))
-    env = driver_env(module_env, s3, tmp_path / "store")
-    result = run_cli(
-        [
-            "ingest",
-            "s3://nas/mirror/",
-            "--json",
-            *lambda_flags(fleet, "--lambda-batch-size", "20", "--lambda-concurrency", "6"),
-        ],
-        env,
-    )
+    env = {**driver_env(module_env, s3, tmp_path / "store"), **moto.env()}
+    flags = lambda_flags(fleet, "--lambda-batch-size", "20", "--lambda-concurrency", "6", "--cloudwatch", "imgvec")
+    result = run_cli(["ingest", "s3://nas/mirror/", "--json", *flags], env)
     assert result.returncode == 3, result.stderr  # files failed, the run finished
     report = json.loads(result.stdout)
     failures = {failure["file_path"]: failure for failure in report["failures"]}
@@ -242,6 +243,9 @@ def test_a_backfill_through_lambda_ends_like_the_in_process_run(
     assert progress["throttles"] >= 2  # the injected ones, and six callers on three instances
     assert fleet.counts.concurrent_peak == 3 and fleet.counts.throttled + 2 <= progress["throttles"] + 2
     assert progress["bytes_per_image"] < 10_000
+    dims = {"Index": "images", "Executor": "lambda"}
+    assert moto.latest("imgvec", "LambdaInvocations", dims) == progress["invocations"]
+    assert moto.latest("imgvec", "TotalImagesProcessed", dims) == PHOTOS + 3
     metrics = run_cli(["metrics"], env).stdout
     assert "imgvec_lambda_invocations_total" in metrics and "imgvec_lambda_throttles_total" in metrics
 

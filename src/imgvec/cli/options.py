@@ -153,11 +153,34 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
         ],
         300.0,
     ),
+    "cloudwatch": (
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="NAMESPACE",
+                help="Publish the run's metrics to CloudWatch under NAMESPACE each minute (docs/aws.md).",
+            ),
+        ],
+        None,
+    ),
+    "state_file": (
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="URL",
+                help="Keep the run's progress in s3://bucket/key.json (or a path) every 30 s, for "
+                "`imgvec progress --state-file` on another machine.",
+            ),
+        ],
+        None,
+    ),
 }
 """Each pipeline flag: (annotation, default), keyed by its ``PipelineOptions`` field."""
 TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout", "full_decode")
 """How the pipeline runs on this machine: every command that runs the pipeline takes these."""
-RUNNING = (*TUNING, "follow_external", "rate_limit", "retry_failed")
+PUBLISHING = ("cloudwatch", "state_file")
+"""Where else a run's progress goes: ``ingest`` (also ``--follow``), ``sync`` and ``watch``."""
+RUNNING = (*TUNING, "follow_external", "rate_limit", "retry_failed", *PUBLISHING)
 """A run over a source: ``sync`` and ``watch`` (``ingest`` adds ``max_files``)."""
 
 LAMBDA = (

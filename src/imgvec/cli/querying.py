@@ -103,8 +103,28 @@ def status(ctx: typer.Context, as_json: AsJson = False) -> None:
 
 
 @command(app)
-def progress(ctx: typer.Context, as_json: AsJson = False) -> None:
+def progress(
+    ctx: typer.Context,
+    state_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Read the state file a run keeps (--state-file s3://bucket/key.json), from any machine.",
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
     """Where the latest ingest of the index stands; works from a second terminal while it runs."""
+    if state_file is not None:
+        from imgvec.pipeline.publishing.state_file import read_state
+
+        found = read_state(state_file, wiring.s3_connection(ctx.obj))
+        if as_json:
+            print_json(found)
+            return
+        seed = {key: value for key, value in found.items() if key != "progress"}
+        _print_fields({**seed, **found["progress"]}, False, width=19)
+        return
     run_progress, _ = wiring.latest_run(ctx.obj)
     _print_fields(run_progress.as_dict(), as_json, width=14)
 

@@ -35,6 +35,7 @@ from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.lock import IndexLock
 from imgvec.pipeline.metrics import Metrics, snapshot
 from imgvec.pipeline.options import PipelineOptions
+from imgvec.pipeline.publishing import Publishing
 from imgvec.pipeline.report import Progress, RunReport
 from imgvec.pipeline.skip import Verdict, judge
 from imgvec.pipeline.writer import BatchWriter
@@ -63,7 +64,9 @@ class Indexer:
         label: str = "",
         on_progress: ProgressCallback | None = None,
         executor: ExecutorFactory = LocalExecutor,
+        publishing: Publishing | None = None,
     ) -> None:
+        """``publishing``: where else the progress goes (CloudWatch, a state file), besides the journal."""
         self.source = source
         self.store = store
         self.embedder = embedder
@@ -71,6 +74,7 @@ class Indexer:
         self.journal = journal
         self.lock = lock
         self.on_progress = on_progress
+        self.publishing = publishing
         self.report = RunReport()
         self.metrics = Metrics()
         self.progress = Progress(pid=os.getpid(), source=label, decode_workers=self.options.workers)
@@ -139,6 +143,8 @@ class Indexer:
                 self.save(force=True)
             raise
         finally:
+            if self.publishing is not None:
+                self.publishing.close()
             if self.lock is not None:
                 self.lock.release()
 
@@ -261,6 +267,8 @@ class Indexer:
         metrics = snapshot(self.report, self.metrics, self.progress, elapsed=self.report.seconds, total=self._total)
         if self.journal is not None:
             self.journal.save(self.progress, metrics)
+        if self.publishing is not None:
+            self.publishing.offer(self.progress, metrics)
         if self.on_progress is not None:
             self.on_progress(self.progress)
 

@@ -82,6 +82,7 @@ def snapshot(
             "executor": progress.executor,
         },
         "workers_alive": progress.workers_alive,
+        "last_document_id": report.last_id,
         "lambda_invocations": progress.invocations,
         "lambda_throttles": progress.throttles,
         "lambda_concurrency": progress.concurrency,

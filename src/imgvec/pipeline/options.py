@@ -56,3 +56,7 @@ class PipelineOptions:
     """Another Lambda endpoint (an emulator); None: boto3's own (``AWS_ENDPOINT_URL_LAMBDA``, else AWS)."""
     lambda_timeout: float = 300.0
     """The function's time-out in seconds: the driver waits a little longer than this for an answer."""
+    cloudwatch: str | None = None
+    """Publish the run's metrics to CloudWatch under this namespace (``publishing/cloudwatch.py``)."""
+    state_file: str | None = None
+    """Keep the run's progress in this file, ``s3://bucket/key.json`` or a path (``publishing/state_file.py``)."""

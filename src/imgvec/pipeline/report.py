@@ -26,6 +26,8 @@ class RunReport:
     """Of ``failures``, folders and entries the listing could not read or would not take: not listed files."""
     seconds: float = 0.0
     interrupted: bool = False
+    last_id: str | None = None
+    """The id of the last document written (a progress state file's ``last_processed_id``)."""
 
     @property
     def succeeded(self) -> int:

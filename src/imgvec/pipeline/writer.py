@@ -136,6 +136,7 @@ class BatchWriter:
             self.report.cache_hits += cache_hits
             self.report.embedded += len(written) - cache_hits
             self.report.batches += 1
+            self.report.last_id = written[-1].id
             self._optimize_now_and_then()
 
     def move(self, items: Sequence[SourceItem], moved_from: dict[str, str]) -> list[SourceItem]:

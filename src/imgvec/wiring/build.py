@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from imgvec.pipeline.executors.base import ExecutorFactory
     from imgvec.pipeline.indexer import Indexer, ProgressCallback
     from imgvec.pipeline.options import PipelineOptions
+    from imgvec.pipeline.publishing import Publishing
     from imgvec.sources.base import Source
     from imgvec.sources.s3 import S3Connection
 
@@ -151,7 +152,25 @@ def indexer(
         label=label,
         on_progress=on_progress,
         executor=executor_for(settings, options, embedder),
+        publishing=publishing_for(settings, options),
     )
+
+
+def publishing_for(settings: Settings, options: PipelineOptions) -> Publishing | None:
+    """``--cloudwatch`` and ``--state-file``: where else the run's progress goes, if anywhere."""
+    from imgvec.pipeline.publishing import Publisher, Publishing
+    from imgvec.wiring.state import state_name
+
+    publishers: list[Publisher] = []
+    if options.cloudwatch:
+        from imgvec.pipeline.publishing.cloudwatch import CloudWatchPublisher
+
+        publishers.append(CloudWatchPublisher(options.cloudwatch, state_name(settings)))
+    if options.state_file:
+        from imgvec.pipeline.publishing.state_file import StateFilePublisher
+
+        publishers.append(StateFilePublisher(options.state_file, state_name(settings), s3_connection(settings)))
+    return Publishing(publishers) if publishers else None
 
 
 def executor_for(settings: Settings, options: PipelineOptions, embedder: Embedder) -> ExecutorFactory:
