@@ -317,3 +317,69 @@ def test_an_unreachable_lambda_endpoint_is_one_line(
     result = run_cli(["ingest", "s3://nas/mirror/", *flags], env)
     assert result.returncode == 1 and time.monotonic() - began < 90, result.stderr
     assert "cannot reach Lambda at http://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- packaging ----------------------------------------------------------------------------------------
+
+
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+"""What Lambda's Python runtime has installed already, and the zip therefore leaves out."""
+
+
+def test_the_package_runs_the_handler_from_its_own_files(
+    tmp_path: Path, s3: SeaweedServer, module_env: dict[str, str]
+) -> None:
+    """scripts/lambda-package.sh builds the image context and the zip; the zip's files alone (with the runtime's
+    boto3) answer the worker's call, in an interpreter that sees no site-packages. Docker cannot run here, so the
+    image itself is not built: its context is checked, and it installs the same requirements the zip holds."""
+    out = tmp_path / "pkg"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    env = {**module_env, "IMGVEC_MODEL": TINY_MODEL}
+    built = subprocess.run(
+        ["bash", "scripts/lambda-package.sh", "--out", str(out), "--zip", "--python", python],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    dockerfile = (out / "image" / "Dockerfile").read_text()
+    assert f"FROM public.ecr.aws/lambda/python:{python}" in dockerfile
+    assert 'CMD ["imgvec.aws.lambda_handler.handler"]' in dockerfile
+    assert (out / "image" / "model" / "bundle.json").is_file() and list((out / "image" / "wheels").glob("imgvec-*.whl"))
+    requirements = (out / "image" / "requirements.txt").read_text()
+    assert "torch" not in requirements and "pyarrow" not in requirements and "lancedb" not in requirements
+    assert (out / "imgvec-lambda.zip").is_file(), built.stderr
+
+    task_root = tmp_path / "task"
+    import zipfile
+
+    with zipfile.ZipFile(out / "imgvec-lambda.zip") as archive:
+        archive.extractall(task_root)
+    assert not (task_root / "torch").exists() and not (task_root / "model" / "image-fp32.onnx").exists()
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    import importlib
+
+    for name in RUNTIME_PROVIDED:
+        (runtime / name).symlink_to(Path(importlib.import_module(name).__file__).parent)
+    code = (
+        "import sys, json; from imgvec.aws.lambda_handler import handler\n"
+        "answer = handler({'imageUrl': 's3://nas/mirror/002.jpg', 'useCache': True})\n"
+        "print(json.dumps([answer['data']['dimension'], sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'open_clip', 'pyarrow', 'lancedb'}), [p for p in sys.path if 'site-packages' in p]]))\n"
+    )
+    base_python = Path(sys.base_prefix) / "bin" / "python3"
+    function = {
+        **s3.env(),
+        "LAMBDA_TASK_ROOT": str(task_root),
+        "PYTHONPATH": f"{task_root}:{runtime}",
+        "IMGVEC_RUNTIME": "onnx",
+        "IMGVEC_PRECISION": "int8",
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [str(base_python), "-S", "-c", code], env=function, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [512, [], []]

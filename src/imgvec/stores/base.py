@@ -6,35 +6,44 @@ few hundred lines rather than a rewrite, and the pipeline never learns which one
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
 from imgvec.documents import ImageDocument, StoredFile
 from imgvec.identity import IndexIdentity
 
-FIELD_TYPES = {
-    "file_name": pa.string(),
-    "file_path": pa.string(),
-    "file_extension": pa.string(),
-    "file_size": pa.int64(),
-    "bucket": pa.string(),
-    "file_key": pa.string(),
-    "s3_url": pa.string(),
-    "indexed_at": pa.timestamp("us", tz="UTC"),
-    "mtime": pa.float64(),
-    "content_hash": pa.string(),
-    "etag": pa.string(),
-    "model": pa.string(),
-    "perceptual_hash": pa.int64(),
-    "width": pa.int32(),
-    "height": pa.int32(),
-    "taken_at": pa.timestamp("us", tz="UTC"),
-}
-"""The Arrow type of each of ``DOCUMENT_FIELDS``: the embedded store's columns, and both stores' ``scan`` pages."""
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@functools.cache
+def field_types() -> dict[str, pa.DataType]:
+    """The Arrow type of each of ``DOCUMENT_FIELDS``: the embedded store's columns, and both stores' ``scan`` pages.
+    A function, so that a process that never scans (the Lambda) never imports pyarrow, a third of its size."""
+    import pyarrow as pa
+
+    return {
+        "file_name": pa.string(),
+        "file_path": pa.string(),
+        "file_extension": pa.string(),
+        "file_size": pa.int64(),
+        "bucket": pa.string(),
+        "file_key": pa.string(),
+        "s3_url": pa.string(),
+        "indexed_at": pa.timestamp("us", tz="UTC"),
+        "mtime": pa.float64(),
+        "content_hash": pa.string(),
+        "etag": pa.string(),
+        "model": pa.string(),
+        "perceptual_hash": pa.int64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "taken_at": pa.timestamp("us", tz="UTC"),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from imgvec.documents import DOCUMENT_FIELDS, PICTURE_FIELDS, ImageDocument, Picture, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores.base import FIELD_TYPES, IndexStats, SearchFilter, SearchHit
+from imgvec.stores.base import IndexStats, SearchFilter, SearchHit, field_types
 from imgvec.stores.embedded_indexes import build_missing_indexes, tune_search
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _schema(identity: IndexIdentity, migrated_from: str | None = None) -> pa.Sch
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
-            *(pa.field(name, FIELD_TYPES[name]) for name in DOCUMENT_FIELDS),
+            *(pa.field(name, field_types()[name]) for name in DOCUMENT_FIELDS),
             pa.field("vector", pa.list_(pa.float32(), identity.dimension), nullable=True),
         ],
         metadata={IDENTITY_KEY: identity.to_json().encode()}
@@ -310,7 +310,7 @@ class EmbeddedStore:
         for page in self._ranges(table, columns, where, "vector IS NOT NULL" if with_vector else None):
             for name in fields:
                 if name not in present:  # a column an older index lacks reads as nulls
-                    page = page.append_column(name, pa.nulls(page.num_rows, FIELD_TYPES[name]))
+                    page = page.append_column(name, pa.nulls(page.num_rows, field_types()[name]))
             yield page
 
     @staticmethod

@@ -14,12 +14,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from imgvec.documents import PICTURE_FIELDS, ImageDocument, Picture, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores.base import FIELD_TYPES, IndexStats, SearchFilter, SearchHit
+from imgvec.stores.base import IndexStats, SearchFilter, SearchHit, field_types
 from imgvec.stores.opensearch_bulk import BulkItem, send_bulk
 from imgvec.stores.opensearch_client import request
 from imgvec.stores.opensearch_copy import PAGE_SIZE, IndexCopying
@@ -37,6 +36,7 @@ from imgvec.stores.opensearch_mapping import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from opensearchpy import OpenSearch
 
 LUCENE_CANDIDATES = 100
@@ -480,6 +480,8 @@ def _query(*clauses: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _arrow_page(hits: list[dict[str, Any]], fields: Sequence[str], with_vector: bool) -> pa.Table:
+    import pyarrow as pa
+
     """A page of hits as ``Store.scan`` returns it; dates as the embedded store types them."""
 
     def value(hit: dict[str, Any], name: str) -> Any:
@@ -489,7 +491,7 @@ def _arrow_page(hits: list[dict[str, Any]], fields: Sequence[str], with_vector: 
     columns: dict[str, pa.Array] = {"id": pa.array([value(hit, "doc_id") or hit["_id"] for hit in hits], pa.string())}
     for name in fields:
         values = [value(hit, name) for hit in hits]
-        kind = FIELD_TYPES.get(name)
+        kind = field_types().get(name)
         if kind is not None and pa.types.is_timestamp(kind):
             values = [None if v is None else datetime.fromisoformat(str(v).replace("Z", "+00:00")) for v in values]
         columns[name] = pa.array(values, type=kind)
