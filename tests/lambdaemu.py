@@ -108,6 +108,8 @@ class FrontCounts:
     throttled: int = 0
     injected: dict[str, int] = field(default_factory=dict)
     concurrent_peak: int = 0
+    busy_seconds: float = 0.0
+    """Time the instances spent on invocations, summed: what Lambda bills, give or take its rounding."""
     requests: list[dict] = field(default_factory=list)
 
 
@@ -192,6 +194,7 @@ class Front:
             emulator = self._idle.pop()
             self._busy += 1
             self.counts.concurrent_peak = max(self.counts.concurrent_peak, self._busy)
+        began = time.perf_counter()
         try:
             status, headers, answer = _forward(emulator, body)
             if fault is not None and fault.kind == "slow":
@@ -201,6 +204,7 @@ class Front:
             with self._lock:
                 self._idle.append(emulator)
                 self._busy -= 1
+                self.counts.busy_seconds += time.perf_counter() - began
 
     def close(self) -> None:
         self.server.shutdown()

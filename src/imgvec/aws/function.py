@@ -57,11 +57,15 @@ class FunctionConfig:
     readers: int = 8
     """S3 reads in flight in a batch: a read waits on the network, not the CPU."""
     metrics_namespace: str = METRICS_NAMESPACE
+    cache_dir: Path = Path("/tmp/imgvec")
+    """Where OpenVINO keeps its compiled graph: /tmp is a Lambda's only writable folder, and lives as long as the
+    instance, so each cold start compiles once."""
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> FunctionConfig:
         """``IMGVEC_MODEL_BUNDLE``, ``IMGVEC_STORE``, ``IMGVEC_INDEX``, ``IMGVEC_RUNTIME``, ``IMGVEC_PRECISION``,
-        ``IMGVEC_THREADS``, ``IMGVEC_MAX_PIXELS``, ``IMGVEC_READERS``, ``IMGVEC_METRICS_NAMESPACE``."""
+        ``IMGVEC_THREADS``, ``IMGVEC_MAX_PIXELS``, ``IMGVEC_READERS``, ``IMGVEC_METRICS_NAMESPACE``,
+        ``IMGVEC_CACHE_DIR``."""
         root = env.get("LAMBDA_TASK_ROOT") or os.getcwd()
         try:
             threads = int(env["IMGVEC_THREADS"]) if env.get("IMGVEC_THREADS") else None
@@ -80,6 +84,7 @@ class FunctionConfig:
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
             readers=max(1, readers),
             metrics_namespace=env.get("IMGVEC_METRICS_NAMESPACE") or METRICS_NAMESPACE,
+            cache_dir=Path(env.get("IMGVEC_CACHE_DIR") or "/tmp/imgvec"),
         )
 
 
@@ -88,7 +93,11 @@ class EmbeddingFunction:
         self.config = config
         began = time.perf_counter()
         self.embedder = BundleEmbedder(
-            config.bundle, runtime=config.runtime, precision=config.precision, threads=config.threads
+            config.bundle,
+            runtime=config.runtime,
+            precision=config.precision,
+            threads=config.threads,
+            cache_dir=config.cache_dir,
         )
         self.load_seconds = time.perf_counter() - began
         self.reader = LocationReader(S3Connection(endpoint_url=config.s3_endpoint, max_connections=config.readers + 2))
