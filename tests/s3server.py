@@ -48,17 +48,35 @@ class SeaweedServer:
         identity = {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
         self.config.write_text(json.dumps({"identities": [identity]}))
+        self._choose_ports()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = root / "weed.log"
+        self._started = False
+
+    def _choose_ports(self) -> None:
         names = ("s3", "master", "volume", "filer", "admin", "metrics")
         self.ports = {name: free_port() for name in names}
         self.grpc_ports = {name: free_port() for name in ("s3", "master", "volume", "filer", "admin")}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = root / "weed.log"
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def start(self) -> None:
+        """Eleven ports are chosen free before the server binds them; another process may take one meanwhile (an
+        outgoing connection's ephemeral port): a first start that finds one taken tries again on new ports. A
+        restart keeps its ports, as a server coming back after an outage does."""
+        for attempt in range(3):
+            try:
+                self._start()
+                self._started = True
+                return
+            except RuntimeError as exc:
+                if self._started or attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                self._choose_ports()
+
+    def _start(self) -> None:
         args = [
             weed_binary(),
             "mini",

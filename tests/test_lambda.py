@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from imgvec.embed.bundle import export_bundle
 from imgvec.stores.embedded import EmbeddedStore
 from tests.conftest import TINY_MODEL
-from tests.helpers import encode, photo, run_cli
+from tests.helpers import encode, photo, run_cli, worker_fields
 from tests.lambdaemu import Emulator, Fault, Front, lambda_client
 from tests.motoserver import MotoServer
 from tests.s3server import SeaweedServer
@@ -181,15 +182,23 @@ def test_the_handler_never_imports_torch(s3: SeaweedServer, bundle: Path) -> Non
 # -- the executor -------------------------------------------------------------------------------------
 
 
+@contextmanager
+def started_fleet(folder: Path, env: dict[str, str], instances: int = 3) -> Iterator[Front]:
+    """Function instances behind one front: at most that many invocations at once, as a reserved concurrency."""
+    emulators = [Emulator(folder / f"rie{i}.log", env).start() for i in range(instances)]
+    front = Front(emulators)
+    try:
+        yield front
+    finally:
+        front.close()
+        for emulator in emulators:
+            emulator.stop()
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, s3: SeaweedServer, bundle: Path) -> Iterator[Front]:
-    """Three function instances behind one front: at most three invocations at once, as a reserved concurrency."""
-    instances = [Emulator(tmp_path / f"rie{i}.log", function_env(s3, bundle)).start() for i in range(3)]
-    front = Front(instances)
-    yield front
-    front.close()
-    for instance in instances:
-        instance.stop()
+    with started_fleet(tmp_path, function_env(s3, bundle)) as front:
+        yield front
 
 
 def lambda_flags(front: Front, *extra: str) -> list[str]:
@@ -287,6 +296,59 @@ def test_a_killed_driver_resumes_with_every_image_once(
     assert report["unchanged"] == committed and report["embedded"] == PHOTOS + 1 - committed
     keys = EmbeddedStore(tmp_path / "store", "images")._open().to_arrow()["file_key"].to_pylist()
     assert len(keys) == len(set(keys)) == PHOTOS + 1
+
+
+def test_estimate_measures_the_functions_own_time_per_image(
+    tmp_path: Path, fleet: Front, s3: SeaweedServer, module_env: dict[str, str]
+) -> None:
+    env = driver_env(module_env, s3, tmp_path / "store")
+    flags = ["--lambda-images-per-request", "10", "--lambda-concurrency", "3", "--sample", "40"]
+    result = run_cli(["estimate", "s3://nas/mirror/", "--json", *lambda_flags(fleet), *flags], env)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["per_image_basis"] == "measured through the Lambda function on 40 images"
+    assert 0 < found["per_image_seconds"] < 5 and found["serverless_compute_cost"] > 0
+    sizes = [len(request["items"]) for request in fleet.counts.requests if "items" in request]
+    assert sum(sizes) == 40 and max(sizes) == 10  # invoked as the modelled run would be
+    assert not (tmp_path / "store").exists()  # nothing written to the index
+
+
+@pytest.mark.opensearch
+def test_the_workers_documents_are_filled_through_the_function_which_then_answers_from_them(
+    tmp_path: Path,
+    s3: SeaweedServer,
+    bundle: Path,
+    module_env: dict[str, str],
+    opensearch_url: str,
+    opensearch_client,
+    live_prefix: str,
+) -> None:
+    """The seed's whole flow on a live node: the worker's documents (no vector) filled by `ingest --missing
+    --executor lambda` past the default batch of 100, then the worker's call answered from the index (useCache)."""
+    index = f"{live_prefix}-files"
+    env = {**module_env, **s3.env(), "IMGVEC_STORE": opensearch_url, "IMGVEC_INDEX": index}
+    created = run_cli(["index", "create", index, "--engine", "lucene", "--shards", "1", "--replicas", "0"], env)
+    assert created.returncode == 0, created.stderr
+    objects = s3.client().list_objects_v2(Bucket="nas", Prefix="mirror/")["Contents"]
+    for entry in objects:
+        fields = worker_fields("nas", entry["Key"], f"/nas/photos/{entry['Key']}", entry["Size"])
+        opensearch_client.index(index=index, id="worker-" + entry["Key"].replace("/", "-"), body=fields)
+    opensearch_client.indices.refresh(index=index)
+    function = function_env(s3, bundle, IMGVEC_STORE=opensearch_url, IMGVEC_INDEX=index)
+    with started_fleet(tmp_path, function, instances=2) as front:
+        filled = run_cli(["ingest", "--missing", "--json", *lambda_flags(front)], env)
+        assert filled.returncode == 3, filled.stderr
+        report = json.loads(filled.stdout)
+        assert report["embedded"] + report["cache_hits"] == PHOTOS + 1  # the poison image is valid here
+        assert sorted(f["file_path"] for f in report["failures"]) == [f"/nas/photos/{key}" for key in CORRUPT]
+        opensearch_client.indices.refresh(index=index)
+        assert opensearch_client.count(index=index)["count"] == len(objects)  # filled in place
+        stored = opensearch_client.get(index=index, id="worker-mirror-042.jpg")["_source"]
+        assert len(stored["image_vector"]) == 512 and stored["file_path"] == "/nas/photos/mirror/042.jpg"
+        # The worker's own call, with the URL its document holds (virtual-hosted, read through the S3 endpoint).
+        answer = invoke(front.endpoint, {"imageUrl": stored["s3_url"], "useCache": True})["data"]
+        assert answer["cached"] is True
+        assert np.allclose(answer["embedding"], stored["image_vector"], atol=1e-6)
 
 
 def count(store: Path) -> int:

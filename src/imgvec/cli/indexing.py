@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -184,7 +185,7 @@ def watch(
     )
 
 
-@command(app, pipeline=(*TUNING, "follow_external"))
+@command(app, pipeline=(*TUNING, "follow_external", "executor", "lambda_function", "lambda_endpoint"))
 def estimate(
     ctx: typer.Context,
     source_location: SourceLocation,
@@ -208,7 +209,8 @@ def estimate(
     pipeline: PipelineFlags,
 ) -> None:
     """Count SOURCE's images and bytes, calibrate on a sample, and predict wall time and cost: on this machine,
-    and on a per-image-time model such as AWS Lambda. Writes nothing to the index."""
+    and on a per-image-time model such as AWS Lambda (--executor lambda --lambda-function NAME: the sample goes
+    through the function, whose own time per image is the model's). Writes nothing to the index."""
     from imgvec.pipeline.estimate import PerImageModel
     from imgvec.pipeline.estimate import estimate as predict
     from imgvec.pipeline.plan import plan
@@ -217,6 +219,10 @@ def estimate(
     setup = wiring.prepare_run(ctx.obj, pipeline, source=source_location, mode="measure")
     embedder, options = setup.model, setup.options
     assert setup.source is not None
+    if options.executor == "ray":
+        raise UsageError("estimate calibrates here or through a Lambda function: --executor local or lambda")
+    if options.executor == "lambda":  # the calibration invokes as the modelled run would
+        options = replace(options, lambda_batch_size=lambda_images_per_request, lambda_concurrency=lambda_concurrency)
     counted = plan(
         setup.source,
         setup.store,
@@ -226,6 +232,7 @@ def estimate(
         scratch_store=wiring.scratch_store,
         sample_size=sample,
         prefer_last_run=False,
+        executor=wiring.executor_for(setup.settings, options, embedder),
     )
     serverless = PerImageModel(
         seconds_per_image=lambda_seconds_per_image,

@@ -70,6 +70,9 @@ def estimate(
     machine_cost = machine_seconds / 3600 * price_per_hour if machine_seconds is not None and price_per_hour else None
     if serverless.seconds_per_image is not None:
         per_image, basis = serverless.seconds_per_image, "given"
+    elif plan.function_seconds_per_image is not None:
+        per_image = plan.function_seconds_per_image
+        basis = f"measured through the Lambda function on {plan.calibration_files} images"
     elif rate:
         per_image, basis = cores / rate, f"measured here ({cores} cores / {rate:.2f} images/s)"
     else:

@@ -29,7 +29,7 @@ from typing import Any
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.base import Embedder
 from imgvec.errors import ImgvecError
-from imgvec.pipeline.executors.base import Embedded, Executor, ExecutorFactory, Prepared
+from imgvec.pipeline.executors.base import Embedded, Executor, ExecutorFactory, ExecutorStatus, Prepared
 from imgvec.pipeline.executors.local import LocalExecutor
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.lock import IndexLock
@@ -271,6 +271,11 @@ class Indexer:
             self.publishing.offer(self.progress, metrics)
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+    def executor_status(self) -> ExecutorStatus:
+        """What the session's executor says of itself now (inside ``session()``)."""
+        assert self._executor is not None, "executor_status() is for inside session()"
+        return self._executor.status()
 
     def _show_executor(self) -> None:
         if self._executor is None:

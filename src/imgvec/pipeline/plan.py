@@ -12,6 +12,8 @@ from typing import Any
 
 from imgvec.documents import SourceItem
 from imgvec.embed.base import Embedder
+from imgvec.pipeline.executors.base import ExecutorFactory
+from imgvec.pipeline.executors.local import LocalExecutor
 from imgvec.pipeline.indexer import LOOKUP_WINDOW, Indexer
 from imgvec.pipeline.journal import RunJournal
 from imgvec.pipeline.options import PipelineOptions
@@ -40,6 +42,8 @@ class Plan:
     """last-run (the previous run's measured rate) or calibration (a sample run through the pipeline now)."""
     estimated_seconds: float | None = None
     calibration_files: int = 0
+    function_seconds_per_image: float | None = None
+    """With ``--executor lambda``: the function's invocation time per image in the calibration."""
     model_unavailable: str | None = None
     """Why the model could not load (a dry run goes on without it): the counts stand, the time is unknown."""
 
@@ -57,11 +61,13 @@ def plan(
     scratch_store: ScratchStore | None = None,
     sample_size: int = CALIBRATION_FILES,
     prefer_last_run: bool = True,
+    executor: ExecutorFactory = LocalExecutor,
 ) -> Plan:
     """Count what would be processed, streaming; estimate the time from the last run's rate, or by calibrating on
     a random sample of the files that would be processed (reservoir sampling: one pass, ``sample_size`` items
     held, every file equally likely, so one folder of thumbnails cannot stand for a folder of raw scans).
-    Without ``scratch_store`` nothing is calibrated."""
+    Without ``scratch_store`` nothing is calibrated. ``executor``: what the calibration runs on (a Lambda function
+    measures its own per-image time too)."""
     if store.exists():
         identity = store.identity()
         if identity is not None and embedder is not None:
@@ -98,7 +104,8 @@ def plan(
         result.images_per_second, result.rate_basis = last[0].rate, "last-run"
     elif embedder is not None and sample and scratch_store is not None:
         with scratch_store() as scratch:
-            result.images_per_second = calibrate(source, scratch, embedder, options, sample)
+            calibration = calibrate(source, scratch, embedder, options, sample, executor)
+            result.images_per_second, result.function_seconds_per_image = calibration
         result.rate_basis, result.calibration_files = "calibration", len(sample)
     if result.images_per_second:
         result.estimated_seconds = result.would_process / result.images_per_second
@@ -106,17 +113,23 @@ def plan(
 
 
 def calibrate(
-    source: Source, scratch: Store, embedder: Embedder, options: PipelineOptions, sample: list[SourceItem]
-) -> float | None:
+    source: Source,
+    scratch: Store,
+    embedder: Embedder,
+    options: PipelineOptions,
+    sample: list[SourceItem],
+    executor: ExecutorFactory = LocalExecutor,
+) -> tuple[float | None, float | None]:
     """Images per second of the real pipeline (decode workers, batches, overlap) on ``sample``, writing into the
     ``scratch`` store. The first few files warm the workers up and are not timed, or a 40-file sample would mostly
-    measure process start-up."""
+    measure process start-up. Returns the rate and, on a Lambda function, its invocation time per image."""
     warm, timed = sample[: min(WARM_UP_FILES, len(sample) // 4)], sample[min(WARM_UP_FILES, len(sample) // 4) :]
-    run = Indexer(source, scratch, embedder, replace(options, max_files=None))
+    run = Indexer(source, scratch, embedder, replace(options, max_files=None), executor=executor)
     with run.session():
         run.process(warm)
         began, before = time.perf_counter(), run.report.succeeded + run.report.failed
         run.process(timed)
         done = run.report.succeeded + run.report.failed - before
         seconds = time.perf_counter() - began
-    return done / seconds if done and seconds > 0 else None
+        function_seconds = run.executor_status().function_seconds_per_image
+    return (done / seconds if done and seconds > 0 else None), function_seconds

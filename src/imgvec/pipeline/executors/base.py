@@ -73,6 +73,8 @@ class ExecutorStatus:
     """Lambda only: invocations refused for want of concurrency (429)."""
     concurrency: int | None = None
     """Lambda only: invocations allowed at once now (halved on a throttle, grown back by one per success)."""
+    function_seconds_per_image: float | None = None
+    """Lambda only: invocation time summed over the images embedded (what Lambda bills per image, near enough)."""
 
 
 class Executor(Protocol):

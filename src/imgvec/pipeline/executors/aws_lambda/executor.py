@@ -245,6 +245,7 @@ class LambdaExecutor:
             invocations=calls.invocations,
             throttles=calls.throttles,
             concurrency=calls.window,
+            function_seconds_per_image=calls.seconds / calls.images if calls.images else None,
         )
 
     def close(self) -> None:
