@@ -111,6 +111,8 @@ class FrontCounts:
     busy_seconds: float = 0.0
     """Time the instances spent on invocations, summed: what Lambda bills, give or take its rounding."""
     requests: list[dict] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    """When each invocation arrived (time.monotonic), throttled ones included."""
 
 
 class Front:
@@ -169,6 +171,7 @@ class Front:
         with self._lock:
             self.counts.invocations += 1
             self.counts.requests.append(request)
+            self.counts.arrivals.append(time.monotonic())
         fault = self._fault_for(request if isinstance(request, dict) else {})
         json_type = {"Content-Type": "application/json"}
         if fault is not None and fault.kind in ("500", "502", "429"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -349,6 +350,48 @@ def test_the_workers_documents_are_filled_through_the_function_which_then_answer
         answer = invoke(front.endpoint, {"imageUrl": stored["s3_url"], "useCache": True})["data"]
         assert answer["cached"] is True
         assert np.allclose(answer["embedding"], stored["image_vector"], atol=1e-6)
+
+
+def test_sync_through_lambda_at_a_capped_rate_indexes_and_deletes(
+    tmp_path: Path, fleet: Front, s3: SeaweedServer, module_env: dict[str, str]
+) -> None:
+    env = driver_env(module_env, s3, tmp_path / "store")
+    flags = lambda_flags(fleet, "--lambda-batch-size", "25", "--lambda-rate", "4")
+    first = run_cli(["sync", "s3://nas/mirror/", "--json", *flags], env)
+    assert first.returncode == 3, first.stderr
+    assert json.loads(first.stdout)["embedded"] == PHOTOS + 1
+    arrivals = np.asarray(fleet.counts.arrivals)
+    # At most 4 invocations a second: any 5 in a row span a second, less the jitter of a thread and a connection.
+    assert len(arrivals) >= 6 and (arrivals[4:] - arrivals[:-4]).min() >= 0.8
+    s3.client().copy_object(Bucket="nas", Key="mirror/new.jpg", CopySource={"Bucket": "nas", "Key": "mirror/000.jpg"})
+    s3.client().delete_object(Bucket="nas", Key="mirror/001.jpg")
+    try:
+        second = run_cli(["sync", "s3://nas/mirror/", "--json", *flags], env)
+        assert second.returncode == 3, second.stderr  # the corrupt files, known
+        report = json.loads(second.stdout)
+        assert report["deleted"] == 1 and report["embedded"] + report["cache_hits"] == 1
+    finally:
+        s3.client().put_object(Bucket="nas", Key="mirror/001.jpg", Body=encode(photo(7001)))
+        s3.client().delete_object(Bucket="nas", Key="mirror/new.jpg")
+
+
+def test_a_function_with_another_model_is_refused_on_its_first_answer(
+    tmp_path: Path, s3: SeaweedServer, bundle: Path, module_env: dict[str, str]
+) -> None:
+    other = tmp_path / "other-model"
+    shutil.copytree(bundle, other)
+    manifest = json.loads((other / "bundle.json").read_text())
+    manifest["identity"]["pretrained"] = "laion2b"  # same architecture, other weights: other vectors
+    (other / "bundle.json").write_text(json.dumps(manifest))
+    with started_fleet(tmp_path, function_env(s3, other), instances=1) as front:
+        result = run_cli(
+            ["ingest", "s3://nas/mirror/", *lambda_flags(front)], driver_env(module_env, s3, tmp_path / "s")
+        )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith("error: the Lambda function cis-image-embedding embeds with") and "'laion2b'" in said
+    assert "needs imgvec-tiny/random (512-dim, random weights), weights 'random'" in said
+    assert count(tmp_path / "s") == 0
 
 
 def count(store: Path) -> int:

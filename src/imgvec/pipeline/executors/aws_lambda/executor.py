@@ -226,9 +226,13 @@ class LambdaExecutor:
             return
         if answer.get("identity") is None:
             raise LambdaError("the Lambda function's answer names no model: is it imgvec's handler?")
-        theirs = IndexIdentity.from_json(identity)
-        action = f"embed with the Lambda function {self.client.function}"
-        self.embedder.identity.require_compatible(theirs, action=action)
+        theirs, ours = IndexIdentity.from_json(identity), self.embedder.identity
+        if not ours.compatible(theirs):
+            raise LambdaError(
+                f"the Lambda function {self.client.function} embeds with {theirs.describe()}, weights "
+                f"{theirs.pretrained!r}; this run needs {ours.describe()}, weights {ours.pretrained!r}: deploy the "
+                "run's model (imgvec export-model, scripts/lambda-package.sh; docs/aws.md)"
+            )
         self._checked.add(identity)
 
     # -- progress -------------------------------------------------------------------------------------
