@@ -122,18 +122,7 @@ def run(scratch: Path, args: argparse.Namespace) -> None:
         local_seconds = ingest(driver, scratch / "local", [])
         instances = [Emulator(scratch / f"rie{i}.log", function_env).start() for i in range(args.instances)]
         front = Front(instances)
-        flags = [
-            "--executor",
-            "lambda",
-            "--lambda-function",
-            "cis-image-embedding",
-            "--lambda-endpoint-url",
-            front.endpoint,
-            "--lambda-concurrency",
-            str(args.instances),
-            "--lambda-batch-size",
-            "20",
-        ]
+        flags = front.flags("--lambda-concurrency", str(args.instances), "--lambda-batch-size", "20")
         # A first pass warms every instance (its cold start is measured above), then the measured one.
         ingest(driver, scratch / "warmup", flags)
         busy_before = front.counts.busy_seconds

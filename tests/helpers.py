@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -60,6 +62,22 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
         timeout=timeout,
         check=False,
     )
+
+
+def kill_when(run: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 120) -> None:
+    """SIGKILL ``run`` as soon as ``ready()`` holds (it must still be running then): a crash at a moment of the
+    test's choosing, for the resume tests."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and run.poll() is None:
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.2)
+        assert run.poll() is None, "the run ended before it could be killed"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
 
 
 def assert_children_exit(children: list[psutil.Process], timeout: float = 10.0) -> None:

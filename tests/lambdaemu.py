@@ -150,6 +150,18 @@ class Front:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def flags(self, *extra: str) -> list[str]:
+        """``imgvec``'s flags for a run through this front."""
+        return [
+            "--executor",
+            "lambda",
+            "--lambda-function",
+            "cis-image-embedding",
+            "--lambda-endpoint-url",
+            self.endpoint,
+            *extra,
+        ]
+
     def inject(self, fault: Fault) -> None:
         with self._lock:
             self.faults.append(fault)

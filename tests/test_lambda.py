@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,10 +20,10 @@ import pytest
 from imgvec.embed.bundle import export_bundle
 from imgvec.stores.embedded import EmbeddedStore
 from tests.conftest import TINY_MODEL
-from tests.helpers import encode, photo, run_cli, worker_fields
+from tests.helpers import encode, kill_when, photo, run_cli, worker_fields
 from tests.lambdaemu import Emulator, Fault, Front, lambda_client
 from tests.motoserver import MotoServer
-from tests.s3server import SeaweedServer
+from tests.s3server import SeaweedServer, seaweed_with
 
 PHOTOS = 130
 """Past the executor's batch of 20 several times, and its default of 100 once."""
@@ -35,15 +34,11 @@ POISON = "mirror/poison.jpg"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    client = server.client()
-    client.create_bucket(Bucket="nas")
-    for i in range(PHOTOS):
-        client.put_object(Bucket="nas", Key=f"mirror/{i:03d}.jpg", Body=encode(photo(7000 + i)))
-    client.put_object(Bucket="nas", Key=CORRUPT[0], Body=b"\xff\xd8\xff\xe0 not really a jpeg")
-    client.put_object(Bucket="nas", Key=CORRUPT[1], Body=encode(photo(1), "PNG")[:300])
-    client.put_object(Bucket="nas", Key=POISON, Body=encode(photo(7999)))
+    objects = {f"mirror/{i:03d}.jpg": encode(photo(7000 + i)) for i in range(PHOTOS)}
+    objects[CORRUPT[0]] = b"\xff\xd8\xff\xe0 not really a jpeg"
+    objects[CORRUPT[1]] = encode(photo(1), "PNG")[:300]
+    objects[POISON] = encode(photo(7999))
+    server = seaweed_with(tmp_path_factory.mktemp("seaweed"), "nas", objects)
     yield server
     server.stop()
 
@@ -202,18 +197,6 @@ def fleet(tmp_path: Path, s3: SeaweedServer, bundle: Path) -> Iterator[Front]:
         yield front
 
 
-def lambda_flags(front: Front, *extra: str) -> list[str]:
-    return [
-        "--executor",
-        "lambda",
-        "--lambda-function",
-        "cis-image-embedding",
-        "--lambda-endpoint-url",
-        front.endpoint,
-        *extra,
-    ]
-
-
 def driver_env(module_env: dict[str, str], s3: SeaweedServer, store: Path) -> dict[str, str]:
     return {**module_env, **s3.env(), "IMGVEC_STORE": str(store)}
 
@@ -234,7 +217,7 @@ def test_a_backfill_through_lambda_ends_like_the_in_process_run(
     poisoned = lambda request: any(item.get("key") == POISON for item in request.get("items", []))  # noqa: E731
     fleet.inject(Fault("error", times=1000, when=poisoned))
     env = {**driver_env(module_env, s3, tmp_path / "store"), **moto.env()}
-    flags = lambda_flags(fleet, "--lambda-batch-size", "20", "--lambda-concurrency", "6", "--cloudwatch", "imgvec")
+    flags = fleet.flags("--lambda-batch-size", "20", "--lambda-concurrency", "6", "--cloudwatch", "imgvec")
     result = run_cli(["ingest", "s3://nas/mirror/", "--json", *flags], env)
     assert result.returncode == 3, result.stderr  # files failed, the run finished
     report = json.loads(result.stdout)
@@ -269,7 +252,7 @@ def test_a_killed_driver_resumes_with_every_image_once(
         "ingest",
         "s3://nas/mirror/",
         "--json",
-        *lambda_flags(fleet, "--lambda-batch-size", "10", "--lambda-concurrency", "2"),
+        *fleet.flags("--lambda-batch-size", "10", "--lambda-concurrency", "2"),
     ]
     run = subprocess.Popen(
         [sys.executable, "-m", "imgvec.cli", *command],
@@ -278,20 +261,10 @@ def test_a_killed_driver_resumes_with_every_image_once(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while count(tmp_path / "store") < 30 and run.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert run.poll() is None
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    kill_when(run, lambda: count(tmp_path / "store") >= 30)
     committed = count(tmp_path / "store")
     assert 30 <= committed < PHOTOS
-    final = run_cli(command[:3] + lambda_flags(fleet), env, timeout=240)  # the default batch of 100
+    final = run_cli(command[:3] + fleet.flags(), env, timeout=240)  # the default batch of 100
     assert final.returncode == 3, final.stderr
     report = json.loads(final.stdout)
     assert report["unchanged"] == committed and report["embedded"] == PHOTOS + 1 - committed
@@ -304,7 +277,7 @@ def test_estimate_measures_the_functions_own_time_per_image(
 ) -> None:
     env = driver_env(module_env, s3, tmp_path / "store")
     flags = ["--lambda-images-per-request", "10", "--lambda-concurrency", "3", "--sample", "40"]
-    result = run_cli(["estimate", "s3://nas/mirror/", "--json", *lambda_flags(fleet), *flags], env)
+    result = run_cli(["estimate", "s3://nas/mirror/", "--json", *fleet.flags(), *flags], env)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert found["per_image_basis"] == "measured through the Lambda function on 40 images"
@@ -337,7 +310,7 @@ def test_the_workers_documents_are_filled_through_the_function_which_then_answer
     opensearch_client.indices.refresh(index=index)
     function = function_env(s3, bundle, IMGVEC_STORE=opensearch_url, IMGVEC_INDEX=index)
     with started_fleet(tmp_path, function, instances=2) as front:
-        filled = run_cli(["ingest", "--missing", "--json", *lambda_flags(front)], env)
+        filled = run_cli(["ingest", "--missing", "--json", *front.flags()], env)
         assert filled.returncode == 3, filled.stderr
         report = json.loads(filled.stdout)
         assert report["embedded"] + report["cache_hits"] == PHOTOS + 1  # the poison image is valid here
@@ -356,7 +329,7 @@ def test_sync_through_lambda_at_a_capped_rate_indexes_and_deletes(
     tmp_path: Path, fleet: Front, s3: SeaweedServer, module_env: dict[str, str]
 ) -> None:
     env = driver_env(module_env, s3, tmp_path / "store")
-    flags = lambda_flags(fleet, "--lambda-batch-size", "25", "--lambda-rate", "4")
+    flags = fleet.flags("--lambda-batch-size", "25", "--lambda-rate", "4")
     first = run_cli(["sync", "s3://nas/mirror/", "--json", *flags], env)
     assert first.returncode == 3, first.stderr
     assert json.loads(first.stdout)["embedded"] == PHOTOS + 1
@@ -384,9 +357,7 @@ def test_a_function_with_another_model_is_refused_on_its_first_answer(
     manifest["identity"]["pretrained"] = "laion2b"  # same architecture, other weights: other vectors
     (other / "bundle.json").write_text(json.dumps(manifest))
     with started_fleet(tmp_path, function_env(s3, other), instances=1) as front:
-        result = run_cli(
-            ["ingest", "s3://nas/mirror/", *lambda_flags(front)], driver_env(module_env, s3, tmp_path / "s")
-        )
+        result = run_cli(["ingest", "s3://nas/mirror/", *front.flags()], driver_env(module_env, s3, tmp_path / "s"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     said = result.stderr.splitlines()[-1]
     assert said.startswith("error: the Lambda function cis-image-embedding embeds with") and "'laion2b'" in said

@@ -18,20 +18,15 @@ from imgvec.sources.s3 import S3Connection
 from imgvec.stores.embedded import EmbeddedStore
 from tests.helpers import encode, photo, run_cli
 from tests.motoserver import MotoServer
-from tests.s3server import SeaweedServer
+from tests.s3server import SeaweedServer, seaweed_with
 
 PHOTOS = 40
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    client = server.client()
-    client.create_bucket(Bucket="nas")
-    for i in range(PHOTOS):
-        client.put_object(Bucket="nas", Key=f"mirror/{i:03d}.jpg", Body=encode(photo(6000 + i)))
-    client.put_object(Bucket="nas", Key="mirror/broken.jpg", Body=b"\xff\xd8\xff not a jpeg")
+    objects = {f"mirror/{i:03d}.jpg": encode(photo(6000 + i)) for i in range(PHOTOS)}
+    server = seaweed_with(tmp_path_factory.mktemp("seaweed"), "nas", {**objects, "mirror/broken.jpg": b"not a jpeg"})
     yield server
     server.stop()
 

@@ -5,8 +5,6 @@ image once; an image that kills its worker twice is one failure record."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +27,7 @@ from imgvec.stores.embedded import EmbeddedStore
 from imgvec.stores.opensearch_client import OpenSearchConnection, connect
 from tests import test_opensearch_live as live
 from tests.conftest import TINY_MODEL
-from tests.helpers import CrashingFolder, encode, photo, run_cli
+from tests.helpers import CrashingFolder, encode, kill_when, photo, run_cli
 from tests.raycluster import RayCluster
 from tests.s3server import SeaweedServer
 
@@ -257,14 +255,7 @@ def test_a_killed_driver_resumes_with_every_image_once(
 ) -> None:
     env = env_for(cli_env, cluster, tmp_path / "store")
     run = start_ingest(many, env, cluster)
-    try:
-        wait_for(lambda: count(tmp_path / "store") >= 16 or run.poll() is not None)
-        assert run.poll() is None
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    kill_when(run, lambda: count(tmp_path / "store") >= 16)
     assert progress(env)["state"] == "interrupted"
     committed = count(tmp_path / "store")
     assert 16 <= committed < MANY
