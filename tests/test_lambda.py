@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -323,6 +324,38 @@ def test_the_workers_documents_are_filled_through_the_function_which_then_answer
         answer = invoke(front.endpoint, {"imageUrl": stored["s3_url"], "useCache": True})["data"]
         assert answer["cached"] is True
         assert np.allclose(answer["embedding"], stored["image_vector"], atol=1e-6)
+
+        # A migration to a new index behind an alias, its fill through the function.
+        alias, target = f"{live_prefix}-current", f"{live_prefix}-files-v2"
+        args = ["migrate", "--from", index, "--to", target, "--alias", alias, "--json"]
+        migrated = run_cli([*args, "--engine", "lucene", "--shards", "1", "--replicas", "0", *front.flags()], env)
+        assert migrated.returncode == 0, migrated.stderr
+        report = json.loads(migrated.stdout)
+        assert report["switched"] and report["failed"] == len(CORRUPT)
+        assert report["target"]["documents"] == len(objects) and report["target"]["with_vector"] == PHOTOS + 1
+
+        # The worker goes on adding documents: `--follow` fills them through the function as they come.
+        follow = ["--index", alias, "ingest", "--missing", "--follow", "--interval", "1s", *front.flags()]
+        log = tmp_path / "follow.log"
+        with open(log, "w") as stderr:
+            follower = subprocess.Popen([sys.executable, "-m", "imgvec.cli", *follow], env=env, stderr=stderr)
+        try:
+            for n, entry in enumerate(objects[:3]):
+                fields = worker_fields("nas", entry["Key"], f"/nas/copies/{n}.jpg", entry["Size"])
+                opensearch_client.index(index=target, id=f"copy-{n}", body=fields)
+
+            def filled() -> int:
+                opensearch_client.indices.refresh(index=target)
+                query = {"query": {"exists": {"field": "image_vector"}}}
+                return opensearch_client.count(index=target, body=query)["count"]
+
+            deadline = time.monotonic() + 120
+            while filled() < PHOTOS + 4 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert filled() == PHOTOS + 4, log.read_text()
+        finally:
+            follower.send_signal(signal.SIGTERM)
+            assert follower.wait(timeout=60) == 0, log.read_text()
 
 
 def test_sync_through_lambda_at_a_capped_rate_indexes_and_deletes(
