@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,10 +175,9 @@ class EmbeddingFunction:
         if not isinstance(items, list) or len(items) > MAX_BATCH_ITEMS:
             raise UsageError(f"items must be a list of at most {MAX_BATCH_ITEMS} {{id, bucket, key}} objects")
         began = time.perf_counter()
-        read = list(self._readers.map(self._read, items))
         answers: list[dict[str, Any]] = []
         ready: list[tuple[str, np.ndarray, str, Any, float, float]] = []
-        for item_id, data, read_seconds in read:
+        for item_id, data, read_seconds in self._read_ahead(items):
             if isinstance(data, str):
                 answers.append(wire.failure_json(item_id, "read", data))
                 continue
@@ -212,6 +212,17 @@ class EmbeddingFunction:
             "runtime": self.embedder.runtime.describe(),
             "runtime_reason": self.embedder.runtime.reason,
         }
+
+    def _read_ahead(self, items: list[Any]) -> Iterator[tuple[str, bytes | str, float]]:
+        """Each item's bytes in order, at most twice the readers' count read ahead: a batch of large files is decoded
+        as it arrives and its bytes let go, instead of all of them held at once in the function's memory."""
+        pending: deque[Future[tuple[str, bytes | str, float]]] = deque()
+        for entry in items:
+            pending.append(self._readers.submit(self._read, entry))
+            if len(pending) >= 2 * self.config.readers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
     def _read(self, entry: Any) -> tuple[str, bytes | str, float]:
         """An item's id and bytes, or the reason they could not be read."""
