@@ -417,6 +417,17 @@ def test_lambda_flags_are_checked_before_any_work(tmp_path: Path, module_env: di
     assert result.returncode == 2 and "reads images from S3" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_no_aws_region_is_one_line(tmp_path: Path, s3: SeaweedServer, module_env: dict[str, str]) -> None:
+    env = driver_env(module_env, s3, tmp_path / "store")
+    del env["AWS_DEFAULT_REGION"]
+    for flags, says in (
+        (["--executor", "lambda", "--lambda-function", "f"], "--executor lambda needs an AWS region"),
+        (["--cloudwatch", "imgvec"], "--cloudwatch needs an AWS region"),
+    ):
+        result = run_cli(["ingest", "s3://nas/mirror/", *flags], env)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_an_unreachable_lambda_endpoint_is_one_line(
     tmp_path: Path, s3: SeaweedServer, module_env: dict[str, str]
 ) -> None:

@@ -21,15 +21,16 @@ class CloudWatchPublisher:
     every = EVERY_SECONDS
 
     def __init__(self, namespace: str, index: str, *, every: float = EVERY_SECONDS) -> None:
-        import boto3
         from botocore.config import Config
+
+        from imgvec.aws_client import aws_client
 
         self.namespace = namespace
         self.index = index
         self.every = every
         self.name = f"CloudWatch namespace {namespace}"
         config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=15)
-        self._client = boto3.session.Session().client("cloudwatch", config=config)
+        self._client = aws_client("cloudwatch", config=config, flag="--cloudwatch")
 
     def publish(self, progress: Progress, metrics: dict[str, Any]) -> None:
         self._client.put_metric_data(Namespace=self.namespace, MetricData=metric_data(progress, metrics, self.index))

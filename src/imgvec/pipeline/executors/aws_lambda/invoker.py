@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from imgvec.aws_client import aws_client
 from imgvec.errors import ImgvecError
 
 FATAL_CODES = frozenset(
@@ -61,7 +62,6 @@ class LambdaClient:
     def __init__(self, function: str, *, endpoint_url: str | None, timeout: float, connections: int) -> None:
         """``timeout``: the function's own time-out; the driver waits a little longer for its answer.
         ``endpoint_url``: None lets boto3 read ``AWS_ENDPOINT_URL_LAMBDA`` (or ``AWS_ENDPOINT_URL``), else AWS."""
-        import boto3
         from botocore.config import Config
 
         self.function = function
@@ -72,7 +72,7 @@ class LambdaClient:
             max_pool_connections=max(10, connections),
             tcp_keepalive=True,
         )
-        self._client = boto3.session.Session().client("lambda", endpoint_url=endpoint_url, config=config)
+        self._client = aws_client("lambda", endpoint_url=endpoint_url, config=config, flag="--executor lambda")
         self.endpoint = self._client.meta.endpoint_url
 
     def invoke(self, request: dict[str, Any]) -> Invocation:
