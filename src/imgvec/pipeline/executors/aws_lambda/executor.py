@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -69,7 +68,6 @@ class Calls:
     """Invocation time summed (what Lambda bills, give or take its rounding)."""
     window: int = 1
     in_flight: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class LambdaExecutor:
@@ -91,7 +89,6 @@ class LambdaExecutor:
         )
         self.calls = Calls(window=options.lambda_concurrency)
         self._pool = ThreadPoolExecutor(options.lambda_concurrency, thread_name_prefix="imgvec-lambda")
-        self._lock = threading.Lock()
         self._pause_until = 0.0
         self._pause = FIRST_PAUSE
         self._next_call = 0.0
@@ -154,7 +151,6 @@ class LambdaExecutor:
         calls.sent_bytes += call.sent
         calls.received_bytes += call.received
         calls.seconds += call.seconds
-        calls.by_kind[call.kind.value] = calls.by_kind.get(call.kind.value, 0) + 1
         if call.kind is Kind.OK:
             assert call.answer is not None
             self._ever_answered = True
