@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -51,6 +52,70 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
+
+
+def exif_photo(
+    seed: int,
+    fmt: str = "JPEG",
+    *,
+    size: tuple[int, int] = (480, 360),
+    make: str | None = None,
+    model: str | None = None,
+    taken: str | None = None,
+    offset: str | None = None,
+    gps: tuple[float, float] | None = None,
+    gps_status: str | None = None,
+) -> bytes:
+    """A photo as a camera or phone writes it: EXIF Make and Model in IFD0, DateTimeOriginal (and its offset) in the
+    EXIF IFD, the position as degree/minute/second rationals with N/S and E/W in the GPS IFD. ``fmt``: JPEG, PNG (its
+    eXIf chunk), WEBP or HEIF (pillow-heif), as Pillow writes each."""
+    exif = Image.Exif()
+    if make is not None:
+        exif[0x010F] = make
+    if model is not None:
+        exif[0x0110] = model
+    details = exif.get_ifd(0x8769)
+    if taken is not None:
+        details[0x9003] = taken
+    if offset is not None:
+        details[0x9011] = offset
+    if gps is not None:
+        where = exif.get_ifd(0x8825)
+        for (signed, value, ref_tag, value_tag), (positive, negative) in zip(
+            ((gps[0], abs(gps[0]), 1, 2), (gps[1], abs(gps[1]), 3, 4)), (("N", "S"), ("E", "W")), strict=True
+        ):
+            degrees = int(value)
+            minutes = int((value - degrees) * 60)
+            seconds = round(((value - degrees) * 60 - minutes) * 60, 4)
+            where[ref_tag] = positive if signed >= 0 else negative
+            where[value_tag] = (float(degrees), float(minutes), seconds)
+        if gps_status is not None:
+            where[0x0009] = gps_status
+    return encode(textured_photo(seed, size), fmt, quality=90, exif=exif.tobytes())
+
+
+PARIS = (48.8566, 2.3522)
+NEW_YORK = (40.7128, -74.0060)
+SYDNEY = (-33.8688, 151.2093)
+
+
+def camera_and_phone_photos(folder: Path) -> Path:
+    """A camera's JPEG in Paris, a phone's HEIC in New York, a phone's JPEG in Sydney (no offset: wall clock), and a
+    scan (PNG) with no EXIF at all."""
+    (folder / "trips").mkdir(parents=True)
+    files = {
+        "trips/paris.jpg": exif_photo(
+            10, make="Canon", model="Canon EOS R5", taken="2019:05:01 12:00:00", offset="+02:00", gps=PARIS
+        ),
+        "trips/newyork.heic": exif_photo(
+            11, "HEIF", make="Apple", model="iPhone 12 Pro", taken="2021:08:01 10:00:00", offset="-04:00", gps=NEW_YORK
+        ),
+        "sydney.jpg": exif_photo(12, make="samsung", model="SM-G991B", taken="2019:12:31 23:30:00", gps=SYDNEY),
+        "scan.png": encode(textured_photo(13, (480, 360)), "PNG"),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgvec.documents import ImageDocument, SourceItem
+from imgvec.documents import PICTURE_VERSION, ImageDocument, SourceItem
 from imgvec.errors import IdentityMismatchError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores import opensearch as opensearch_store
 from imgvec.stores import opensearch_bulk
-from imgvec.stores.base import SearchFilter
+from imgvec.stores.base import Circle, SearchFilter
 from imgvec.stores.opensearch import OpenSearchStore
 from imgvec.stores.opensearch_aliases import OpenSearchAliases
 from imgvec.stores.opensearch_client import OpenSearchConnection, connect
@@ -342,8 +342,54 @@ def test_knn_search_filters_inside_the_clause_and_returns_cosine(cluster: Record
     assert knn["filter"] == {
         "bool": {"filter": [{"terms": {"file_extension": ["jpg", "png"]}}, {"prefix": {"file_path": "/nas/"}}]}
     }
-    assert request.body["_source"] == {"excludes": ["image_vector"]}
+    assert request.body["_source"] == {"excludes": ["image_vector", "location"]}
     assert hits[0].id == "a" and hits[0].score == pytest.approx(0.8)  # (1 + cos) / 2 = 0.9
+
+    where = SearchFilter(
+        taken_from=datetime(2019, 1, 1, tzinfo=UTC),
+        taken_before=datetime(2020, 1, 1, tzinfo=UTC),
+        cameras=("Canon", "iPhone 12 Pro"),
+        near=Circle(48.85, 2.35, 12.5),
+    )
+    store_for(cluster).search(unit_vector(0), 5, where)  # every clause passes the spec's validation
+    clauses = cluster.of("search")[-1].body["query"]["knn"]["image_vector"]["filter"]["bool"]["filter"]
+    assert clauses == [
+        {"range": {"taken_at": {"gte": "2019-01-01T00:00:00+00:00", "lt": "2020-01-01T00:00:00+00:00"}}},
+        {
+            "bool": {
+                "should": [
+                    {"terms": {"camera_model": ["Canon", "iPhone 12 Pro"]}},
+                    {"terms": {"camera_make": ["Canon", "iPhone 12 Pro"]}},
+                ],
+                "minimum_should_match": 1,
+            }
+        },
+        {"geo_distance": {"distance": "12.5km", "location": {"lat": 48.85, "lon": 2.35}}},
+    ]
+
+
+def test_facets_are_one_aggregation_request(cluster: RecordedCluster):
+    existing_index(cluster, ours())
+    buckets = {
+        "models": {
+            "buckets": [
+                {"key": "iPhone 8", "doc_count": 3, "makes": {"buckets": [{"key": "Apple", "doc_count": 3}]}},
+                {"key": "EOS R5", "doc_count": 7, "makes": {"buckets": [{"key": "Canon", "doc_count": 7}]}},
+            ]
+        },
+        "makes_alone": {"doc_count": 2, "makes": {"buckets": [{"key": "Leica", "doc_count": 2}]}},
+        "first": {"value": 1.5e12, "value_as_string": "2017-07-14T02:40:00.000Z"},
+        "last": {"value": None},
+        "extensions": {"buckets": [{"key": "jpg", "doc_count": 12}]},
+        "located": {"doc_count": 4},
+    }
+    cluster.on("POST", f"/{INDEX}/_search", (200, search_answer([], aggregations=buckets)))
+    facets = store_for(cluster).facets()
+    (request,) = cluster.of("search")
+    assert request.body["size"] == 0 and set(request.body["aggs"]) == set(buckets)
+    assert [(c.name, c.count) for c in facets.cameras] == [("Canon EOS R5", 7), ("Apple iPhone 8", 3), ("Leica", 2)]
+    assert (facets.taken_first, facets.taken_last) == (datetime(2017, 7, 14, 2, 40, tzinfo=UTC), None)
+    assert (facets.extensions, facets.located) == ((("jpg", 12),), 4)
 
 
 def test_status_counts_documents_with_and_without_vectors(cluster: RecordedCluster):
@@ -467,8 +513,9 @@ def test_missing_vectors_are_paged_with_pit_and_search_after(cluster: RecordedCl
     found = list(store_for(cluster).documents(unfinished=True))
     assert [i for i, _ in found] == ["w1", "w2", "w3"]
     first, second = cluster.of("search")
-    # no vector, or no perceptual hash (a document an older imgvec filled): both are finished by the run
-    lacking_either = [{"bool": {"must_not": [{"exists": {"field": f}}]}} for f in ("image_vector", "perceptual_hash")]
+    # no vector, or read by an older imgvec (before the hash, or the camera and place): both finished by the run
+    read = {"range": {"picture_version": {"gte": PICTURE_VERSION}}}
+    lacking_either = [{"bool": {"must_not": [{"exists": {"field": "image_vector"}}]}}, {"bool": {"must_not": [read]}}]
     missing = {"bool": {"filter": [{"bool": {"should": lacking_either, "minimum_should_match": 1}}]}}
     assert first.body["query"] == missing
     assert first.body["pit"] == {"id": "pit-1", "keep_alive": "5m"} and first.body["track_total_hits"] is True

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import Service, encode, photo, run_cli
+from tests.conftest import TINY_MODEL
+from tests.helpers import Service, camera_and_phone_photos, encode, photo, run_cli
 
 pytestmark = pytest.mark.browser
 
@@ -234,3 +235,74 @@ def test_an_empty_store_and_an_unreachable_one_are_explained(page, module_env, t
         shot(page, "serve-page-unreachable.png")
     finally:
         down.stop()
+
+
+def wait_for_names(page, names: list[str]) -> list[str]:
+    """The grid once it shows exactly these files (in any order): a picked filter searches at once, so a test that
+    waits for "any change" can stop at an intermediate grid."""
+    try:
+        page.wait_for_function(
+            "names => JSON.stringify([...document.querySelectorAll('.result .path')]"
+            ".map(e => e.textContent.split('/').pop()).sort()) === JSON.stringify(names)",
+            arg=sorted(names),
+            timeout=30_000,
+        )
+    except Exception:
+        raise AssertionError(f"{grid_paths(page)} at {page.url}, notice {page.inner_text('#notice')!r}") from None
+    page.wait_for_function("!document.querySelector('#results').hasAttribute('aria-busy')")
+    return grid_paths(page)
+
+
+def test_pick_a_camera_a_date_range_and_a_place(page, cli_env, tmp_path) -> None:
+    """The pickers are fed from the index's own values (/api/facets) and narrow the search on the spot."""
+    env = cli_env | {"IMGVEC_MODEL": TINY_MODEL}
+    folder = camera_and_phone_photos(tmp_path / "photos")
+    assert run_cli(["ingest", str(folder)], env).returncode == 0
+    running = Service(env)
+    try:
+        page.goto(running.url)
+        page.wait_for_function("document.querySelectorAll('#camera option').length === 4")
+        options = page.locator("#camera option").all_inner_texts()  # one photo each: any order
+        assert options[0] == "any camera"
+        assert sorted(options[1:]) == ["Apple iPhone 12 Pro (1)", "Canon EOS R5 (1)", "samsung SM-G991B (1)"]
+        assert (page.get_attribute("#taken-from", "min"), page.get_attribute("#taken-to", "max")) == (
+            "2019-05-01",
+            "2021-08-01",
+        )
+        assert "3 cameras, taken 2019-05-01 to 2021-08-01, 3 with a place" in page.inner_text("#facets-info")
+
+        page.fill("#query", "a holiday")
+        page.press("#query", "Enter")
+        paths = wait_for_grid(page)
+        assert len(paths) == 4
+
+        page.select_option("#camera", "Canon EOS R5")  # applies at once
+        paths = wait_for_names(page, ["paris.jpg"])
+        assert "camera=Canon+EOS+R5" in page.url
+        assert page.inner_text(".result .facts") == "Canon EOS R5 · 2019-05-01 · 48.857, 2.352"
+
+        page.select_option("#camera", "")
+        page.fill("#taken-from", "2019-01-01")
+        page.fill("#taken-to", "2019-12-31")
+        page.press("#query", "Enter")
+        paths = wait_for_names(page, ["paris.jpg", "sydney.jpg"])
+        assert "taken_from=2019-01-01" in page.url and "taken_to=2019-12-31" in page.url
+
+        page.fill("#near", "-33.86,151.21")
+        page.fill("#within", "25")
+        page.press("#query", "Enter")
+        paths = wait_for_names(page, ["sydney.jpg"])
+        shot(page, "serve-page-filters.png")
+
+        shared = page.url  # every filter lives in the URL: a fresh tab shows the same search, the pickers set
+        other = page.context.new_page()
+        other.goto(shared)
+        assert wait_for_grid(other) == paths
+        assert other.input_value("#near") == "-33.86,151.21" and other.input_value("#taken-to") == "2019-12-31"
+        other.close()
+
+        page.fill("#near", "1,2,3")
+        page.press("#query", "Enter")
+        page.wait_for_function("document.querySelector('#notice').textContent.includes('give LAT,LON')")
+    finally:
+        running.stop()

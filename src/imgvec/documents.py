@@ -29,8 +29,22 @@ METADATA_FIELDS = (
     "indexed_at",
 )
 """The file-index worker's fields."""
-PICTURE_FIELDS = ("perceptual_hash", "width", "height", "taken_at")
+PICTURE_FIELDS = (
+    "perceptual_hash",
+    "width",
+    "height",
+    "taken_at",
+    "camera_make",
+    "camera_model",
+    "latitude",
+    "longitude",
+    "picture_version",
+)
 """What the picture says about itself (``Picture``): added after the first schema, filled in by a later run."""
+PICTURE_VERSION = 2
+"""What a reading of a picture's header found out, as a number stored with the fields: 1 read the hash, size and
+capture time; 2 also the camera and the place. A document read by an older version is read again by the next run
+(``Picture.of_fields`` is None for it), since a camera that is null could be absent or merely never looked for."""
 DOCUMENT_FIELDS = (*METADATA_FIELDS, "mtime", "content_hash", "etag", "model", *PICTURE_FIELDS)
 """Every stored field but the id and the vector, in the stores' column order."""
 MIN_VECTOR_NORM = 1e-6
@@ -97,18 +111,25 @@ class SourceItem:
 
 @dataclass(frozen=True, slots=True)
 class Picture:
-    """What a decoded picture says about itself, read once at ingest: the duplicates view groups and ranks by it.
+    """What a decoded picture says about itself, read once at ingest: the duplicates view groups and ranks by it,
+    searches filter by it.
 
     ``perceptual_hash`` is the 64-bit pHash (``embed/perceptual.py``) held as a signed 64-bit integer, the type both
     stores have (``signed_hash``). ``width`` and ``height`` are the full picture's, upright (a portrait photo whose
     EXIF says "rotate" is taller than wide). ``taken_at`` is EXIF DateTimeOriginal (with its offset where the camera
     wrote one; wall-clock time read as UTC where it did not), never the file's mtime: None when the file does not say.
+    ``camera_make``/``camera_model`` are EXIF Make and Model as the camera wrote them (trimmed); ``latitude`` and
+    ``longitude`` the GPS position in degrees (WGS 84), None without a fix.
     """
 
     perceptual_hash: int
     width: int
     height: int
     taken_at: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
 
     @property
     def pixels(self) -> int:
@@ -120,17 +141,38 @@ class Picture:
             "width": self.width,
             "height": self.height,
             "taken_at": self.taken_at,
+            "camera_make": self.camera_make,
+            "camera_model": self.camera_model,
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "picture_version": PICTURE_VERSION,
         }
 
     @classmethod
     def of_fields(cls, fields: dict[str, Any]) -> Picture | None:
-        """From stored fields; None for a document stored before the fields existed (or never decoded)."""
+        """From stored fields; None for a document stored before the fields existed, read by an older version
+        (``PICTURE_VERSION``), or never decoded."""
         if fields.get("perceptual_hash") is None or fields.get("width") is None:
+            return None
+        if int(fields.get("picture_version") or 0) < PICTURE_VERSION:
             return None
         taken = fields.get("taken_at")
         if isinstance(taken, str):
             taken = datetime.fromisoformat(taken)
-        return cls(int(fields["perceptual_hash"]), int(fields["width"]), int(fields["height"] or 0), taken)
+        return cls(
+            int(fields["perceptual_hash"]),
+            int(fields["width"]),
+            int(fields["height"] or 0),
+            taken,
+            fields.get("camera_make"),
+            fields.get("camera_model"),
+            _float_or_none(fields.get("latitude")),
+            _float_or_none(fields.get("longitude")),
+        )
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def signed_hash(value: int) -> int:

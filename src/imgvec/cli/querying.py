@@ -28,18 +28,43 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=10_000, help="How many results.")] = 10,
     ext: Annotated[list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable).")] = None,
     path_prefix: Annotated[str | None, typer.Option("--path-prefix", help="Only under this path.")] = None,
+    taken_from: Annotated[
+        str | None, typer.Option("--taken-from", help="Taken in or after this year, month or day (2019-07).")
+    ] = None,
+    taken_to: Annotated[
+        str | None, typer.Option("--taken-to", help="Taken in or before this year, month or day (2019).")
+    ] = None,
+    camera: Annotated[
+        list[str] | None, typer.Option("--camera", help="Taken with this camera: make or model (repeatable).")
+    ] = None,
+    near: Annotated[str | None, typer.Option("--near", help="Taken near LAT,LON (degrees).")] = None,
+    within: Annotated[
+        float | None, typer.Option("--within", help="Kilometres from --near (default 10).", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Text → image (`imgvec search "a red car"`) or image → image (`--image query.jpg`)."""
+    """Text → image (`imgvec search "a red car"`) or image → image (`--image query.jpg`), filtered by any of
+    extension, folder, capture date, camera and place (all must hold)."""
+    from imgvec.filters import build_filter, resolve_cameras
     from imgvec.search import hit_json, search_image, search_text
     from imgvec.sources import LocationReader
 
     settings: Settings = ctx.obj
     if (text is None) == (image is None):
         raise UsageError("give either a TEXT query or --image PATH (not both)")
-    where = SearchFilter(extensions=tuple(ext or ()), path_prefix=path_prefix)
+    where = build_filter(
+        extensions=ext or (),
+        path_prefix=path_prefix,
+        taken_from=taken_from,
+        taken_to=taken_to,
+        cameras=camera or (),
+        near=near,
+        within_km=within,
+    )
     store = wiring.open_store(settings)
     store.stats()  # a missing index is reported before a model is loaded for nothing
+    if where.cameras:
+        where = resolve_cameras(where, store.facets(), store.index)
     embedder = wiring.embedder_for(settings, store)
     if image is not None:
         try:

@@ -1,8 +1,10 @@
-"""What a picture says about itself (``documents.Picture``): its upright size and capture time from the header, and
-its perceptual hash from the pixels the pipeline decoded anyway. Nothing here decodes a pixel of its own."""
+"""What a picture says about itself (``documents.Picture``): its upright size, capture time, camera and place from
+the header, and its perceptual hash from the pixels the pipeline decoded anyway. Nothing here decodes a pixel of its
+own. A broken or hostile EXIF block costs the facts it garbles, never the picture."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -11,8 +13,16 @@ from PIL import Image
 from imgvec.documents import Picture, signed_hash
 from imgvec.embed.perceptual import phash
 
+MAKE = 0x010F
+MODEL = 0x0110
 ORIENTATION = 0x0112
 EXIF_IFD = 0x8769
+GPS_IFD = 0x8825
+GPS_STATUS = 0x0009
+"""'V' (void): the receiver had no fix when the photo was taken, whatever position it wrote."""
+GPS_LATITUDE_REF, GPS_LATITUDE, GPS_LONGITUDE_REF, GPS_LONGITUDE = 1, 2, 3, 4
+CAMERA_NAME_MAX = 64
+"""Longer Make/Model strings are garbage (a corrupt block, or padding some firmware writes), not a camera."""
 DATE_TIME_ORIGINAL = 0x9003
 OFFSET_TIME_ORIGINAL = 0x9011
 TRANSPOSED = frozenset({5, 6, 7, 8})
@@ -24,7 +34,7 @@ _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 class Header:
     """Read from a just-opened image (``decode.open_image``), before a reduced decode changes its size."""
 
-    __slots__ = ("height", "taken_at", "width")
+    __slots__ = ("camera_make", "camera_model", "height", "latitude", "longitude", "taken_at", "width")
 
     def __init__(self, image: Image.Image) -> None:
         width, height = image.size
@@ -37,10 +47,66 @@ class Header:
         self.width = width
         self.height = height
         self.taken_at = _taken_at(exif) if exif is not None else None
+        self.camera_make = _camera_name(exif.get(MAKE)) if exif is not None else None
+        self.camera_model = _camera_name(exif.get(MODEL)) if exif is not None else None
+        self.latitude, self.longitude = _position(exif) if exif is not None else (None, None)
 
     def picture(self, decoded: Image.Image) -> Picture:
         """With the hash of the upright decoded pixels (``decode.decode_opened``)."""
-        return Picture(signed_hash(phash(decoded)), self.width, self.height, self.taken_at)
+        return Picture(
+            signed_hash(phash(decoded)),
+            self.width,
+            self.height,
+            self.taken_at,
+            self.camera_make,
+            self.camera_model,
+            self.latitude,
+            self.longitude,
+        )
+
+
+def _camera_name(raw: object) -> str | None:
+    """Make or Model as a person reads it: ASCII padded with NULs and spaces by many firmwares."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if not isinstance(raw, str):
+        return None
+    name = " ".join(raw.replace("\x00", " ").split())
+    if not name or len(name) > CAMERA_NAME_MAX or not name.isprintable():
+        return None
+    return name
+
+
+def _position(exif: Image.Exif) -> tuple[float | None, float | None]:
+    """GPS latitude and longitude in signed degrees, or (None, None): without a fix, out of range, or (0, 0), which
+    receivers write when they have none (no photo collection is shot at null island)."""
+    try:
+        gps = exif.get_ifd(GPS_IFD)
+    except Exception:  # noqa: BLE001
+        return None, None
+    if not gps or str(gps.get(GPS_STATUS) or "").strip().upper() == "V":
+        return None, None
+    latitude = _degrees(gps.get(GPS_LATITUDE), gps.get(GPS_LATITUDE_REF), "S")
+    longitude = _degrees(gps.get(GPS_LONGITUDE), gps.get(GPS_LONGITUDE_REF), "W")
+    if latitude is None or longitude is None or not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        return None, None
+    if latitude == 0 and longitude == 0:
+        return None, None
+    return latitude, longitude
+
+
+def _degrees(value: object, ref: object, negative: str) -> float | None:
+    """EXIF's (degrees, minutes, seconds) rationals → degrees, negative south or west of the reference."""
+    try:
+        parts = [float(part) for part in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not parts or len(parts) > 3 or not all(math.isfinite(part) and part >= 0 for part in parts):
+        return None
+    degrees = sum(part / 60**power for power, part in enumerate(parts))
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "replace")
+    return -degrees if str(ref or "").strip().upper().startswith(negative) else degrees
 
 
 def _taken_at(exif: Image.Exif) -> datetime | None:

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from imgvec.filters import build_filter
 from imgvec.service.run_state import RunState
 from imgvec.service.searcher import Searcher
 from imgvec.service.thumbnails import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
@@ -34,6 +35,41 @@ ID = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="A d
 K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results.")]
 EXT = Annotated[list[str] | None, Query(max_length=50, description="Only these extensions (repeatable).")]
 PREFIX = Annotated[str | None, Query(max_length=4096, description="Only files under this path.")]
+TAKEN_FROM = Annotated[
+    str | None, Query(max_length=64, description="Taken in or after this year, month, day or instant (2019-07).")
+]
+TAKEN_TO = Annotated[
+    str | None, Query(max_length=64, description="Taken in or before this year, month, day or instant (2019).")
+]
+CAMERA = Annotated[
+    list[str] | None, Query(max_length=50, description="Taken with this camera: a make or a model (repeatable).")
+]
+NEAR = Annotated[str | None, Query(max_length=64, description="LAT,LON in degrees: taken near this place.")]
+WITHIN = Annotated[float | None, Query(gt=0, description="Kilometres from `near` (default 10).")]
+
+
+def search_filter(
+    ext: EXT = None,
+    path_prefix: PREFIX = None,
+    taken_from: TAKEN_FROM = None,
+    taken_to: TAKEN_TO = None,
+    camera: CAMERA = None,
+    near: NEAR = None,
+    within: WITHIN = None,
+) -> SearchFilter:
+    """The filter parameters every search route takes (``filters.build_filter``: the CLI's flags read the same)."""
+    return build_filter(
+        extensions=ext or (),
+        path_prefix=path_prefix,
+        taken_from=taken_from,
+        taken_to=taken_to,
+        cameras=camera or (),
+        near=near,
+        within_km=within,
+    )
+
+
+FilterDep = Annotated[SearchFilter, Depends(search_filter)]
 
 
 class EmbedRequest(BaseModel):
@@ -95,29 +131,30 @@ public = APIRouter()
 def search_text(
     searcher: SearcherDep,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")],
+    where: FilterDep,
     k: K = 10,
-    ext: EXT = None,
-    path_prefix: PREFIX = None,
 ) -> list[dict[str, Any]]:
-    return searcher.search_text(q, k, _filter(ext, path_prefix))
+    return searcher.search_text(q, k, where)
 
 
 @api.post("/api/search", summary="Image → image search (multipart field 'image')")
 def search_image(
     searcher: SearcherDep,
     image: Annotated[UploadFile, File(description="The query picture.")],
+    where: FilterDep,
     k: K = 10,
-    ext: EXT = None,
-    path_prefix: PREFIX = None,
 ) -> list[dict[str, Any]]:
-    return searcher.search_image(image.file.read(), k, _filter(ext, path_prefix))
+    return searcher.search_image(image.file.read(), k, where)
 
 
 @api.get("/api/similar/{doc_id}", summary="Neighbours of an indexed document, the document first")
-def similar(
-    searcher: SearcherDep, doc_id: ID, k: K = 10, ext: EXT = None, path_prefix: PREFIX = None
-) -> list[dict[str, Any]]:
-    return searcher.similar(doc_id, k, _filter(ext, path_prefix))
+def similar(searcher: SearcherDep, doc_id: ID, where: FilterDep, k: K = 10) -> list[dict[str, Any]]:
+    return searcher.similar(doc_id, k, where)
+
+
+@api.get("/api/facets", summary="The cameras, capture span and extensions the index holds, for filter pickers")
+def facets(searcher: SearcherDep) -> dict[str, Any]:
+    return searcher.facets().as_dict()
 
 
 @api.get("/api/documents/{doc_id}", summary="An indexed document, without its vector")
@@ -228,12 +265,6 @@ def healthz() -> dict[str, str]:
 @public.get("/", include_in_schema=False)
 def page() -> FileResponse:
     return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
-
-
-def _filter(ext: list[str] | None, path_prefix: str | None) -> SearchFilter:
-    """``ext=jpg&ext=png`` or ``ext=jpg,png`` (the stores make '.JPG' and 'jpg' the same)."""
-    extensions = tuple(part.strip() for value in ext or () for part in value.split(",") if part.strip())
-    return SearchFilter(extensions=extensions, path_prefix=path_prefix or None)
 
 
 def _first(exc: Exception) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from imgvec.allocator import release_free_memory
 from imgvec.embed.base import Embedder
 from imgvec.embed.decode import DEFAULT_MAX_PIXELS, DecodeBudget
 from imgvec.errors import NotInIndexError, NoVectorError, UsageError
+from imgvec.filters import resolve_cameras
 from imgvec.search import (
     check_compatible,
     document_json,
@@ -38,14 +40,16 @@ from imgvec.settings import Settings
 from imgvec.sources.locations import parse_s3_url
 from imgvec.sources.reader import LocationReader
 from imgvec.stores import is_remote
-from imgvec.stores.base import SearchFilter, Store
+from imgvec.stores.base import Facets, SearchFilter, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
 DEFAULT_DECODE_MEMORY = 1 << 30
 """One 196 MP picture at a time (the pixel limit's worst case), a hundred phone photos at once."""
-"""Larger than any camera JPEG or phone HEIC; a request over it is refused before it is read in full."""
+FACETS_TTL_SECONDS = 60.0
+"""How long the page's pickers (and the camera names searches are matched to) may lag an ingest: counting them
+scans the embedded store's columns, too slow to repeat per request on a million photos."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,8 @@ class Searcher:
         self._loading = threading.Lock()
         self._on_batch = on_batch
         self.duplicate_views = DuplicateViews(lambda: self.store)
+        self._facets: tuple[float, str, Facets] | None = None
+        self._facets_lock = threading.Lock()
 
     @property
     def store(self) -> Store:
@@ -126,21 +132,46 @@ class Searcher:
         embedder, batcher = self.model()
         store = self.store
         check_compatible(store, embedder)
+        where = self.resolve(where, store)
         return [hit_json(hit) for hit in store.search(batcher.embed_text(text), k, where)]
 
     def search_image(self, data: bytes, k: int, where: SearchFilter) -> list[dict[str, Any]]:
         embedder, batcher = self.model()
         store = self.store
         check_compatible(store, embedder)
+        where = self.resolve(where, store)
         vector = batcher.embed_image(image_pixels(embedder, data, self.config.max_pixels, self.decodes))
         return [hit_json(hit) for hit in store.search(vector, k, where)]
 
     def similar(self, doc_id: str, k: int, where: SearchFilter) -> list[dict[str, Any]]:
         store = self.store
+        where = self.resolve(where, store)
         _, vector = self._document(doc_id, store)
         if vector is None:
             raise NoVectorError(f"document {doc_id!r} has no vector yet (`imgvec ingest --missing` embeds it)")
         return [hit_json(hit) for hit in neighbours(store, doc_id, vector, k, where)]
+
+    # -- the filters' values -----------------------------------------------------------------------
+
+    def facets(self, store: Store | None = None, *, fresh: bool = False) -> Facets:
+        """The index's cameras, capture span and extensions, counted at most once a ``FACETS_TTL_SECONDS``."""
+        store = store or self.store
+        with self._facets_lock:
+            cached = self._facets
+            if fresh or cached is None or cached[1] != store.index or time.monotonic() - cached[0] > FACETS_TTL_SECONDS:
+                cached = (time.monotonic(), store.index, store.facets())
+                self._facets = cached
+            return cached[2]
+
+    def resolve(self, where: SearchFilter, store: Store) -> SearchFilter:
+        """Camera names as the index spells them; a name not among the cached ones is looked for once more in
+        fresh counts (a camera whose first photo was just ingested) before it is refused."""
+        if not where.cameras:
+            return where
+        try:
+            return resolve_cameras(where, self.facets(store), store.index)
+        except UsageError:
+            return resolve_cameras(where, self.facets(store, fresh=True), store.index)
 
     def document(self, doc_id: str) -> dict[str, Any]:
         return document_json(self._document(doc_id)[0])

@@ -7,8 +7,10 @@ few hundred lines rather than a rewrite, and the pipeline never learns which one
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -43,15 +45,96 @@ def field_types() -> dict[str, pa.DataType]:
         "width": pa.int32(),
         "height": pa.int32(),
         "taken_at": pa.timestamp("us", tz="UTC"),
+        "camera_make": pa.string(),
+        "camera_model": pa.string(),
+        "latitude": pa.float64(),
+        "longitude": pa.float64(),
+        "picture_version": pa.int32(),
     }
+
+
+EARTH_RADIUS_KM = 6371.0088
+"""The mean radius (IUGG): what OpenSearch's geo_distance uses too, so both stores draw the same circle."""
+
+
+@dataclass(frozen=True, slots=True)
+class Circle:
+    """Within ``km`` of a point (degrees, WGS 84), along the earth's surface."""
+
+    latitude: float
+    longitude: float
+    km: float
+
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """(south, north, west, east) around the circle, for a range scan a scalar index serves before the exact
+        distance is computed; None where the box would cross a pole or the antimeridian (the distance alone
+        decides there)."""
+        spread = math.degrees(self.km / EARTH_RADIUS_KM)
+        south, north = self.latitude - spread, self.latitude + spread
+        if south <= -90 or north >= 90:
+            return None
+        widen = spread / math.cos(math.radians(max(abs(south), abs(north))))
+        west, east = self.longitude - widen, self.longitude + widen
+        if west <= -180 or east >= 180:
+            return None
+        return south, north, west, east
 
 
 @dataclass(frozen=True, slots=True)
 class SearchFilter:
-    """Applied inside the k-NN search (pre-filter), so k results come back when k exist."""
+    """Applied inside the k-NN search (pre-filter), so k results come back when k exist. Every condition given must
+    hold (``filters.build_filter`` makes one from what a person typed)."""
 
     extensions: tuple[str, ...] = ()
     path_prefix: str | None = None
+    taken_from: datetime | None = None
+    """Taken at or after (UTC)."""
+    taken_before: datetime | None = None
+    """Taken before (UTC): an exclusive bound, so "to 2019" is "before 2020" and nothing on 31 December is lost."""
+    cameras: tuple[str, ...] = ()
+    """EXIF Make or Model, exactly as stored (``search.resolve_cameras`` maps what a person typed to these)."""
+    near: Circle | None = None
+
+    @property
+    def pictures_only(self) -> bool:
+        """Whether the filter reads what a picture says (documents without it never match)."""
+        return bool(self.taken_from or self.taken_before or self.cameras or self.near)
+
+
+@dataclass(frozen=True, slots=True)
+class Camera:
+    make: str | None
+    model: str | None
+    count: int
+
+    @property
+    def name(self) -> str:
+        """How a person names it: the model alone when it already says the make ("Canon EOS R5")."""
+        make, model = self.make or "", self.model or ""
+        if not model:
+            return make
+        return model if not make or model.lower().startswith(make.split()[0].lower()) else f"{make} {model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Facets:
+    """The values an index holds for the filters a page offers: its cameras (most photos first), the span of its
+    capture times, its extensions, and how many documents have a place."""
+
+    cameras: tuple[Camera, ...]
+    taken_first: datetime | None
+    taken_last: datetime | None
+    extensions: tuple[tuple[str, int], ...]
+    located: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cameras": [{"make": c.make, "model": c.model, "name": c.name, "count": c.count} for c in self.cameras],
+            "taken_first": self.taken_first.isoformat() if self.taken_first else None,
+            "taken_last": self.taken_last.isoformat() if self.taken_last else None,
+            "extensions": [{"extension": e, "count": n} for e, n in self.extensions],
+            "located": self.located,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +259,11 @@ class Store(Protocol):
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[SearchHit]: ...
 
     def stats(self) -> IndexStats: ...
+
+    def facets(self) -> Facets:
+        """What the page's pickers offer, counted by the store (OpenSearch aggregates; the embedded store scans four
+        columns): callers that ask often cache it."""
+        ...
 
     def optimize(self) -> None:
         """Housekeeping after a bulk write: compact, and build or refresh the ANN index."""

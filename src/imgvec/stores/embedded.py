@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from imgvec.documents import DOCUMENT_FIELDS, PICTURE_FIELDS, ImageDocument, Picture, StoredFile, usable_vector
+from imgvec.documents import (
+    DOCUMENT_FIELDS,
+    PICTURE_FIELDS,
+    PICTURE_VERSION,
+    ImageDocument,
+    Picture,
+    StoredFile,
+    usable_vector,
+)
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores.base import IndexStats, SearchFilter, SearchHit, field_types
-from imgvec.stores.embedded_indexes import build_missing_indexes, tune_search
+from imgvec.stores.base import EARTH_RADIUS_KM, Camera, Circle, Facets, IndexStats, SearchFilter, SearchHit, field_types
+from imgvec.stores.embedded_indexes import build_missing_indexes, exact_for_filter, tune_search
 
 if TYPE_CHECKING:
     import lancedb
@@ -43,6 +53,11 @@ ADDED_COLUMNS = (
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("taken_at", pa.timestamp("us", tz="UTC")),
+    ("camera_make", pa.string()),
+    ("camera_model", pa.string()),
+    ("latitude", pa.float64()),
+    ("longitude", pa.float64()),
+    ("picture_version", pa.int32()),
 )
 """Columns added after the first schema, in order; older tables get them (all null) when first opened."""
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -294,7 +309,9 @@ class EmbeddedStore:
         columns = [name for name in table.schema.names if name != "vector"]
         condition = None
         if unfinished:
-            condition = "vector IS NULL OR perceptual_hash IS NULL" if "perceptual_hash" in columns else ""
+            condition = "vector IS NULL"
+            if "picture_version" in columns:
+                condition += f" OR picture_version IS NULL OR picture_version < {PICTURE_VERSION}"
         for page in self._ranges(table, columns, where, condition):
             for row in page.to_pylist():
                 yield row["id"], row
@@ -372,17 +389,27 @@ class EmbeddedStore:
         query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if identity is not None:
             identity.require_dimension(query_vector.shape[0])
-        query = table.search(query_vector, vector_column_name="vector").distance_type("cosine")
-        query = tune_search(query, table)
         condition = _filter_sql(where)
-        if condition:
-            query = query.where(condition, prefilter=True)
-        rows = query.limit(k).to_arrow()
+        exact = bool(condition) and exact_for_filter(table, condition)
+        rows = self._nearest(table, query_vector, k, condition, exact=exact)
+        if condition and not exact and rows.num_rows < k:
+            # the probed partitions held fewer than k matches: the matches elsewhere are found by an exact search
+            rows = self._nearest(table, query_vector, k, condition, exact=True)
         hits = []
         for row in rows.drop_columns(["vector"]).to_pylist():
             distance = row.pop("_distance")
             hits.append(SearchHit(id=row["id"], score=1.0 - float(distance), document=row))
         return hits
+
+    @staticmethod
+    def _nearest(
+        table: lancedb.table.Table, vector: np.ndarray, k: int, condition: str | None, *, exact: bool
+    ) -> pa.Table:
+        query = table.search(vector, vector_column_name="vector").distance_type("cosine")
+        query = query.bypass_vector_index() if exact else tune_search(query, table)
+        if condition:
+            query = query.where(condition, prefilter=True)
+        return query.limit(k).to_arrow()
 
     def stats(self) -> IndexStats:
         identity = self.identity()
@@ -394,6 +421,33 @@ class EmbeddedStore:
             dimension=identity.dimension if identity else table.schema.field("vector").type.list_size,
             model=identity.model if identity else None,
             random_weights=bool(identity and identity.random_weights),
+        )
+
+    def facets(self) -> Facets:
+        table = self._open()
+        present = set(table.schema.names)
+        wanted = ["file_extension", "camera_make", "camera_model", "taken_at", "latitude"]
+        columns = [name for name in wanted if name in present]
+        counts: dict[str, Counter[Any]] = {"ext": Counter(), "camera": Counter()}
+        first = last = None
+        located = 0
+        for page in self._ranges(table, columns, None, None):
+            page = _with_nulls(page, wanted)
+            counts["ext"].update(page.column("file_extension").to_pylist())
+            makes, models = page.column("camera_make").to_pylist(), page.column("camera_model").to_pylist()
+            counts["camera"].update(pair for pair in zip(makes, models, strict=True) if pair != (None, None))
+            taken = pc.min_max(page.column("taken_at"))
+            if taken["min"].is_valid:
+                low, high = taken["min"].as_py(), taken["max"].as_py()
+                first = low if first is None else min(first, low)
+                last = high if last is None else max(last, high)
+            located += page.num_rows - page.column("latitude").null_count
+        return Facets(
+            cameras=tuple(Camera(make, model, n) for (make, model), n in counts["camera"].most_common()),
+            taken_first=first,
+            taken_last=last,
+            extensions=tuple((ext, n) for ext, n in counts["ext"].most_common() if ext),
+            located=located,
         )
 
     # -- housekeeping -------------------------------------------------------------------------------
@@ -409,7 +463,16 @@ class EmbeddedStore:
         self._connection = None
 
 
+def _with_nulls(page: pa.Table, names: Sequence[str]) -> pa.Table:
+    """A column an older index lacks reads as nulls."""
+    for name in names:
+        if name not in page.column_names:
+            page = page.append_column(name, pa.nulls(page.num_rows, field_types()[name]))
+    return page
+
+
 def _filter_sql(where: SearchFilter | None) -> str | None:
+    """The filter as Lance SQL, each condition in the form its scalar index serves (``embedded_indexes``)."""
     if where is None:
         return None
     clauses = []
@@ -418,7 +481,38 @@ def _filter_sql(where: SearchFilter | None) -> str | None:
         clauses.append(f"file_extension IN ({exts})")
     if where.path_prefix:
         clauses.append(f"starts_with(file_path, {_sql_str(where.path_prefix)})")
+    if where.taken_from is not None:
+        clauses.append(f"taken_at >= {_sql_time(where.taken_from)}")
+    if where.taken_before is not None:
+        clauses.append(f"taken_at < {_sql_time(where.taken_before)}")
+    if where.cameras:
+        names = ", ".join(_sql_str(name) for name in where.cameras)
+        clauses.append(f"(camera_model IN ({names}) OR camera_make IN ({names}))")
+    if where.near is not None:
+        clauses.append(_circle_sql(where.near))
     return " AND ".join(clauses) or None
+
+
+def _sql_time(moment: datetime) -> str:
+    return f"TIMESTAMP {_sql_str(moment.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f'))}"
+
+
+def _circle_sql(circle: Circle) -> str:
+    """The bounding box first (a range on two indexed columns), then the haversine distance on what is left."""
+    lat, lon = repr(float(circle.latitude)), repr(float(circle.longitude))
+    half_chord = (
+        f"power(sin(radians(latitude - {lat}) / 2), 2) + "
+        f"cos(radians(latitude)) * cos(radians({lat})) * power(sin(radians(longitude - {lon}) / 2), 2)"
+    )
+    distance = f"2 * {EARTH_RADIUS_KM!r} * asin(sqrt(least({half_chord}, 1.0)))"
+    box = circle.bounds()
+    if box is None:
+        return f"(latitude IS NOT NULL AND {distance} <= {float(circle.km)!r})"
+    south, north, west, east = (repr(float(v)) for v in box)
+    return (
+        f"(latitude >= {south} AND latitude <= {north} AND longitude >= {west} AND longitude <= {east} "
+        f"AND {distance} <= {float(circle.km)!r})"
+    )
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

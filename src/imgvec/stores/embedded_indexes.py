@@ -1,7 +1,8 @@
 """The indexes of an embedded table: when to build which, and how a query uses them.
 
 Below ``VECTOR_INDEX_MIN_ROWS`` an exact scan is fast and never wrong; above it, IVF. Scalar indexes on ``id`` and
-``content_hash`` serve the skip checks and the content cache once a table is large enough for a scan to hurt.
+``content_hash`` serve the skip checks and the content cache once a table is large enough for a scan to hurt; those
+on the filtered fields (``FILTER_INDEXES``) let a filtered search read only the rows that match.
 Sizes and recall are measured by benchmarks/store.py (docs/architecture.md).
 """
 
@@ -22,6 +23,17 @@ ID_INDEX_MIN_ROWS = 10_000
 PROBE_SHARE = 0.04
 """Share of the √n IVF partitions each query probes (recall measured by benchmarks/store.py, docs/architecture.md)."""
 PQ_REFINE_FACTOR = 50
+EXACT_FILTER_MAX_ROWS = 50_000
+"""A filter matching at most this many rows is searched exactly among them (``exact_for_filter``)."""
+FILTER_INDEXES = {
+    "file_extension": "bitmap",
+    "camera_make": "bitmap",
+    "camera_model": "bitmap",
+    "taken_at": "btree",
+    "latitude": "btree",
+    "longitude": "btree",
+}
+"""Few distinct values: a bitmap; ranges: a B-tree (lancedb's advice, and what the filtered benchmark measured)."""
 
 Query = TypeVar("Query")
 log = logging.getLogger(__name__)
@@ -30,13 +42,15 @@ log = logging.getLogger(__name__)
 def build_missing_indexes(table: lancedb.table.Table) -> None:
     """After a compaction: the scalar indexes once the table is large enough, the vector index once enough rows
     have vectors (built once; later optimizes fold new rows into it)."""
-    from lancedb.index import BTree
+    from lancedb.index import Bitmap, BTree
 
     indexed = {tuple(ix.columns) for ix in table.list_indices()}
     if table.count_rows() >= ID_INDEX_MIN_ROWS:
-        for column in ("id", "content_hash"):  # skip checks and the content cache look rows up by these
-            if (column,) not in indexed:
-                table.create_index(column, config=BTree(), replace=True)
+        # skip checks and the content cache look rows up by id and content_hash; searches filter by the rest
+        kinds = {"id": "btree", "content_hash": "btree", **FILTER_INDEXES}
+        for column, kind in kinds.items():
+            if (column,) not in indexed and column in table.schema.names:
+                table.create_index(column, config=Bitmap() if kind == "bitmap" else BTree(), replace=True)
     with_vector = table.count_rows("vector IS NOT NULL")
     if ("vector",) not in indexed and with_vector >= VECTOR_INDEX_MIN_ROWS:
         build_vector_index(table, with_vector)
@@ -62,6 +76,16 @@ def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
         # Vectors too alike to partition (thousands of copies of one picture): searches keep scanning every
         # vector, exact and never wrong, and the next optimize tries again with what has been added since.
         log.info("no vector index yet: %s", str(exc).split(": ", 2)[-1][:200])
+
+
+def exact_for_filter(table: lancedb.table.Table, condition: str) -> bool:
+    """Whether a filtered search should compare the query with every matching vector rather than probe IVF
+    partitions: when few rows match, the probed partitions may hold fewer than k of them (a filtered IVF search
+    then returns fewer than k, or misses the best), while scoring every match costs little. The count is served by
+    the scalar indexes (``FILTER_INDEXES``)."""
+    if vector_index(table) is None:
+        return True
+    return table.count_rows(condition) <= EXACT_FILTER_MAX_ROWS
 
 
 def tune_search(query: Query, table: lancedb.table.Table) -> Query:

@@ -18,7 +18,7 @@ import numpy as np
 from imgvec.documents import PICTURE_FIELDS, ImageDocument, Picture, StoredFile, usable_vector
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
-from imgvec.stores.base import IndexStats, SearchFilter, SearchHit, field_types
+from imgvec.stores.base import Camera, Facets, IndexStats, SearchFilter, SearchHit, field_types
 from imgvec.stores.opensearch_bulk import BulkItem, send_bulk
 from imgvec.stores.opensearch_client import request
 from imgvec.stores.opensearch_copy import PAGE_SIZE, IndexCopying
@@ -27,11 +27,13 @@ from imgvec.stores.opensearch_mapping import (
     VECTOR_FIELD,
     KnnIndexSettings,
     added_properties,
+    facets_body,
     identity_of,
     index_body,
     mapping_problems,
     origin_of,
     search_filter,
+    unfinished_query,
     vector_fields,
 )
 
@@ -199,6 +201,8 @@ class OpenSearchStore(IndexCopying):
             del source["indexed_at"]
         if isinstance(source.get("taken_at"), datetime):
             source["taken_at"] = source["taken_at"].isoformat()
+        if source.get("latitude") is not None and source.get("longitude") is not None:
+            source["location"] = {"lat": source["latitude"], "lon": source["longitude"]}
         if doc.vector is not None:
             vector = np.asarray(doc.vector, dtype=np.float32).reshape(-1)
             if identity is not None:
@@ -313,7 +317,8 @@ class OpenSearchStore(IndexCopying):
         condition = search_filter(where)
         if condition is not None:
             knn["filter"] = condition  # inside the k-NN clause: k results come back when k match
-        body = {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
+        # ``location`` repeats latitude and longitude for geo filters: a hit has the fields the embedded store's have
+        body = {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD, "location"]}}
         hits = []
         for hit in self._search(body)["hits"]["hits"]:
             document = dict(hit["_source"])
@@ -341,6 +346,27 @@ class OpenSearchStore(IndexCopying):
             random_weights=bool(identity and identity.random_weights),
         )
 
+    def facets(self) -> Facets:
+        aggs = self._search(facets_body())["aggregations"]
+        cameras = [
+            Camera(next((m["key"] for m in bucket["makes"]["buckets"]), None), bucket["key"], bucket["doc_count"])
+            for bucket in aggs["models"]["buckets"]
+        ]
+        cameras += [Camera(b["key"], None, b["doc_count"]) for b in aggs["makes_alone"]["makes"]["buckets"]]
+        cameras.sort(key=lambda camera: -camera.count)
+
+        def moment(name: str) -> datetime | None:
+            value = aggs[name].get("value_as_string") if aggs[name].get("value") is not None else None
+            return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+        return Facets(
+            cameras=tuple(cameras),
+            taken_first=moment("first"),
+            taken_last=moment("last"),
+            extensions=tuple((b["key"], b["doc_count"]) for b in aggs["extensions"]["buckets"]),
+            located=int(aggs["located"]["doc_count"]),
+        )
+
     def _count(self, query: dict[str, Any] | None) -> int:
         body = {"query": query} if query is not None else None
         return int(self._call(self.client.count, index=self.index, body=body)["count"])
@@ -355,10 +381,7 @@ class OpenSearchStore(IndexCopying):
         mapping = self.mapping()
         properties = mapping.get("properties") or {}
         excluded = sorted(vector_fields(mapping)) or [VECTOR_FIELD]
-        lacking = [{"bool": {"must_not": [{"exists": {"field": name}}]}} for name in (VECTOR_FIELD, "perceptual_hash")]
-        query = _query(
-            search_filter(where), {"bool": {"should": lacking, "minimum_should_match": 1}} if unfinished else None
-        )
+        query = _query(search_filter(where), unfinished_query() if unfinished else None)
         for hit in self._pages(query, self._sort_for(query, properties), {"excludes": excluded}):
             yield hit["_source"].get("doc_id") or hit["_id"], hit["_source"]
 

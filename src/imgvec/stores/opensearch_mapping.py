@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from imgvec.documents import PICTURE_VERSION
 from imgvec.errors import StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores.base import SearchFilter
@@ -31,8 +32,18 @@ PICTURE_PROPERTIES: dict[str, dict[str, str]] = {
     "width": {"type": "integer"},
     "height": {"type": "integer"},
     "taken_at": {"type": "date"},
+    "camera_make": {"type": "keyword"},
+    "camera_model": {"type": "keyword"},
+    "latitude": {"type": "double"},
+    "longitude": {"type": "double"},
+    "location": {"type": "geo_point"},
+    "picture_version": {"type": "integer"},
 }
-"""``documents.PICTURE_FIELDS``, added to indexes made before them (``added_properties``)."""
+"""``documents.PICTURE_FIELDS``, added to indexes made before them (``added_properties``). ``location`` is the one
+field only this store has: latitude and longitude again, as the geo_point a ``geo_distance`` filter needs (the
+documents keep ``latitude``/``longitude`` so that both stores read back the same fields)."""
+FACET_CAMERAS = 1_000
+"""Camera models a facets request returns at most (a collection of a million photos holds a few hundred)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,14 +161,23 @@ def mapping_problems(mapping: dict[str, Any], expected: IndexIdentity | None = N
         problems.append(f"method is {method.get('name')!r}, not hnsw")
     if engine == "nmslib":
         problems.append("engine is nmslib: deprecated since OpenSearch 2.19 and refused for new indexes on 3.x")
+    properties = mapping.get("properties") or {}
     for name in ("file_key", "doc_id"):
-        kind = ((mapping.get("properties") or {}).get(name) or {}).get("type")
+        kind = (properties.get(name) or {}).get("type")
         if kind not in (None, "keyword"):
             problems.append(f"{name!r} is of type {kind!r}; exact lookups need keyword")
+    for name, spec in PICTURE_PROPERTIES.items():
+        kind = (properties.get(name) or {}).get("type")
+        if kind is not None and kind != spec["type"]:
+            problems.append(
+                f"{name!r} is of type {kind!r}, not {spec['type']!r} (mapped before imgvec typed it): searches "
+                "cannot filter by it; migrate to a new index"
+            )
     return problems
 
 
 def search_filter(where: SearchFilter | None) -> dict[str, Any] | None:
+    """The filter as one bool of filter clauses: what a k-NN query takes inside its clause (efficient filtering)."""
     if where is None:
         return None
     clauses: list[dict[str, Any]] = []
@@ -165,4 +185,67 @@ def search_filter(where: SearchFilter | None) -> dict[str, Any] | None:
         clauses.append({"terms": {"file_extension": [e.lower().lstrip(".") for e in where.extensions]}})
     if where.path_prefix:
         clauses.append({"prefix": {"file_path": where.path_prefix}})
+    if where.taken_from is not None or where.taken_before is not None:
+        span: dict[str, str] = {}
+        if where.taken_from is not None:
+            span["gte"] = where.taken_from.isoformat()
+        if where.taken_before is not None:
+            span["lt"] = where.taken_before.isoformat()
+        clauses.append({"range": {"taken_at": span}})
+    if where.cameras:
+        names = list(where.cameras)
+        clauses.append(
+            {
+                "bool": {
+                    "should": [{"terms": {"camera_model": names}}, {"terms": {"camera_make": names}}],
+                    "minimum_should_match": 1,
+                }
+            }
+        )
+    if where.near is not None:
+        circle = where.near
+        clauses.append(
+            {
+                "geo_distance": {
+                    "distance": f"{circle.km}km",
+                    "location": {"lat": circle.latitude, "lon": circle.longitude},
+                }
+            }
+        )
     return {"bool": {"filter": clauses}} if clauses else None
+
+
+def unfinished_query() -> dict[str, Any]:
+    """Documents a run has to finish: no vector, or not read by this version of the picture reading."""
+    read = {"range": {"picture_version": {"gte": PICTURE_VERSION}}}
+    return {
+        "bool": {
+            "should": [
+                {"bool": {"must_not": [{"exists": {"field": VECTOR_FIELD}}]}},
+                {"bool": {"must_not": [read]}},
+            ],
+            "minimum_should_match": 1,
+        }
+    }
+
+
+def facets_body() -> dict[str, Any]:
+    """One aggregation request for ``Store.facets``: no hits, the cameras with their makes, the capture span."""
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "aggs": {
+            "models": {
+                "terms": {"field": "camera_model", "size": FACET_CAMERAS},
+                "aggs": {"makes": {"terms": {"field": "camera_make", "size": 3}}},
+            },
+            "makes_alone": {
+                "filter": {"bool": {"must_not": [{"exists": {"field": "camera_model"}}]}},
+                "aggs": {"makes": {"terms": {"field": "camera_make", "size": FACET_CAMERAS}}},
+            },
+            "first": {"min": {"field": "taken_at"}},
+            "last": {"max": {"field": "taken_at"}},
+            "extensions": {"terms": {"field": "file_extension", "size": 100}},
+            "located": {"filter": {"exists": {"field": "location"}}},
+        },
+    }

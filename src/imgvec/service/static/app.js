@@ -127,7 +127,46 @@ function filters() {
   if (ext) params.set("ext", ext);
   const prefix = $("path-prefix").value.trim();
   if (prefix) params.set("path_prefix", prefix);
+  for (const [id, name] of SEARCH_FILTERS) {
+    const value = $(id).value.trim();
+    if (value) params.set(name, value);
+  }
   return params;
+}
+
+// the filters on what a photo says about itself: input id → query parameter (the API's and the CLI's names)
+const SEARCH_FILTERS = [["taken-from", "taken_from"], ["taken-to", "taken_to"], ["camera", "camera"],
+  ["near", "near"], ["within", "within"]];
+
+function chooseCamera(name) {
+  const picker = $("camera");
+  if (name && ![...picker.options].some((option) => option.value === name)) {
+    picker.add(new Option(name, name));  // from a shared URL, before (or without) the index's list
+  }
+  picker.value = name || "";
+}
+
+async function loadFacets() {
+  try {
+    const facets = await (await api("/api/facets")).json();
+    const picker = $("camera");
+    const chosen = picker.value;
+    picker.replaceChildren(new Option("any camera", ""));
+    for (const camera of facets.cameras) {
+      picker.add(new Option(`${camera.name} (${camera.count})`, camera.name));
+    }
+    chooseCamera(chosen);
+    const first = facets.taken_first ? facets.taken_first.slice(0, 10) : "";
+    const last = facets.taken_last ? facets.taken_last.slice(0, 10) : "";
+    for (const id of ["taken-from", "taken-to"]) {  // the calendar opens on the index's span (the form does not validate)
+      $(id).min = first;
+      $(id).max = last;
+    }
+    const span = first ? `taken ${first} to ${last}` : "no capture dates";
+    $("facets-info").textContent = `${facets.cameras.length} cameras, ${span}, ${facets.located} with a place`;
+  } catch (_) {
+    $("facets-info").textContent = "";  // the status line already says why the index cannot be read
+  }
 }
 
 function showState(params, { push }) {
@@ -146,6 +185,10 @@ async function runFromUrl() {
   $("query").value = params.get("q") || "";
   $("ext").value = params.get("ext") || "";
   $("path-prefix").value = params.get("path_prefix") || "";
+  for (const [id, name] of SEARCH_FILTERS) {
+    if (id !== "camera") $(id).value = params.get(name) || "";
+  }
+  chooseCamera(params.get("camera"));
   if (params.get("k")) $("k").value = params.get("k");
   if (params.get("similar")) return findSimilar(params.get("similar"), { push: false });
   if (params.get("q")) return searchText(params.get("q"), { push: false });
@@ -238,6 +281,7 @@ function render(hits) {
     card.dataset.id = hit.id;
     card.querySelector(".score").textContent = hit.score.toFixed(4);
     card.querySelector(".path").textContent = hit.file_path || hit.s3_url || hit.id;
+    card.querySelector(".facts").textContent = photoFacts(hit);
     card.title = "Find similar pictures";
     const img = card.querySelector("img");
     img.alt = hit.file_name || hit.file_path || hit.id;
@@ -246,6 +290,16 @@ function render(hits) {
     card.addEventListener("keydown", (event) => { if (event.key === "Enter") findSimilar(hit.id); });
     results.append(card);
   }
+}
+
+function photoFacts(hit) {
+  const camera = [hit.camera_make, hit.camera_model].filter(Boolean);
+  const parts = [];
+  if (camera.length === 2 && camera[1].toLowerCase().startsWith(camera[0].split(" ")[0].toLowerCase())) camera.shift();
+  if (camera.length) parts.push(camera.join(" "));
+  if (hit.taken_at) parts.push(hit.taken_at.slice(0, 10));
+  if (hit.latitude != null) parts.push(`${hit.latitude.toFixed(3)}, ${hit.longitude.toFixed(3)}`);
+  return parts.join(" · ");
 }
 
 async function loadThumbnail(img, id) {
@@ -392,6 +446,14 @@ function wire() {
     const text = $("query").value.trim();
     if (text) searchText(text);
   });
+  for (const id of ["camera", "taken-from", "taken-to"]) {
+    $(id).addEventListener("change", () => {  // a picked value applies at once to the search on show
+      const current = new URLSearchParams(location.search);
+      const text = $("query").value.trim();
+      if (text) searchText(text);
+      else if (current.get("similar")) findSimilar(current.get("similar"));
+    });
+  }
   $("image-input").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) searchImage(file);
@@ -429,6 +491,7 @@ function wire() {
 
 wire();
 loadStatus();
+loadFacets();
 loadProgress();
 setInterval(loadProgress, PROGRESS_EVERY_MS);
 runFromUrl();

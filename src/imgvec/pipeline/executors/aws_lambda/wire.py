@@ -71,11 +71,16 @@ def vector_of(entry: dict[str, Any]) -> np.ndarray:
 def picture_of(entry: dict[str, Any]) -> Picture:
     facts = entry["picture"]
     taken = facts.get("taken_at")
+    latitude, longitude = facts.get("latitude"), facts.get("longitude")
     return Picture(
         perceptual_hash=int(facts["perceptual_hash"]),
         width=int(facts["width"]),
         height=int(facts["height"]),
         taken_at=datetime.fromisoformat(taken) if taken else None,
+        camera_make=facts.get("camera_make"),
+        camera_model=facts.get("camera_model"),
+        latitude=float(latitude) if latitude is not None else None,
+        longitude=float(longitude) if longitude is not None else None,
     )
 
 
