@@ -45,6 +45,57 @@ def test_batching_does_not_change_vectors(tiny_embedder) -> None:
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_a_lone_request_does_not_wait_for_company_but_a_crowd_shares_a_call(tiny_embedder) -> None:
+    """The service's batcher: with a long wait for company, a lone text query still answers at once (its batch
+    waited for nobody), and requests queued together run as one model call."""
+    import threading
+    import time
+
+    from imgvec.service.batching import ModelBatcher
+
+    sizes: list[int] = []
+    batcher = ModelBatcher(tiny_embedder, max_wait=5.0, max_batch=4, on_batch=lambda kind, size, _: sizes.append(size))
+    try:
+        batcher.embed_text("warm up")
+        started = time.monotonic()
+        vector = batcher.embed_text("a lone query")
+        assert time.monotonic() - started < 2.5, "a lone request waited for a batch"
+        assert np.allclose(vector, tiny_embedder.embed_texts(["a lone query"])[0], atol=1e-5)
+        crowd = [threading.Thread(target=batcher.embed_text, args=(f"query {n}",)) for n in range(8)]
+        for thread in crowd:
+            thread.start()
+        for thread in crowd:
+            thread.join()
+        assert sizes[:2] == [1, 1] and sum(sizes[2:]) == 8 and len(sizes[2:]) < 8  # full batches leave at once
+    finally:
+        batcher.close()
+
+
+def test_the_text_tower_runs_where_a_lone_query_is_fastest_and_agrees_with_torch(settings, tmp_path) -> None:
+    """``prepare_texts`` exports the text tower, times a lone query on torch, ONNX Runtime and OpenVINO, keeps the
+    fastest that agrees with torch fp32, and remembers the choice; a named runtime is used as named."""
+    import json
+    from dataclasses import replace
+
+    texts = ["a dog on a beach", "red car in the snow at night", "x"]
+    own = replace(settings, cache_dir=tmp_path / "cache", runtime="auto")
+    embedder = wiring.load_embedder(own, "imgvec-tiny/random")
+    reference = embedder.embed_texts(texts)  # torch, until prepared
+    chosen = embedder.prepare_texts()
+    assert chosen in {"torch", "onnx", "openvino"} and embedder.prepare_texts() == chosen
+    assert float((embedder.embed_texts(texts) * reference).sum(axis=1).min()) >= 0.999
+    (entry,) = json.loads((tmp_path / "cache" / "text-runtime.json").read_text()).values()
+    assert entry["runtime"] == chosen and set(entry["seconds"]) == {"torch", "onnx", "openvino"}
+    assert min(entry["seconds"], key=entry["seconds"].get) == chosen
+
+    again = wiring.load_embedder(own, "imgvec-tiny/random")  # another process: the cached choice, not measured
+    assert again.prepare_texts() == chosen
+    for runtime in ("onnx", "openvino", "torch"):
+        named = wiring.load_embedder(replace(own, runtime=runtime), "imgvec-tiny/random")
+        assert named.prepare_texts() == runtime
+        assert float((named.embed_texts(texts) * reference).sum(axis=1).min()) >= 0.999
+
+
 def test_random_weights_are_identical_in_another_process(tiny_embedder, settings: Settings) -> None:
     ours = tiny_embedder.embed_texts(["identical everywhere"])[0]
     code = (

@@ -24,7 +24,17 @@ from imgvec.identity import IndexIdentity
 from imgvec.stores import SearchFilter, embedded_indexes
 from imgvec.stores.base import EARTH_RADIUS_KM, Circle, Store
 from imgvec.stores.embedded import EmbeddedStore
-from tests.helpers import NEW_YORK, PARIS, SYDNEY, camera_and_phone_photos, encode, exif_photo, run_cli, textured_photo
+from tests.helpers import (
+    NEW_YORK,
+    PARIS,
+    SYDNEY,
+    Service,
+    camera_and_phone_photos,
+    encode,
+    exif_photo,
+    run_cli,
+    textured_photo,
+)
 
 SMALL = IndexIdentity("test-32/none", "test-32", "none", 32)
 CAMERAS = [("Apple", "iPhone 12 Pro"), ("Canon", "Canon EOS R5"), ("SONY", "ILCE-7M3"), ("Apple", "iPhone 8"), None]
@@ -236,10 +246,10 @@ def check_facets(store: Store, documents: list[ImageDocument]) -> None:
 def test_the_embedded_store_filters_inside_the_search_through_scalar_indexes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """12,000 documents: past the scalar indexes' threshold, and (lowered here) past the vector index's and the
-    exact-filter bound, so each filter meets both an exact search and IVF with its fallback."""
+    """12,000 documents: past the scalar indexes' threshold and (lowered here) the vector index's, so each filter
+    meets both an exact search and IVF; the rarest filters leave fewer than k in the probed partitions, and k=200
+    more than they hold of any filter: both take the every-partition path."""
     monkeypatch.setattr(embedded_indexes, "VECTOR_INDEX_MIN_ROWS", 4_000)
-    monkeypatch.setattr(embedded_indexes, "EXACT_FILTER_MAX_ROWS", 600)
     documents, vectors = corpus(12_000)
     store = EmbeddedStore(tmp_path / "store", "images")
     store.ensure_index(SMALL)
@@ -256,6 +266,16 @@ def test_the_embedded_store_filters_inside_the_search_through_scalar_indexes(
         assert indexed[column].lower() == kind, indexed
     check_filters(store, documents, vectors, k=10, exact=False)
     check_filters(store, documents, vectors, k=200, exact=False)  # more than the probed partitions hold of a match
+
+    # a hit is its document, read from one packed column; rows written before that column read their fields
+    hits = store.search(vectors[5], 20)
+    fields = store.get_many([hit.id for hit in hits])
+    for hit in hits:
+        expected = {key: v.isoformat() if isinstance(v, datetime) else v for key, v in fields[hit.id].items()}
+        assert hit.document == expected
+    table.update(values_sql={"hit": "NULL"}, where=f"id = '{hits[0].id}'")
+    assert {hit.id: hit.document for hit in store.search(vectors[5], 20)}[hits[0].id] == fields[hits[0].id]
+    assert "hit" not in store.get_many([hits[0].id])[hits[0].id] and "hit" not in store.get(hits[0].id)[0]
 
 
 @pytest.mark.opensearch
@@ -340,3 +360,55 @@ def test_documents_read_before_the_camera_and_place_get_them_without_the_model(
     assert (filled["embedded"], filled["cache_hits"], filled["unchanged"]) == (0, 4, 0)  # read again, no model
     assert searched(env, "--camera", "canon") == ["paris.jpg"]
     assert json.loads(run_cli(["ingest", str(photo_folder), "--json"], env).stdout)["unchanged"] == 4
+
+
+def search_requests(url: str) -> dict[str, float]:
+    """The service's answered searches by status, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "imgvec_http_requests_total" and sample.labels.get("route") == "/api/search":
+                counts[sample.labels["status"]] = counts.get(sample.labels["status"], 0) + sample.value
+    return counts
+
+
+def test_the_command_line_searches_through_a_running_service(cli_env: dict[str, str], photo_folder: Path) -> None:
+    """`imgvec serve` says where it listens, beside the store; `imgvec search` asks it (text and a local image, the
+    filters as given) and reports the service's refusals as its own; once it stops, the command searches alone."""
+    import os
+
+    from imgvec.settings import Settings
+
+    env = cli_env | {"IMGVEC_MODEL": "imgvec-tiny/random"}
+    assert run_cli(["ingest", str(photo_folder)], env).returncode == 0
+    announcement = Settings(store=env["IMGVEC_STORE"]).state_dir / "serve" / "images.json"
+    running = Service(env)
+    try:
+        assert json.loads(announcement.read_text())["url"] == running.url
+        assert searched(env, "--camera", "canon", "--taken-from", "2019") == ["paris.jpg"]
+        by_image = run_cli(["search", "--image", str(photo_folder / "sydney.jpg"), "--json", "-k", "2"], env)
+        assert Path(json.loads(by_image.stdout)[0]["file_path"]).name == "sydney.jpg"
+        unknown = run_cli(["search", "a photo", "--camera", "Leica"], env)
+        assert unknown.returncode == 2 and "'Leica'" in unknown.stderr and "Traceback" not in unknown.stderr
+        assert search_requests(running.url) == {"200": 2, "400": 1}  # all three answered by the service
+    finally:
+        running.stop()
+    assert not announcement.exists()  # withdrawn when it stopped
+    assert searched(env, "--camera", "canon") == ["paris.jpg"]  # by itself now
+
+    announcement.write_text(
+        json.dumps(
+            {
+                "url": "http://127.0.0.1:9",
+                "pid": 2**22 + os.getpid(),
+                "store": env["IMGVEC_STORE"],
+                "index": "images",
+                "model": env["IMGVEC_MODEL"],
+            }
+        )
+    )
+    assert searched(env, "--ext", "png") == ["scan.png"]  # a stale announcement is ignored, and removed
+    assert not announcement.exists()

@@ -240,6 +240,8 @@ def test_an_empty_store_and_an_unreachable_one_are_explained(page, module_env, t
 def wait_for_names(page, names: list[str]) -> list[str]:
     """The grid once it shows exactly these files (in any order): a picked filter searches at once, so a test that
     waits for "any change" can stop at an intermediate grid."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     try:
         page.wait_for_function(
             "names => JSON.stringify([...document.querySelectorAll('.result .path')]"
@@ -247,7 +249,7 @@ def wait_for_names(page, names: list[str]) -> list[str]:
             arg=sorted(names),
             timeout=30_000,
         )
-    except Exception:
+    except PlaywrightTimeout:
         raise AssertionError(f"{grid_paths(page)} at {page.url}, notice {page.inner_text('#notice')!r}") from None
     page.wait_for_function("!document.querySelector('#results').hasAttribute('aria-busy')")
     return grid_paths(page)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from typing import Annotated
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,10 +15,12 @@ from imgvec import wiring
 from imgvec.cli.app import app
 from imgvec.cli.base import command
 from imgvec.cli.options import AsJson
-from imgvec.cli.render import out, print_json
+from imgvec.cli.render import hint, out, print_json
 from imgvec.errors import ImageDecodeError, SourceError, UsageError
 from imgvec.settings import Settings
 from imgvec.stores.base import SearchFilter
+
+log = logging.getLogger(__name__)
 
 
 @command(app)
@@ -61,6 +66,15 @@ def search(
         near=near,
         within_km=within,
     )
+    params = [("k", str(k)), *(("ext", e) for e in where.extensions), *(("camera", c) for c in camera or ())]
+    given = {"path_prefix": path_prefix, "taken_from": taken_from, "taken_to": taken_to, "near": near}
+    params += [(name, value) for name, value in given.items() if value]
+    params += [("within", repr(within))] if within is not None else []
+    answered = _through_service(settings, text, image, params)
+    if answered is not None:
+        _print_hits(answered, as_json)
+        return
+    began = time.monotonic()
     store = wiring.open_store(settings)
     store.stats()  # a missing index is reported before a model is loaded for nothing
     if where.cameras:
@@ -73,16 +87,63 @@ def search(
             raise SourceError(f"query image {image}: {getattr(exc, 'strerror', None) or exc}") from None
     else:
         hits = search_text(store, embedder, text or "", k, where)
+    _print_hits([hit_json(h) for h in hits], as_json)
+    if time.monotonic() - began > SLOW_SEARCH_SECONDS:
+        _suggest_serve(settings, time.monotonic() - began)
+
+
+SLOW_SEARCH_SECONDS = 3.0
+"""A search slower than this by itself (imports and model loading, mostly) suggests `imgvec serve`, once."""
+
+
+def _through_service(
+    settings: Settings, text: str | None, image: str | None, params: list[tuple[str, str]]
+) -> list[dict[str, Any]] | None:
+    """The hits from a running `imgvec serve` of this store and index (``service/announce.py``), or None when there
+    is none, it cannot take this query (an image not on this machine), or it fails: then the command searches by
+    itself. An error the service reports about the query itself (a bad filter, a missing index) is this command's."""
+    from imgvec.service.announce import Unavailable, running_service
+
+    local_image = Path(image) if image is not None and "://" not in image else None
+    if image is not None and (local_image is None or not local_image.is_file()):
+        return None  # an S3 object, or a path the command reports on itself
+    service = running_service(settings)
+    if service is None:
+        return None
+    try:
+        return service.search([*([("q", text)] if text is not None else []), *params], local_image)
+    except Unavailable as exc:
+        log.info("the running service could not answer (%s): searching here", exc)
+        return None
+
+
+def _print_hits(hits: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        print_json([hit_json(h) for h in hits])
+        print_json(hits)
         return
     table = Table(box=None)
     table.add_column("#", justify="right")
     table.add_column("score")
     table.add_column("file", overflow="fold")  # a path is copied by users: wrap it, never cut it
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.document.get("file_path") or "")
+        table.add_row(str(rank), f"{hit['score']:.4f}", hit.get("file_path") or "")
     out.print(table)
+
+
+def _suggest_serve(settings: Settings, seconds: float) -> None:
+    """Once per store: the next slow search stays quiet (a marker in the state dir remembers)."""
+    marker = settings.state_dir / "hints" / "serve-for-search"
+    if marker.exists():
+        return
+    hint(
+        f"this search took {seconds:.0f}s, mostly loading the model; while `imgvec serve` runs for this store, "
+        "`imgvec search` answers through it in well under a second"
+    )
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
 
 
 @command(app)

@@ -39,6 +39,11 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
+def hint(message: str) -> None:
+    """Advice, not a problem: on stderr, so a script reading stdout never sees it."""
+    err.print(f"[cyan]tip:[/] {message}", highlight=False)
+
+
 def print_json(value: Any) -> None:
     out.print_json(json.dumps(value))
 

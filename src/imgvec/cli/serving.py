@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 from typing import Annotated
 
 import typer
@@ -79,8 +80,13 @@ def serve(
         decode_memory_bytes=decode_memory_mb << 20,
         max_wait=batch_wait_ms / 1000,
     )
-    service = create_app(settings, config)
+    if port == 0:  # a free port now, so that the address announced beside the store is the one served
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    service = create_app(settings, config, announce_url=f"http://{'[' + local + ']' if ':' in local else local}:{port}")
     guarded = " (token required)" if token else ""
     log_line(f"serving index {settings.index!r} of {settings.store} at {where}{guarded}")
     verbose = logging.getLogger().isEnabledFor(logging.INFO)

@@ -25,3 +25,8 @@ class Embedder(Protocol):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts → (N, dimension) float32, rows L2-normalised, in the same space as images."""
         ...
+
+    def prepare_texts(self) -> str:
+        """Settle how texts are embedded (export, measure, compile) now rather than in the first query: a
+        long-lived process calls it when it loads the model. Returns the text runtime's name."""
+        ...

@@ -162,6 +162,9 @@ class BundleEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise UsageError("a model bundle holds the image tower only: text queries need the full model")
 
+    def prepare_texts(self) -> str:
+        return "none"
+
 
 def export_bundle(embedder: ClipEmbedder, folder: Path, *, fp32: bool = True, int8: bool = True) -> dict[str, Any]:
     """Write ``embedder``'s bundle into ``folder`` (made if missing). ``fp32=False`` keeps only the int8 graphs, a

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from imgvec.embed import probe
+from imgvec.embed import probe, text_tower
 from imgvec.embed.cpu import cpu_info
 from imgvec.embed.hub import require_weights
 from imgvec.embed.modelspec import ModelSpec, WeightsKind
@@ -58,8 +58,9 @@ class ClipEmbedder:
 
     Images run through torch (fp32 on a CPU, fp16 autocast on a GPU), or through the image tower exported to ONNX
     and run by ONNX Runtime (fp32, int8) or OpenVINO (fp32, bf16); ``--runtime auto`` measures which is fastest
-    on this CPU (``embed/probe.py``). Texts always run through torch, since a query is one short call. The index
-    identity is the model's, whatever runtime wrote the vectors: they agree to the cosines in docs/performance.md.
+    on this CPU (``embed/probe.py``). Texts run through torch until ``prepare_texts`` has chosen the text tower's
+    runtime the same way (``embed/text_tower.py``, fp32 only: a query is one short call). The index identity is the
+    model's, whatever runtime wrote the vectors: they agree to the cosines in docs/performance.md.
     """
 
     def __init__(
@@ -88,6 +89,9 @@ class ClipEmbedder:
         self._threads = threads
         self._encode: probe.ImageEncoder | None = None
         self._settle_lock = threading.Lock()
+        self._texts: text_tower.TextEncoder | None = None
+        self.text_runtime: str | None = None
+        """The text tower's runtime once ``prepare_texts`` chose it; None: torch, not yet measured."""
         self.identity = IndexIdentity(
             model=spec.text,
             architecture=spec.architecture,
@@ -166,12 +170,41 @@ class ClipEmbedder:
         return features.float().cpu().numpy()
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return (self._texts or self._torch_texts)(self._tokens(texts))
+
+    def prepare_texts(self) -> str:
+        with self._settle_lock:
+            if self.text_runtime is None:
+                if self._runtime.on_gpu:
+                    self.text_runtime = "torch"
+                else:
+                    named = None if self._runtime.runtime is Runtime.AUTO else self._runtime.runtime.value
+                    self.text_runtime, self._texts = text_tower.choose(
+                        self._torch_texts,
+                        self._tokens,
+                        self._text_encoder,
+                        model_key=self._model_key(),
+                        cache_dir=self._cache_dir,
+                        named=named,
+                    )
+            return self.text_runtime
+
+    def _tokens(self, texts: Sequence[str]) -> np.ndarray:
+        return self._tokenizer(list(texts)).numpy()
+
+    def _torch_texts(self, tokens: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode(), self._autocast():
-            tokens = self._tokenizer(list(texts)).to(self.device)
-            features = self._model.encode_text(tokens, normalize=True)
+            features = self._model.encode_text(torch.from_numpy(tokens).to(self.device), normalize=True)
         return features.float().cpu().numpy()
+
+    def _text_encoder(self, runtime: str) -> text_tower.TextEncoder:
+        with _load_lock:
+            path = text_tower.exported_text_tower(self._model, self._tokens(text_tower.SAMPLE_QUERIES), self._cache_dir)
+        if runtime == "openvino":
+            return text_tower.OpenVinoTextEncoder(path, self._threads, self._cache_dir)
+        return text_tower.OnnxTextEncoder(path, self._threads)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         """fp16 on a GPU through autocast: matrix products in half precision, normalisations kept in fp32."""

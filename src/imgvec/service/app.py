@@ -34,6 +34,7 @@ from imgvec.errors import (
     reason,
 )
 from imgvec.service import routes
+from imgvec.service.announce import announce, withdraw
 from imgvec.service.hosts import HostCheck
 from imgvec.service.limits import BodyLimits
 from imgvec.service.metrics import ServiceMetrics
@@ -65,7 +66,9 @@ error a client can fix is 4xx with its reason; a store or S3 that does not answe
 retry."""
 
 
-def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastAPI:
+def create_app(settings: Settings, config: ServiceConfig | None = None, *, announce_url: str | None = None) -> FastAPI:
+    """``announce_url``: where local clients reach this service, written beside the store while it runs
+    (``service/announce.py``) so that `imgvec search` asks it instead of loading the model."""
     config = config or ServiceConfig()
     metrics = ServiceMetrics()
     searcher, run_state = Searcher(settings, config, on_batch=metrics.on_batch), RunState(settings)
@@ -73,8 +76,17 @@ def create_app(settings: Settings, config: ServiceConfig | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        searcher.close()
+        if announce_url is not None:
+            try:
+                announce(settings, announce_url, token_required=bool(config.token))
+            except OSError as exc:  # a read-only store: the service works, the CLI just does not find it
+                log.warning("cannot announce the service beside the store: %s", reason(exc))
+        try:
+            yield
+        finally:
+            if announce_url is not None:
+                withdraw(settings)
+            searcher.close()
 
     app = FastAPI(
         title="imgvec",

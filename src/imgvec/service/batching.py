@@ -5,6 +5,10 @@ model once per request wastes most of the CPU under load. Every request thread h
 thread and waits; that thread takes whatever has queued, waits at most ``max_wait`` for more (never when a batch
 is already full), runs the model once and hands each request its row. One model thread also means one set of
 inference threads, as in the batched pipeline, rather than one per request fighting over the cores.
+
+A lone request never waits: the thread first takes only what has already queued, and waits for more only when that
+found company (requests are arriving together). Under load, requests queue while the model runs, so batches form
+without any waiting at all.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from imgvec.embed.base import Embedder
 
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_SECONDS = 0.01
-"""Added to a lone request's latency at most; long enough for the requests that arrived together to join."""
+"""How long a batch that already has company waits for more: long enough for requests that arrived together to
+join. A lone request does not wait."""
 
 
 @dataclass(slots=True)
@@ -81,7 +86,10 @@ class ModelBatcher:
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    if len(batch) == 1:  # alone so far: only what has already queued
+                        job = self._queue.get_nowait()
+                    else:
+                        job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if job is None:

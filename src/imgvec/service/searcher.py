@@ -112,6 +112,7 @@ class Searcher:
         with self._loading:
             if self._batcher is None:
                 embedder = wiring.embedder_for(self.settings, self.store)
+                log.info("text queries run on %s", embedder.prepare_texts())  # measured now, not in a request
                 self._embedder = embedder
                 self._batcher = ModelBatcher(
                     embedder, max_batch=self.config.max_batch, max_wait=self.config.max_wait, on_batch=self._on_batch

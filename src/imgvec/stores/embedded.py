@@ -9,6 +9,7 @@ still waiting for one; nulls never take part in a search.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,7 +33,7 @@ from imgvec.documents import (
 from imgvec.errors import IdentityMismatchError, IndexNotFoundError, StoreError
 from imgvec.identity import IndexIdentity
 from imgvec.stores.base import EARTH_RADIUS_KM, Camera, Circle, Facets, IndexStats, SearchFilter, SearchHit, field_types
-from imgvec.stores.embedded_indexes import build_missing_indexes, exact_for_filter, tune_search
+from imgvec.stores.embedded_indexes import build_missing_indexes, tune_search, vector_index
 
 if TYPE_CHECKING:
     import lancedb
@@ -58,8 +59,16 @@ ADDED_COLUMNS = (
     ("latitude", pa.float64()),
     ("longitude", pa.float64()),
     ("picture_version", pa.int32()),
+    ("hit", pa.string()),
 )
 """Columns added after the first schema, in order; older tables get them (all null) when first opened."""
+HIT_COLUMN = "hit"
+"""Every field of a document but the vector, as one JSON string, written with the fields by the one write path
+(``_to_arrow``): what a search returns. Lance reads a column of a result row in one step, whatever its width, and
+a search that took the twenty-odd field columns of its ten hits spent most of its time doing so (figures in
+docs/performance.md). Not a document field: reads of the fields never return it (``_field_columns``)."""
+EVERY_PARTITION = 1 << 24
+"""As many probes as any IVF index has partitions (lance probes what there is): exact among the matching rows."""
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -69,6 +78,7 @@ def _schema(identity: IndexIdentity, migrated_from: str | None = None) -> pa.Sch
             pa.field("id", pa.string(), nullable=False),
             *(pa.field(name, field_types()[name]) for name in DOCUMENT_FIELDS),
             pa.field("vector", pa.list_(pa.float32(), identity.dimension), nullable=True),
+            pa.field(HIT_COLUMN, pa.string()),
         ],
         metadata={IDENTITY_KEY: identity.to_json().encode()}
         | ({ORIGIN_KEY: migrated_from.encode()} if migrated_from else {}),
@@ -227,6 +237,12 @@ class EmbeddedStore:
         columns["vector"] = pa.FixedSizeListArray.from_arrays(
             pa.array(block.reshape(-1)), dimension, mask=pa.array(missing)
         )
+        if HIT_COLUMN in schema.names:
+            present = [name for name in DOCUMENT_FIELDS if name in schema.names]
+            columns[HIT_COLUMN] = [
+                _hit_json(doc.id, {name: row[name] for name in present})
+                for doc, row in zip(documents, rows, strict=True)
+            ]
         return pa.table(columns, schema=schema)
 
     # -- reads --------------------------------------------------------------------------------------
@@ -263,7 +279,7 @@ class EmbeddedStore:
         if not ids or not self.exists():
             return {}
         table = self._open()
-        columns = [name for name in table.schema.names if name != "vector"]
+        columns = _field_columns(table)
         found: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(list(ids), LOOKUP_CHUNK):
             where = f"id IN ({', '.join(_sql_str(i) for i in chunk)})"
@@ -274,7 +290,9 @@ class EmbeddedStore:
     def get(self, doc_id: str) -> tuple[dict[str, Any], np.ndarray | None] | None:
         if not self.exists():
             return None
-        rows = self._open().search().where(f"id = {_sql_str(doc_id)}").limit(1).to_arrow()
+        table = self._open()
+        rows = table.search().where(f"id = {_sql_str(doc_id)}").select([*_field_columns(table), "vector"])
+        rows = rows.limit(1).to_arrow()
         if not rows.num_rows:
             return None
         vector = rows.column("vector")[0].values
@@ -306,7 +324,7 @@ class EmbeddedStore:
         table = self._open() if self.exists() else None
         if table is None:
             return
-        columns = [name for name in table.schema.names if name != "vector"]
+        columns = _field_columns(table)
         condition = None
         if unfinished:
             condition = "vector IS NULL"
@@ -377,6 +395,10 @@ class EmbeddedStore:
         if rows:
             names = table.schema.names
             batch = pa.Table.from_pylist([{n: r.get(n) for n in names if n != "vector"} for r in rows])
+            if HIT_COLUMN in names:  # the origin's fields, as the write path would have packed them
+                present = [name for name in DOCUMENT_FIELDS if name in names]
+                hits = [_hit_json(r["id"], {name: r.get(name) for name in present}) for r in rows]
+                batch = batch.set_column(batch.schema.get_field_index(HIT_COLUMN), HIT_COLUMN, pa.array(hits))
             batch = batch.append_column("vector", pa.nulls(len(rows), table.schema.field("vector").type))
             # insert only: a re-run of a migration must not wipe the vectors it has filled in since
             merge = table.merge_insert("id").when_not_matched_insert_all()
@@ -390,26 +412,42 @@ class EmbeddedStore:
         if identity is not None:
             identity.require_dimension(query_vector.shape[0])
         condition = _filter_sql(where)
-        exact = bool(condition) and exact_for_filter(table, condition)
-        rows = self._nearest(table, query_vector, k, condition, exact=exact)
-        if condition and not exact and rows.num_rows < k:
-            # the probed partitions held fewer than k matches: the matches elsewhere are found by an exact search
-            rows = self._nearest(table, query_vector, k, condition, exact=True)
+        packed = HIT_COLUMN in table.schema.names
+        columns = ["id", HIT_COLUMN] if packed else _field_columns(table)
+        rows = self._nearest(table, query_vector, k, condition, columns)
+        # the probed partitions held fewer than k matches: every partition, when more than these match
+        fewer = condition and rows.num_rows < k and vector_index(table) is not None
+        if fewer and table.count_rows(condition) > rows.num_rows:
+            rows = self._nearest(table, query_vector, k, condition, columns, every_partition=True)
+        found = rows.to_pylist()
+        unpacked = self.get_many([row["id"] for row in found if packed and row[HIT_COLUMN] is None])
         hits = []
-        for row in rows.drop_columns(["vector"]).to_pylist():
-            distance = row.pop("_distance")
-            hits.append(SearchHit(id=row["id"], score=1.0 - float(distance), document=row))
+        for row in found:
+            if packed:  # a row written before the column existed has none: its fields, read the slow way
+                document = json.loads(row[HIT_COLUMN]) if row[HIT_COLUMN] is not None else unpacked[row["id"]]
+            else:
+                document = {name: row[name] for name in columns}
+            hits.append(SearchHit(id=row["id"], score=1.0 - float(row["_distance"]), document=document))
         return hits
 
     @staticmethod
     def _nearest(
-        table: lancedb.table.Table, vector: np.ndarray, k: int, condition: str | None, *, exact: bool
+        table: lancedb.table.Table,
+        vector: np.ndarray,
+        k: int,
+        condition: str | None,
+        columns: list[str],
+        *,
+        every_partition: bool = False,
     ) -> pa.Table:
-        query = table.search(vector, vector_column_name="vector").distance_type("cosine")
-        query = query.bypass_vector_index() if exact else tune_search(query, table)
+        """Filtered or not, through the IVF index once there is one (a filter is applied to the probed partitions'
+        rows through the scalar indexes: an exact scan of the matching rows instead took 0.1-0.8 s at 1 M)."""
+        query = tune_search(table.search(vector, vector_column_name="vector").distance_type("cosine"), table)
+        if every_partition:
+            query = query.nprobes(EVERY_PARTITION)
         if condition:
             query = query.where(condition, prefilter=True)
-        return query.limit(k).to_arrow()
+        return query.select(columns).limit(k).to_arrow()
 
     def stats(self) -> IndexStats:
         identity = self.identity()
@@ -461,6 +499,17 @@ class EmbeddedStore:
         # grows with every commit (figures in docs/architecture.md).
         self._table = None
         self._connection = None
+
+
+def _field_columns(table: lancedb.table.Table) -> list[str]:
+    """The id and the document's fields: every column but the vector and the packed ``hit``."""
+    return [name for name in table.schema.names if name not in ("vector", HIT_COLUMN)]
+
+
+def _hit_json(doc_id: str, fields: dict[str, Any]) -> str:
+    """The packed ``hit`` column: the id and the fields, timestamps as ISO 8601 text (as OpenSearch returns them)."""
+    values = {key: value.isoformat() if isinstance(value, datetime) else value for key, value in fields.items()}
+    return json.dumps({"id": doc_id, **values}, separators=(",", ":"))
 
 
 def _with_nulls(page: pa.Table, names: Sequence[str]) -> pa.Table:

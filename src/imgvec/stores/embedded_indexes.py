@@ -23,8 +23,6 @@ ID_INDEX_MIN_ROWS = 10_000
 PROBE_SHARE = 0.04
 """Share of the √n IVF partitions each query probes (recall measured by benchmarks/store.py, docs/architecture.md)."""
 PQ_REFINE_FACTOR = 50
-EXACT_FILTER_MAX_ROWS = 50_000
-"""A filter matching at most this many rows is searched exactly among them (``exact_for_filter``)."""
 FILTER_INDEXES = {
     "file_extension": "bitmap",
     "camera_make": "bitmap",
@@ -76,16 +74,6 @@ def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
         # Vectors too alike to partition (thousands of copies of one picture): searches keep scanning every
         # vector, exact and never wrong, and the next optimize tries again with what has been added since.
         log.info("no vector index yet: %s", str(exc).split(": ", 2)[-1][:200])
-
-
-def exact_for_filter(table: lancedb.table.Table, condition: str) -> bool:
-    """Whether a filtered search should compare the query with every matching vector rather than probe IVF
-    partitions: when few rows match, the probed partitions may hold fewer than k of them (a filtered IVF search
-    then returns fewer than k, or misses the best), while scoring every match costs little. The count is served by
-    the scalar indexes (``FILTER_INDEXES``)."""
-    if vector_index(table) is None:
-        return True
-    return table.count_rows(condition) <= EXACT_FILTER_MAX_ROWS
 
 
 def tune_search(query: Query, table: lancedb.table.Table) -> Query:
