@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.index == "pq":
-        embedded_indexes.FLAT_INDEX_MAX_ROWS = 0
+        embedded_indexes.SQ_INDEX_MAX_ROWS = 0
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((2000, DIM), dtype=np.float32) if args.distribution == "clustered" else None
     workdir = Path(tempfile.mkdtemp(prefix="imgvec-bench-", dir=args.dir))

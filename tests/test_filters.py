@@ -106,6 +106,9 @@ def test_dates_name_whole_periods_and_places_a_circle() -> None:
     [
         ({"taken_from": "yesterday"}, "give a year (2019)"),
         ({"taken_from": "2019-13"}, "give a year"),
+        ({"taken_to": "9999-12"}, "give a year"),
+        ({"taken_to": "9999-12-31T23:59:59.999999"}, "give a year"),
+        ({"taken_from": "0001-01-01T00:00:00+01:00"}, "give a year"),
         ({"taken_from": "2020", "taken_to": "2019"}, "is after --taken-to"),
         ({"near": "48.8"}, "give LAT,LON"),
         ({"near": "91,0"}, "latitude is within"),
@@ -261,7 +264,7 @@ def test_the_embedded_store_filters_inside_the_search_through_scalar_indexes(
     store.optimize()
     table = store._open()
     indexed = {ix.columns[0]: ix.index_type for ix in table.list_indices()}
-    assert indexed["vector"] == "IvfFlat"
+    assert indexed["vector"] == "IvfSq"
     for column, kind in embedded_indexes.FILTER_INDEXES.items():
         assert indexed[column].lower() == kind, indexed
     check_filters(store, documents, vectors, k=10, exact=False)

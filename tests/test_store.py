@@ -153,11 +153,11 @@ def test_missing_index_and_bad_locations_are_clear(tmp_path: Path) -> None:
     assert not reader.exists() and not (tmp_path / "not-yet").exists()  # reading creates nothing
 
 
-@pytest.mark.parametrize(("flat_max", "kind"), [(10_000, "IvfFlat"), (1_000, "IvfPq")])
+@pytest.mark.parametrize(("sq_max", "kind"), [(10_000, "IvfSq"), (1_000, "IvfPq")])
 def test_ann_index_is_built_and_used(
-    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, flat_max: int, kind: str
+    store: EmbeddedStore, monkeypatch: pytest.MonkeyPatch, sq_max: int, kind: str
 ) -> None:
-    monkeypatch.setattr(embedded_indexes, "FLAT_INDEX_MAX_ROWS", flat_max)
+    monkeypatch.setattr(embedded_indexes, "SQ_INDEX_MAX_ROWS", sq_max)
     monkeypatch.setattr(embedded_indexes, "VECTOR_INDEX_MIN_ROWS", 2_000)
     monkeypatch.setattr(embedded_indexes, "ID_INDEX_MIN_ROWS", 2_000)
     rng = np.random.default_rng(5)

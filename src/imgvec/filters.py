@@ -75,13 +75,13 @@ def period(text: str, flag: str) -> tuple[datetime, datetime]:
             start = datetime(year, month, day, tzinfo=UTC)  # type: ignore[arg-type]
             return start, start + timedelta(days=1)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return moment, moment + timedelta(seconds=1)
+    except (ValueError, OverflowError):  # not a date, or one at the calendar's edge (9999-12, 0001-01-01T00:00+01:00)
         raise UsageError(
             f"{flag} {text!r}: give a year (2019), a month (2019-07), a day (2019-07-14) or an instant "
             "(2019-07-14T18:30:00+02:00)"
         ) from None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return moment, moment + timedelta(seconds=1)
 
 
 def point(text: str) -> tuple[float, float]:

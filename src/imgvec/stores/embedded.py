@@ -38,6 +38,7 @@ from imgvec.stores.embedded_indexes import build_missing_indexes, tune_search, v
 if TYPE_CHECKING:
     import lancedb
     import lancedb.table
+    from lancedb.index import IndexConfig
 
 IDENTITY_KEY = b"imgvec.identity"
 ORIGIN_KEY = b"imgvec.migrated_from"
@@ -64,9 +65,9 @@ ADDED_COLUMNS = (
 """Columns added after the first schema, in order; older tables get them (all null) when first opened."""
 HIT_COLUMN = "hit"
 """Every field of a document but the vector, as one JSON string, written with the fields by the one write path
-(``_to_arrow``): what a search returns. Lance reads a column of a result row in one step, whatever its width, and
-a search that took the twenty-odd field columns of its ten hits spent most of its time doing so (figures in
-docs/performance.md). Not a document field: reads of the fields never return it (``_field_columns``)."""
+(``_to_arrow``): what a search returns. Lance takes each column of a result row separately, and a search that took
+the twenty-odd field columns of its hits spent most of its time doing so (docs/architecture.md). Not a document
+field: reads of the fields never return it (``_field_columns``)."""
 EVERY_PARTITION = 1 << 24
 """As many probes as any IVF index has partitions (lance probes what there is): exact among the matching rows."""
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -414,11 +415,16 @@ class EmbeddedStore:
         condition = _filter_sql(where)
         packed = HIT_COLUMN in table.schema.names
         columns = ["id", HIT_COLUMN] if packed else _field_columns(table)
-        rows = self._nearest(table, query_vector, k, condition, columns)
-        # the probed partitions held fewer than k matches: every partition, when more than these match
-        fewer = condition and rows.num_rows < k and vector_index(table) is not None
-        if fewer and table.count_rows(condition) > rows.num_rows:
-            rows = self._nearest(table, query_vector, k, condition, columns, every_partition=True)
+        index = vector_index(table)
+        # how many match, roughly (a place by its bounding box, which its indexes count at once): it sizes the probes
+        matching = table.count_rows(_filter_sql(where, rough=True)) if condition and index is not None else None
+        if matching == 0:
+            return []
+        share = matching / max(1, index.num_indexed_rows) if matching is not None and index is not None else None
+        rows = self._nearest(table, query_vector, k, condition, columns, index, share)
+        if matching is not None and rows.num_rows < min(k, matching):
+            # the probed partitions held fewer than k of the matches: every partition (exact among the matches)
+            rows = self._nearest(table, query_vector, k, condition, columns, index, share, every_partition=True)
         found = rows.to_pylist()
         unpacked = self.get_many([row["id"] for row in found if packed and row[HIT_COLUMN] is None])
         hits = []
@@ -437,12 +443,16 @@ class EmbeddedStore:
         k: int,
         condition: str | None,
         columns: list[str],
+        index: IndexConfig | None,
+        share: float | None,
         *,
         every_partition: bool = False,
     ) -> pa.Table:
-        """Filtered or not, through the IVF index once there is one (a filter is applied to the probed partitions'
-        rows through the scalar indexes: an exact scan of the matching rows instead took 0.1-0.8 s at 1 M)."""
-        query = tune_search(table.search(vector, vector_column_name="vector").distance_type("cosine"), table)
+        """Filtered or not, through the IVF index once there is one: a filter is applied to the probed partitions'
+        rows through the scalar indexes (an exact scan of the matching rows instead reads the whole vector column:
+        docs/architecture.md)."""
+        query = table.search(vector, vector_column_name="vector").distance_type("cosine")
+        query = tune_search(query, table, index, share)
         if every_partition:
             query = query.nprobes(EVERY_PARTITION)
         if condition:
@@ -520,8 +530,9 @@ def _with_nulls(page: pa.Table, names: Sequence[str]) -> pa.Table:
     return page
 
 
-def _filter_sql(where: SearchFilter | None) -> str | None:
-    """The filter as Lance SQL, each condition in the form its scalar index serves (``embedded_indexes``)."""
+def _filter_sql(where: SearchFilter | None, *, rough: bool = False) -> str | None:
+    """The filter as Lance SQL, each condition in the form its scalar index serves (``embedded_indexes``). ``rough``:
+    a place as its bounding box alone, a superset that the indexes count without computing a distance."""
     if where is None:
         return None
     clauses = []
@@ -538,7 +549,7 @@ def _filter_sql(where: SearchFilter | None) -> str | None:
         names = ", ".join(_sql_str(name) for name in where.cameras)
         clauses.append(f"(camera_model IN ({names}) OR camera_make IN ({names}))")
     if where.near is not None:
-        clauses.append(_circle_sql(where.near))
+        clauses.append(_circle_sql(where.near, rough=rough))
     return " AND ".join(clauses) or None
 
 
@@ -546,7 +557,7 @@ def _sql_time(moment: datetime) -> str:
     return f"TIMESTAMP {_sql_str(moment.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f'))}"
 
 
-def _circle_sql(circle: Circle) -> str:
+def _circle_sql(circle: Circle, *, rough: bool = False) -> str:
     """The bounding box first (a range on two indexed columns), then the haversine distance on what is left."""
     lat, lon = repr(float(circle.latitude)), repr(float(circle.longitude))
     half_chord = (
@@ -558,6 +569,8 @@ def _circle_sql(circle: Circle) -> str:
     if box is None:
         return f"(latitude IS NOT NULL AND {distance} <= {float(circle.km)!r})"
     south, north, west, east = (repr(float(v)) for v in box)
+    if rough:
+        return f"(latitude >= {south} AND latitude <= {north} AND longitude >= {west} AND longitude <= {east})"
     return (
         f"(latitude >= {south} AND latitude <= {north} AND longitude >= {west} AND longitude <= {east} "
         f"AND {distance} <= {float(circle.km)!r})"

@@ -9,6 +9,7 @@ Sizes and recall are measured by benchmarks/store.py (docs/architecture.md).
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -17,12 +18,19 @@ if TYPE_CHECKING:
 
 VECTOR_INDEX_MIN_ROWS = 100_000
 """Below this an exact scan is fast enough and never wrong; above it, build IVF."""
-FLAT_INDEX_MAX_ROWS = 2_000_000
-"""IVF_FLAT (exact distances inside the probed partitions) up to here; IVF-PQ with exact re-rank above."""
+SQ_INDEX_MAX_ROWS = 2_000_000
+"""IVF_SQ (8-bit scalars, a quarter of the vectors' size, re-ranked exactly) up to here; IVF-PQ with exact re-rank
+above. Tables indexed by an older imgvec keep their IVF_FLAT index, searched as before."""
 ID_INDEX_MIN_ROWS = 10_000
 PROBE_SHARE = 0.04
 """Share of the √n IVF partitions each query probes (recall measured by benchmarks/store.py, docs/architecture.md)."""
 PQ_REFINE_FACTOR = 50
+SQ_REFINE_FACTOR = 4
+"""IVF_SQ's candidates re-ranked on the exact vectors: what the quantisation costs in recall, back for about a
+millisecond (benchmarks/search.py --sweep; figures in docs/performance.md)."""
+FILTER_REFERENCE_SHARE = 0.25
+"""A filter keeping at least this share of the rows is searched with the unfiltered probe count (its recall is the
+unfiltered one: docs/performance.md); a rarer one probes proportionally more partitions."""
 FILTER_INDEXES = {
     "file_extension": "bitmap",
     "camera_make": "bitmap",
@@ -55,13 +63,14 @@ def build_missing_indexes(table: lancedb.table.Table) -> None:
 
 
 def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
-    """IVF with ~sqrt(n) partitions: FLAT (exact within partitions) while the copy of the vectors it keeps is
-    affordable, PQ (64 bytes a vector, re-ranked exactly at query time) beyond that."""
-    from lancedb.index import IvfFlat, IvfPq
+    """IVF with ~sqrt(n) partitions: SQ (a byte a dimension, re-ranked exactly at query time) while its copy of the
+    vectors is affordable, PQ (64 bytes a vector, re-ranked likewise) beyond that. SQ answers faster than FLAT at the
+    same recall, from a quarter of the index (docs/performance.md)."""
+    from lancedb.index import IvfPq, IvfSq
 
     partitions = max(16, int(rows**0.5))
-    if rows <= FLAT_INDEX_MAX_ROWS:
-        config = IvfFlat(distance_type="cosine", num_partitions=partitions)
+    if rows <= SQ_INDEX_MAX_ROWS:
+        config = IvfSq(distance_type="cosine", num_partitions=partitions)
     else:
         dimension = table.schema.field("vector").type.list_size
         sub_vectors = dimension // 8 if dimension % 8 == 0 else 1
@@ -76,16 +85,23 @@ def build_vector_index(table: lancedb.table.Table, rows: int) -> None:
         log.info("no vector index yet: %s", str(exc).split(": ", 2)[-1][:200])
 
 
-def tune_search(query: Query, table: lancedb.table.Table) -> Query:
-    """Probe a share of the IVF partitions; re-rank PQ's approximate distances on the exact vectors."""
-    index = vector_index(table)
+def tune_search(
+    query: Query, table: lancedb.table.Table, index: IndexConfig | None = None, matching: float | None = None
+) -> Query:
+    """Probe a share of the IVF partitions; re-rank SQ's and PQ's approximate distances on the exact vectors.
+    ``matching``: the share of rows a filter keeps, when there is one: the rarer the matches, the more partitions
+    are probed, so that the probed ones hold about as many matches as at ``FILTER_REFERENCE_SHARE`` (a rare
+    filter's best matches are otherwise left in partitions nobody probed)."""
+    index = index or vector_index(table)
     if index is None:
         return query
     partitions = max(1, int(index.num_indexed_rows**0.5))
-    query = query.nprobes(max(20, round(PROBE_SHARE * partitions)))
-    if index.index_type != "IvfFlat":
-        query = query.refine_factor(PQ_REFINE_FACTOR)
-    return query
+    probes = max(20, round(PROBE_SHARE * partitions))
+    if matching is not None and 0 < matching < FILTER_REFERENCE_SHARE:
+        probes = min(partitions, math.ceil(probes * FILTER_REFERENCE_SHARE / matching))
+    query = query.nprobes(probes)
+    refine = {"IvfSq": SQ_REFINE_FACTOR, "IvfPq": PQ_REFINE_FACTOR}.get(index.index_type)
+    return query.refine_factor(refine) if refine else query
 
 
 def vector_index(table: lancedb.table.Table) -> IndexConfig | None:
