@@ -65,11 +65,14 @@ def exif_photo(
     offset: str | None = None,
     gps: tuple[float, float] | None = None,
     gps_status: str | None = None,
+    orientation: int | None = None,
 ) -> bytes:
     """A photo as a camera or phone writes it: EXIF Make and Model in IFD0, DateTimeOriginal (and its offset) in the
     EXIF IFD, the position as degree/minute/second rationals with N/S and E/W in the GPS IFD. ``fmt``: JPEG, PNG (its
     eXIf chunk), WEBP or HEIF (pillow-heif), as Pillow writes each."""
     exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
     if make is not None:
         exif[0x010F] = make
     if model is not None:

@@ -29,7 +29,7 @@ from imgvec.duplicates.components import components
 from imgvec.duplicates.pairs import chunking, hash_pairs, vector_pairs
 from imgvec.embed.decode import open_image
 from imgvec.embed.picture import Header
-from tests.helpers import Service, encode, run_cli, textured_photo
+from tests.helpers import Service, encode, exif_photo, run_cli, textured_photo
 
 ORIGINALS = 45
 """Each with a half-size copy: 45 resaved groups, more than two pages of 20."""
@@ -120,15 +120,7 @@ def test_vector_pairs_in_partitions_find_what_all_pairs_find(monkeypatch) -> Non
 
 
 def exif_jpeg(size: tuple[int, int], *, orientation: int | None = None, taken: str | None = None, offset=None) -> bytes:
-    exif = Image.Exif()
-    if orientation is not None:
-        exif[0x0112] = orientation
-    details = exif.get_ifd(0x8769)
-    if taken is not None:
-        details[0x9003] = taken
-    if offset is not None:
-        details[0x9011] = offset
-    return encode(textured_photo(1, size), "JPEG", quality=90, exif=exif.tobytes())
+    return exif_photo(1, size=size, orientation=orientation, taken=taken, offset=offset)
 
 
 def test_the_header_gives_the_upright_size_and_the_capture_time() -> None:
