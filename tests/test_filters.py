@@ -415,3 +415,25 @@ def test_the_command_line_searches_through_a_running_service(cli_env: dict[str, 
     )
     assert searched(env, "--ext", "png") == ["scan.png"]  # a stale announcement is ignored, and removed
     assert not announcement.exists()
+
+
+@pytest.mark.opensearch
+def test_camera_and_phone_files_searched_by_filters_on_the_node(
+    cli_env: dict[str, str], photo_folder: Path, opensearch_url: str, live_prefix: str
+) -> None:
+    """The same files and filters as on the embedded store, through the CLI into a live index: what the photos say
+    reaches the node's typed fields, and each filter runs inside the k-NN clause there."""
+    index = f"{live_prefix}-photos"
+    env = cli_env | {"IMGVEC_MODEL": "imgvec-tiny/random", "IMGVEC_STORE": opensearch_url, "IMGVEC_INDEX": index}
+    created = run_cli(["index", "create", index, "--engine", "lucene", "--shards", "1", "--replicas", "0"], env)
+    assert created.returncode == 0, created.stderr
+    ingested = run_cli(["ingest", str(photo_folder)], env)
+    assert ingested.returncode == 0, ingested.stderr
+    assert searched(env) == ["newyork.heic", "paris.jpg", "scan.png", "sydney.jpg"]
+    assert searched(env, "--camera", "apple iphone 12 pro", "--camera", "CANON") == ["newyork.heic", "paris.jpg"]
+    assert searched(env, "--taken-from", "2019", "--taken-to", "2019") == ["paris.jpg", "sydney.jpg"]
+    assert searched(env, "--near", "48.8584,2.2945", "--within", "6000", "--ext", "heic") == ["newyork.heic"]
+    assert searched(env, "--near", "-33.86,151.21", "--taken-from", "2019-12") == ["sydney.jpg"]
+    shown = json.loads(run_cli(["search", "a photo", "--json", "--camera", "samsung"], env).stdout)[0]
+    assert (shown["camera_make"], shown["taken_at"][:16]) == ("samsung", "2019-12-31T23:30")
+    assert run_cli(["index", "verify", index], env).returncode == 0

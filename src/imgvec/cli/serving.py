@@ -51,7 +51,10 @@ def serve(
         typer.Option(min=64, help="Memory for decoding images at once; requests for huge pictures take turns."),
     ] = 1024,
     batch_wait_ms: Annotated[
-        float, typer.Option(min=0, max=1000, help="How long a model call waits for more requests to join it.")
+        float,
+        typer.Option(
+            min=0, max=1000, help="How long a model call that already has company waits for more (a lone one: none)."
+        ),
     ] = 10.0,
 ) -> None:
     """Serve the search page at /, the HTTP API under /api (OpenAPI at /openapi.json) and /metrics.

@@ -401,6 +401,7 @@ class EmbeddedStore:
                 hits = [_hit_json(r["id"], {name: r.get(name) for name in present}) for r in rows]
                 batch = batch.set_column(batch.schema.get_field_index(HIT_COLUMN), HIT_COLUMN, pa.array(hits))
             batch = batch.append_column("vector", pa.nulls(len(rows), table.schema.field("vector").type))
+            batch = batch.select(names)  # the table's column order (``hit`` follows ``vector`` in a new table)
             # insert only: a re-run of a migration must not wipe the vectors it has filled in since
             merge = table.merge_insert("id").when_not_matched_insert_all()
             return int(merge.execute(batch.cast(table.schema), on_bad_vectors="null").num_inserted_rows)
