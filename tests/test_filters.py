@@ -249,11 +249,11 @@ def check_facets(store: Store, documents: list[ImageDocument]) -> None:
 def test_the_embedded_store_filters_inside_the_search_through_scalar_indexes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """12,000 documents: past the scalar indexes' threshold and (lowered here) the vector index's, so each filter
+    """13,000 documents: past the scalar indexes' threshold and (lowered here) the vector index's, so each filter
     meets both an exact search and IVF; the rarest filters leave fewer than k in the probed partitions, and k=200
     more than they hold of any filter: both take the every-partition path."""
     monkeypatch.setattr(embedded_indexes, "VECTOR_INDEX_MIN_ROWS", 4_000)
-    documents, vectors = corpus(12_000)
+    documents, vectors = corpus(13_000)  # three id ranges of a scan (facets): past its page twice
     store = EmbeddedStore(tmp_path / "store", "images")
     store.ensure_index(SMALL)
     for start in range(0, len(documents), 3_000):

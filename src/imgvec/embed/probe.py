@@ -199,7 +199,7 @@ def measured_costs(choice: RuntimeChoice, *, cpu: CpuInfo, model_key: str, cache
 
 
 def cache_key(cpu: CpuInfo, model_key: str, precision: Precision) -> str:
-    return "|".join([cpu.signature(), model_key, f"precision {precision.value}", _versions()])
+    return "|".join([cpu.signature(), model_key, f"precision {precision.value}", versions()])
 
 
 def measure(
@@ -289,29 +289,36 @@ def decode_cost(preprocessor: Preprocessor, repeats: int = 3) -> float:
 
 def load(cache_dir: Path, key: str) -> Probe | None:
     try:
-        data = json.loads((cache_dir / PROBE_FILE).read_text())
+        data = read_cache(cache_dir / PROBE_FILE)
         return Probe.from_json(data[key]) if key in data else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing or damaged: measure again
+    except (ValueError, KeyError, TypeError):
+        return None  # damaged: measure again
 
 
 def save(cache_dir: Path, probe: Probe) -> None:
-    """Atomic, and merged with what other models and CPUs measured (a cache dir on a shared home)."""
-    path = cache_dir / PROBE_FILE
+    write_cache(cache_dir / PROBE_FILE, probe.key, probe.to_json())
+
+
+def read_cache(path: Path) -> dict:
+    """A measurement cache (this probe's, the text tower's): missing or damaged reads as empty, measured again."""
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            data = {}
     except (OSError, ValueError):
-        data = {}
-    data[probe.key] = probe.to_json()
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_cache(path: Path, key: str, value: object) -> None:
+    """Atomic, and merged with what other models and CPUs measured (a cache dir on a shared home)."""
+    data = read_cache(path)
+    data[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, default=str))
         os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs the next run another probe
-        log.warning("cannot cache the runtime probe in %s: %s", path, exc)
+    except OSError as exc:  # a read-only cache only costs the next run another measurement
+        log.warning("cannot cache the measurement in %s: %s", path, exc)
 
 
 def _rate(encode: ImageEncoder, pixels: np.ndarray, seconds: float) -> float:
@@ -343,7 +350,8 @@ def _all_torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _versions() -> str:
+def versions() -> str:
+    """The libraries a measured choice depends on: another version measures again."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = []

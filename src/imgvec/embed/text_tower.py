@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imgvec.embed import probe
 from imgvec.embed.cpu import cpu_info
 from imgvec.errors import ModelLoadError
 
@@ -99,8 +100,8 @@ def choose(
     """(runtime, its encoder; None for torch). ``named``: the runtime the user asked for (torch, onnx, openvino),
     used when it agrees with torch; None: the fastest that agrees, measured once per CPU and weights and cached."""
     cache = cache_dir / "text-runtime.json"
-    key = f"{model_key} | {cpu_info().signature()} | {_versions()}"
-    known = _read(cache)
+    key = f"{model_key} | {cpu_info().signature()} | {probe.versions()}"
+    known = probe.read_cache(cache)
     candidates = [named] if named else ["torch", "onnx", "openvino"]
     if named is None and key in known:
         candidates = [known[key]["runtime"]]
@@ -127,8 +128,7 @@ def choose(
         if timings[name] == min(timings.values()):
             chosen = (name, None if name == "torch" else encoder)
     if named is None and timings:
-        known[key] = {"runtime": chosen[0], "seconds": {k: round(v, 6) for k, v in timings.items()}}
-        _write(cache, known)
+        probe.write_cache(cache, key, {"runtime": chosen[0], "seconds": {k: round(v, 6) for k, v in timings.items()}})
         measured = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items())
         log.info("text tower: %s (a lone query: %s)", chosen[0], measured)
     return chosen
@@ -208,23 +208,3 @@ def _export(model: torch.nn.Module, tokens: np.ndarray, path: Path) -> None:
         raise ModelLoadError(f"cannot export the text tower to ONNX: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _versions() -> str:
-    import onnxruntime
-
-    return f"onnxruntime {onnxruntime.__version__}"
-
-
-def _read(path: Path) -> dict[str, dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write(path: Path, known: dict[str, dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(tmp, path)

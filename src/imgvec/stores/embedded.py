@@ -239,11 +239,7 @@ class EmbeddedStore:
             pa.array(block.reshape(-1)), dimension, mask=pa.array(missing)
         )
         if HIT_COLUMN in schema.names:
-            present = [name for name in DOCUMENT_FIELDS if name in schema.names]
-            columns[HIT_COLUMN] = [
-                _hit_json(doc.id, {name: row[name] for name in present})
-                for doc, row in zip(documents, rows, strict=True)
-            ]
+            columns[HIT_COLUMN] = _packed_hits([doc.id for doc in documents], rows, schema.names)
         return pa.table(columns, schema=schema)
 
     # -- reads --------------------------------------------------------------------------------------
@@ -397,9 +393,8 @@ class EmbeddedStore:
             names = table.schema.names
             batch = pa.Table.from_pylist([{n: r.get(n) for n in names if n != "vector"} for r in rows])
             if HIT_COLUMN in names:  # the origin's fields, as the write path would have packed them
-                present = [name for name in DOCUMENT_FIELDS if name in names]
-                hits = [_hit_json(r["id"], {name: r.get(name) for name in present}) for r in rows]
-                batch = batch.set_column(batch.schema.get_field_index(HIT_COLUMN), HIT_COLUMN, pa.array(hits))
+                hits = pa.array(_packed_hits([r["id"] for r in rows], rows, names), pa.string())
+                batch = batch.set_column(batch.schema.get_field_index(HIT_COLUMN), HIT_COLUMN, hits)
             batch = batch.append_column("vector", pa.nulls(len(rows), table.schema.field("vector").type))
             batch = batch.select(names)  # the table's column order (``hit`` follows ``vector`` in a new table)
             # insert only: a re-run of a migration must not wipe the vectors it has filled in since
@@ -517,10 +512,18 @@ def _field_columns(table: lancedb.table.Table) -> list[str]:
     return [name for name in table.schema.names if name not in ("vector", HIT_COLUMN)]
 
 
-def _hit_json(doc_id: str, fields: dict[str, Any]) -> str:
-    """The packed ``hit`` column: the id and the fields, timestamps as ISO 8601 text (as OpenSearch returns them)."""
-    values = {key: value.isoformat() if isinstance(value, datetime) else value for key, value in fields.items()}
-    return json.dumps({"id": doc_id, **values}, separators=(",", ":"))
+def _packed_hits(ids: Sequence[str], rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """The packed ``hit`` column: each id with the fields the table has, timestamps as ISO 8601 text (as OpenSearch
+    returns them)."""
+    present = [name for name in DOCUMENT_FIELDS if name in names]
+
+    def text(value: Any) -> Any:
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    return [
+        json.dumps({"id": doc_id, **{name: text(row.get(name)) for name in present}}, separators=(",", ":"))
+        for doc_id, row in zip(ids, rows, strict=True)
+    ]
 
 
 def _with_nulls(page: pa.Table, names: Sequence[str]) -> pa.Table:
