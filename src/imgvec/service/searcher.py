@@ -45,6 +45,7 @@ from imgvec.stores.base import Facets, SearchFilter, Store
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
+"""Larger than any camera JPEG or phone HEIC; a request over it is refused before it is read in full."""
 DEFAULT_DECODE_MEMORY = 1 << 30
 """One 196 MP picture at a time (the pixel limit's worst case), a hundred phone photos at once."""
 FACETS_TTL_SECONDS = 60.0
