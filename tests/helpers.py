@@ -168,10 +168,15 @@ class TrappedPreprocessor:
         self.inner = inner
         self.reduce_for = inner.reduce_for
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def pixels(self, image: Image.Image) -> np.ndarray:
         if image.size == self.size:
             self.spring()
-        return self.inner(image)
+        return self.inner.pixels(image)
+
+    def __getattr__(self, name: str) -> object:
+        if name == "inner":  # being unpickled in a worker: not set yet
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def spring(self) -> None:
         raise NotImplementedError

@@ -30,11 +30,11 @@ def check_compatible(store: Store, embedder: Embedder) -> None:
 def image_pixels(
     embedder: Embedder, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, budget: DecodeBudget | None = None
 ) -> np.ndarray:
-    """One image file's bytes → the model's (3, H, W) input, through the same guarded decoder as an ingest (bomb
+    """One image file's bytes → the model's (3, H, W) uint8 input, through the same guarded decoder as an ingest (bomb
     guard, corrupt files → ImageDecodeError with a reason). ``budget``: the service's bound on decode memory."""
     preprocessor = embedder.preprocessor
     decode = budget.decode if budget is not None else decode_image
-    return preprocessor(decode(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
+    return preprocessor.pixels(decode(data, max_pixels=max_pixels, reduce_for=preprocessor.reduce_for))
 
 
 def search_text(

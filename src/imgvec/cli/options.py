@@ -74,6 +74,15 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
         ],
         False,
     ),
+    "gpu_decode": (
+        Annotated[
+            bool,
+            typer.Option(
+                help="With the model on a CUDA GPU, also decode JPEGs there (nvJPEG), beside the CPU decode workers."
+            ),
+        ],
+        True,
+    ),
     "executor": (
         Annotated[
             str,
@@ -176,7 +185,7 @@ PIPELINE_FLAGS: dict[str, tuple[Any, Any]] = {
     ),
 }
 """Each pipeline flag: (annotation, default), keyed by its ``PipelineOptions`` field."""
-TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout", "full_decode")
+TUNING = ("batch_size", "workers", "io_concurrency", "max_pixels", "file_timeout", "full_decode", "gpu_decode")
 """How the pipeline runs on this machine: every command that runs the pipeline takes these."""
 PUBLISHING = ("cloudwatch", "state_file")
 """Where else a run's progress goes: ``ingest`` (also ``--follow``), ``sync`` and ``watch``."""

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from imgvec.embed.pixels import Pixels
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.embed.runtime import RuntimeChoice
 from imgvec.identity import IndexIdentity
@@ -18,8 +19,10 @@ class Embedder(Protocol):
     runtime: RuntimeChoice
     """Resolved: the runtime, precision and device that embed images, and why."""
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) float32 from ``preprocessor`` → (N, dimension) float32, rows L2-normalised."""
+    def embed_images(self, pixels: Pixels) -> np.ndarray:
+        """(N, 3, H, W) uint8 from ``preprocessor.pixels`` (normalised here, where the model runs), or float32
+        already normalised (``preprocessor(image)``) → (N, dimension) float32, rows L2-normalised. A tensor on
+        the model's device (a GPU decode lane's) is taken as it is."""
         ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -157,7 +157,7 @@ class BundleEmbedder:
         return OnnxImageEncoder(fp32, precision=choice.precision, device="cpu", threads=threads, vnni=cpu_info().vnni)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self._encode(pixels)
+        return self._encode(self.preprocessor.normalise(pixels))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise UsageError("a model bundle holds the image tower only: text queries need the full model")

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from imgvec.embed import probe, text_tower
+from imgvec.embed import gpu_probe, probe, text_tower
 from imgvec.embed.cpu import cpu_info
 from imgvec.embed.hub import require_weights
 from imgvec.embed.modelspec import ModelSpec, WeightsKind
 from imgvec.embed.onnx import OnnxImageEncoder, exported_tower
 from imgvec.embed.openvino import OpenVinoImageEncoder
+from imgvec.embed.pixels import Pixels, as_numpy
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.embed.runtime import Precision, Runtime, RuntimeChoice, choose
 from imgvec.errors import ModelLoadError, ModelSpecError
@@ -34,6 +36,8 @@ T = TypeVar("T")
 Tokenizer = Callable[[list[str]], "torch.Tensor"]
 
 RANDOM_SEED = 0
+GPU_COPY_CHUNK = 64
+"""Images per host-to-GPU copy: the next chunk's copy overlaps this chunk's model call."""
 _load_lock = threading.Lock()
 
 
@@ -85,9 +89,15 @@ class ClipEmbedder:
         cfg = _preprocess_cfg(self._model)
         self.preprocessor = Preprocessor.from_open_clip_cfg(cfg)
         self.probe: probe.Probe | None = None
-        """The measurements behind an ``auto`` choice (None when the runtime was named)."""
+        """The measurements behind an ``auto`` choice on a CPU (None when the runtime was named)."""
+        self.gpu_probe: gpu_probe.GpuProbe | None = None
+        """The same on a GPU (``embed/gpu_probe.py``)."""
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """The image tower through ``torch.compile`` (``--runtime torch-compile``), made on first use."""
         self._threads = threads
         self._encode: probe.ImageEncoder | None = None
+        self._affine: tuple[torch.Tensor, torch.Tensor] | None = None
+        """The normalisation's scale and shift on the model's device (``Preprocessor.affine``)."""
         self._settle_lock = threading.Lock()
         self._texts: text_tower.TextEncoder | None = None
         self.text_runtime: str | None = None
@@ -114,8 +124,11 @@ class ClipEmbedder:
         self._image_encoder_ready()
         return self._runtime
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self._image_encoder_ready()(pixels)
+    def embed_images(self, pixels: Pixels) -> np.ndarray:
+        encode = self._image_encoder_ready()
+        if encode == self.torch_images:  # torch normalises on its own device
+            return encode(pixels)
+        return encode(self.preprocessor.normalise(as_numpy(pixels)))
 
     def costs(self) -> probe.Costs | None:
         """Decode and model costs measured on this CPU for this runtime, or None where it never measured them
@@ -135,7 +148,15 @@ class ClipEmbedder:
             return self._encode
         with self._settle_lock:
             if self._encode is None:
-                if not self._runtime.resolved:
+                if not self._runtime.resolved and self._runtime.on_gpu:
+                    self._runtime, self.gpu_probe = gpu_probe.settle(
+                        self._runtime,
+                        model_key=self._model_key(),
+                        preprocessor=self.preprocessor,
+                        build=self.image_encoder,
+                        cache_dir=self._cache_dir,
+                    )
+                elif not self._runtime.resolved:
                     self._runtime, self.probe = probe.settle(
                         self._runtime,
                         cpu=cpu_info(),
@@ -147,27 +168,81 @@ class ClipEmbedder:
                 self._encode = self._image_encoder(self._runtime.runtime, self._runtime.precision, self._threads)
             return self._encode
 
+    def image_encoder(self, engine: Runtime, precision: Precision) -> probe.ImageEncoder:
+        """The image tower through ``engine`` at ``precision``, whatever this run chose: what the probes time."""
+        return self._image_encoder(engine, precision, None)
+
     def image_tower_onnx(self) -> Path:
         """The image tower as an fp32 ONNX file (exported on first use, checked against torch, cached)."""
         with _load_lock:  # one export per process, however many threads load the model at once
             return exported_tower(self._model, self._input_size(), self._cache_dir)
 
     def _image_encoder(self, engine: Runtime, precision: Precision, threads: int | None) -> probe.ImageEncoder:
-        if engine is Runtime.TORCH:
+        if engine is Runtime.TORCH and precision is self._torch_precision():
             return self.torch_images
+        if engine in (Runtime.TORCH, Runtime.TORCH_COMPILE):
+            return functools.partial(self._torch_images, precision=precision, compiled=engine is Runtime.TORCH_COMPILE)
         fp32 = self.image_tower_onnx()
         if engine is Runtime.OPENVINO:
             return OpenVinoImageEncoder(fp32, precision=precision, threads=threads, cache_dir=self._cache_dir)
         return OnnxImageEncoder(fp32, precision=precision, device=self.device, threads=threads, vnni=cpu_info().vnni)
 
-    def torch_images(self, pixels: np.ndarray) -> np.ndarray:
-        """Through torch, whatever runtime embeds this model's images: the reference the others are held to."""
+    def torch_images(self, pixels: Pixels) -> np.ndarray:
+        """Through torch, whatever runtime embeds this model's images: the reference the others are held to
+        (at the run's precision on a GPU, fp32 until one is chosen)."""
+        compiled = self._runtime.runtime is Runtime.TORCH_COMPILE
+        return self._torch_images(pixels, precision=self._torch_precision(), compiled=compiled)
+
+    def _torch_precision(self) -> Precision:
+        """What torch runs at in this run: the chosen precision on a GPU; fp32 on a CPU, where torch is the
+        reference the other runtimes are held to."""
+        on_torch = self._runtime.runtime in (Runtime.TORCH, Runtime.TORCH_COMPILE)
+        return self._runtime.precision if self._runtime.on_gpu and on_torch else Precision.FP32
+
+    def _torch_images(self, pixels: Pixels, *, precision: Precision, compiled: bool = False) -> np.ndarray:
+        """uint8 pixels are normalised on the model's device. On a GPU a batch goes in chunks: each chunk's copy
+        from pinned memory runs on a stream of its own while the previous chunk's model call runs, and one wait at
+        the end collects every chunk's vectors."""
         import torch
 
-        with torch.inference_mode(), self._autocast():
-            batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
-            features = self._model.encode_image(batch, normalize=True)
-        return features.float().cpu().numpy()
+        outputs = []
+        with torch.inference_mode():
+            for chunk in self._on_device(pixels):
+                with self._autocast(precision):
+                    if compiled:
+                        features = torch.nn.functional.normalize(self._compiled_tower()(chunk), dim=-1)
+                    else:
+                        features = self._model.encode_image(chunk, normalize=True)
+                outputs.append(features.float())
+            features = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return features.cpu().numpy()
+
+    def _on_device(self, pixels: Pixels) -> Iterator[torch.Tensor]:
+        import torch
+
+        if self._affine is None:
+            scale, shift = (torch.from_numpy(part).reshape(1, 3, 1, 1) for part in self.preprocessor.affine())
+            self._affine = (scale.to(self.device), shift.to(self.device))
+        scale, shift = self._affine
+        on_gpu = self._runtime.on_gpu
+        tensor = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pixels))
+        if not on_gpu or tensor.is_cuda:
+            chunks = [tensor.to(self.device)]
+            streams = None
+        else:
+            chunks = list(torch.split(tensor, GPU_COPY_CHUNK))
+            streams = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        for chunk in chunks:
+            if streams is not None:
+                copy, compute = streams
+                with torch.cuda.stream(copy):
+                    chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+                compute.wait_stream(copy)
+                chunk.record_stream(compute)
+            if chunk.dtype == torch.uint8:
+                yield torch.addcmul(shift, chunk.float(), scale)
+            else:
+                yield chunk.float()
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return (self._texts or self._torch_texts)(self._tokens(texts))
@@ -195,7 +270,7 @@ class ClipEmbedder:
     def _torch_texts(self, tokens: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(self._torch_precision()):
             features = self._model.encode_text(torch.from_numpy(tokens).to(self.device), normalize=True)
         return features.float().cpu().numpy()
 
@@ -206,12 +281,23 @@ class ClipEmbedder:
             return text_tower.OpenVinoTextEncoder(path, self._threads, self._cache_dir)
         return text_tower.OnnxTextEncoder(path, self._threads)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        """fp16 on a GPU through autocast: matrix products in half precision, normalisations kept in fp32."""
+    def _compiled_tower(self) -> Callable[[torch.Tensor], torch.Tensor]:
         import torch
 
-        if self._runtime.precision is Precision.FP16:
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        if self._compiled is None:
+            self._compiled = torch.compile(self._model.visual)
+        return self._compiled
+
+    def _autocast(self, precision: Precision) -> contextlib.AbstractContextManager[object]:
+        """fp16 or bf16 through torch's autocast (a GPU): matrix products in half precision, normalisations kept
+        in fp32. On a CPU only where ``gpu_probe``'s own test measures it there."""
+        import torch
+
+        device_type = "cuda" if self._runtime.on_gpu else "cpu"
+        if precision is Precision.FP16:
+            return torch.autocast(device_type=device_type, dtype=torch.float16)
+        if precision is Precision.BF16:
+            return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _input_size(self) -> tuple[int, int]:

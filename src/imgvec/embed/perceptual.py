@@ -37,19 +37,38 @@ def _dct_rows() -> np.ndarray:
     return np.cos(np.pi * (2 * n + 1) * k / (2 * SIDE))
 
 
+BOX_FACTOR = 4
+"""The box-filtered thumbnail a hash starts from is this many times its final side (``grey_box``)."""
+
+
 def _grey(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return _lanczos(grey_box(image, size), size)
+
+
+def grey_box(image: Image.Image, size: tuple[int, int] = (SIDE, SIDE)) -> np.ndarray:
+    """The grey picture box-filtered to ``BOX_FACTOR`` times ``size`` (kept as it is when a side is already smaller):
+    a draft-like shrink first, then a Lanczos resize (``_lanczos``). The result is the same picture at 32x32
+    whatever the source size, which is what makes a resized copy hash alike. A GPU decode lane makes this
+    thumbnail on the device and sends only it back (``embed/gpu_decode.py``)."""
     grey = image.convert("L")
-    # draft-like shrink first: a box filter to a few times the target, then a Lanczos resize. The result is the
-    # same picture at 32x32 whatever the source size, which is what makes a resized copy hash alike.
-    box = (size[0] * 4, size[1] * 4)
+    box = (size[0] * BOX_FACTOR, size[1] * BOX_FACTOR)
     if grey.width > box[0] and grey.height > box[1]:
         grey = grey.resize(box, Image.Resampling.BOX)
-    return np.asarray(grey.resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def _lanczos(grey: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(grey, "L").resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
 
 
 def phash(image: Image.Image) -> int:
+    return phash_of_grey(grey_box(image))
+
+
+def phash_of_grey(grey: np.ndarray) -> int:
+    """``phash`` from the thumbnail ``grey_box`` makes (uint8, height x width)."""
     rows = _dct_rows()
-    low = rows @ _grey(image, (SIDE, SIDE)) @ rows.T
+    low = rows @ _lanczos(np.ascontiguousarray(grey, dtype=np.uint8), (SIDE, SIDE)) @ rows.T
     return _bits(low > np.median(low))
 
 

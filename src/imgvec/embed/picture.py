@@ -34,7 +34,7 @@ _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 class Header:
     """Read from a just-opened image (``decode.open_image``), before a reduced decode changes its size."""
 
-    __slots__ = ("camera_make", "camera_model", "height", "latitude", "longitude", "taken_at", "width")
+    __slots__ = ("camera_make", "camera_model", "height", "latitude", "longitude", "orientation", "taken_at", "width")
 
     def __init__(self, image: Image.Image) -> None:
         width, height = image.size
@@ -42,7 +42,10 @@ class Header:
             exif = image.getexif()
         except Exception:  # noqa: BLE001 - a broken EXIF block costs the capture time, never the picture
             exif = None
-        if exif is not None and exif.get(ORIENTATION) in TRANSPOSED:
+        orientation = exif.get(ORIENTATION, 1) if exif is not None else 1
+        self.orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+        """EXIF orientation 1-8 (1: stored upright); what a GPU decode lane applies to the pixels."""
+        if self.orientation in TRANSPOSED:
             width, height = height, width
         self.width = width
         self.height = height
@@ -53,8 +56,12 @@ class Header:
 
     def picture(self, decoded: Image.Image) -> Picture:
         """With the hash of the upright decoded pixels (``decode.decode_opened``)."""
+        return self.with_hash(phash(decoded))
+
+    def with_hash(self, perceptual_hash: int) -> Picture:
+        """With a hash computed elsewhere (a GPU decode lane's, ``perceptual.phash_of_grey``)."""
         return Picture(
-            signed_hash(phash(decoded)),
+            signed_hash(perceptual_hash),
             self.width,
             self.height,
             self.taken_at,

@@ -2,6 +2,10 @@
 
 Written with PIL and numpy rather than torchvision so that decode workers need no torch import (faster to
 start, less memory per worker). ``tests/test_preprocess.py`` holds it equal to open_clip's own transform.
+
+It is done in two halves. Decode workers resize and crop (``pixels``: uint8, a quarter of float32's bytes through
+the pipe and across to a GPU); the model's own process normalises (``normalise``), where the model runs: on a GPU
+that is one fused operation on the device, not a float copy of every picture made by a CPU worker.
 """
 
 from __future__ import annotations
@@ -66,9 +70,33 @@ class Preprocessor:
         return self.size if self.fast_path else None
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """(3, size, size) float32."""
+        """(3, size, size) float32, normalised: what the model takes."""
+        return self.normalise(self.pixels(image))
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 from ``pixels`` (one picture or a batch) → float32 model input. float32 is taken to be normalised
+        already and passes as it is, so every embedder accepts either."""
+        if pixels.dtype != np.uint8:
+            return np.ascontiguousarray(pixels, dtype=np.float32)
+        scale, shift = self.affine()
+        shape = (3, 1, 1)
+        out = pixels.astype(np.float32)
+        out *= scale.reshape(shape)
+        out += shift.reshape(shape)
+        return out
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel, ``x * scale + shift`` is ``(x / 255 - mean) / std``: one multiply-add per value, the same
+        on numpy and on a GPU (``embed/clip.py``)."""
+        std = np.asarray(self.std, dtype=np.float64)
+        scale = 1.0 / (255.0 * std)
+        shift = -np.asarray(self.mean, dtype=np.float64) / std
+        return scale.astype(np.float32), shift.astype(np.float32)
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """(3, size, size) uint8: the picture resized and cropped as the model sees it, before normalisation."""
         if not self.fast_path:
-            return self._reference_transform(image)
+            return self._reference_pixels(image)
         width, height = image.size
         # torchvision.Resize(int): the short side becomes `size`, the long side is truncated, not rounded.
         if width <= height:
@@ -90,14 +118,14 @@ class Preprocessor:
             scale_x, scale_y = width / new_w, height / new_h
             box = (left * scale_x, top * scale_y, (left + self.size) * scale_x, (top + self.size) * scale_y)
             image = image.resize((self.size, self.size), _RESAMPLE[self.interpolation], box=box)
-        pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
-    def _reference_transform(self, image: Image.Image) -> np.ndarray:
-        """Modes we do not re-implement (longest, squash, non-square) go through open_clip itself."""
+    def _reference_pixels(self, image: Image.Image) -> np.ndarray:
+        """Modes we do not re-implement (longest, squash, non-square) go through open_clip's own resize and crop;
+        its last two steps (to float, normalise) are ``normalise``'s."""
         if self._reference is None:
             from open_clip.transform import image_transform
+            from torchvision.transforms import Compose, Normalize, ToTensor
 
             transform = image_transform(
                 self.size,
@@ -108,5 +136,9 @@ class Preprocessor:
                 interpolation=self.interpolation,
                 fill_color=self.fill_color,
             )
-            object.__setattr__(self, "_reference", transform)
-        return self._reference(image).numpy()
+            steps = list(transform.transforms)
+            if not (len(steps) >= 2 and isinstance(steps[-2], ToTensor) and isinstance(steps[-1], Normalize)):
+                raise ValueError(f"open_clip's transform no longer ends in ToTensor, Normalize: {steps}")
+            object.__setattr__(self, "_reference", Compose(steps[:-2]))
+        picture = self._reference(image)
+        return np.ascontiguousarray(np.asarray(picture.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))

@@ -244,9 +244,11 @@ def measure(
     )
 
 
-def probe_pixels(preprocessor: Preprocessor, count: int) -> np.ndarray:
+def probe_pixels(preprocessor: Preprocessor, count: int, *, uint8: bool = False) -> np.ndarray:
     """A fixed batch of photo-like inputs (smooth colour fields, edges and grain): agreement on noise says
-    little about photos, and the timing does not depend on the content."""
+    little about photos, and the timing does not depend on the content. ``uint8``: as decode workers send them
+    (``Preprocessor.pixels``), normalised by the model; otherwise normalised float32."""
+    make = preprocessor.pixels if uint8 else preprocessor
     rng = np.random.default_rng(20261126)
     batch = []
     for _ in range(count):
@@ -254,7 +256,7 @@ def probe_pixels(preprocessor: Preprocessor, count: int) -> np.ndarray:
         field = np.asarray(Image.fromarray(coarse, "RGB").resize((320, 240), Image.Resampling.BICUBIC), np.float32)
         field[rng.integers(0, 120) :, rng.integers(0, 160) :] *= 0.6
         field += rng.normal(0, 8, field.shape).astype(np.float32)
-        batch.append(preprocessor(Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "RGB")))
+        batch.append(make(Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "RGB")))
     return np.stack(batch)
 
 

@@ -3,7 +3,8 @@ refuses combinations that cannot work, before minutes are spent loading weights.
 
 On a CPU, ``--runtime auto`` (the default) is settled only once the model is loaded: ``embed/probe.py`` measures
 the candidates this CPU's flags allow and keeps the fastest whose vectors agree with torch fp32. The flags alone
-cannot say it: the same bf16 kernels are 4x torch on one machine and slower than fp32 on another.
+cannot say it: the same bf16 kernels are 4x torch on one machine and slower than fp32 on another. On a CUDA GPU
+``embed/gpu_probe.py`` does the same for torch's fp16 and bf16 autocast and ``torch.compile``, at a few batch sizes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class Runtime(StrEnum):
     TORCH = "torch"
     ONNX = "onnx"
     OPENVINO = "openvino"
+    TORCH_COMPILE = "torch-compile"
+    """torch with the image tower through ``torch.compile`` (a GPU: its first batches compile)."""
 
 
 class Precision(StrEnum):
@@ -46,6 +49,8 @@ class RuntimeChoice:
     """AUTO only while ``runtime`` is: the probe decides both."""
     reason: str = ""
     """Why this runtime, in words: shown by ``imgvec estimate`` and in the run's progress and metrics."""
+    measured_batch: int | None = None
+    """On a GPU: the batch size at which the chosen runtime was fastest (``gpu_probe``), for a run not told one."""
 
     @property
     def on_gpu(self) -> bool:
@@ -57,6 +62,8 @@ class RuntimeChoice:
 
     @property
     def batch_size(self) -> int:
+        if self.measured_batch:
+            return self.measured_batch
         return GPU_BATCH_SIZE if self.on_gpu else CPU_BATCH_SIZE
 
     def describe(self) -> str:
@@ -65,8 +72,10 @@ class RuntimeChoice:
             return f"auto{precision} on {self.device} (measured when the model loads)"
         return f"{self.runtime.value} {self.precision.value} on {self.device}"
 
-    def settled(self, runtime: Runtime, precision: Precision, reason: str) -> RuntimeChoice:
-        return replace(self, runtime=runtime, precision=precision, reason=reason)
+    def settled(
+        self, runtime: Runtime, precision: Precision, reason: str, measured_batch: int | None = None
+    ) -> RuntimeChoice:
+        return replace(self, runtime=runtime, precision=precision, reason=reason, measured_batch=measured_batch)
 
 
 def resolve_device(device: str) -> str:
@@ -93,9 +102,9 @@ def choose(
 ) -> RuntimeChoice:
     """Resolve the flags as far as they can be without measuring.
 
-    A precision names its runtime where only one runs it (int8: ONNX Runtime, bf16: OpenVINO, fp16: torch on a
-    GPU). On a GPU, auto is torch with fp16 autocast. On a CPU, auto stays AUTO for the probe, restricted to the
-    precision asked for, if any."""
+    A precision names its runtime where only one runs it (int8: ONNX Runtime, bf16: OpenVINO on a CPU, fp16: torch
+    on a GPU). auto stays AUTO for the probe (the CPU's, or the GPU's), restricted to the precision asked for, if
+    any; a runtime named on a GPU without a precision runs fp16."""
     try:
         wanted = Precision(precision.strip().lower())
     except ValueError:
@@ -103,18 +112,27 @@ def choose(
     try:
         engine = Runtime((runtime or "auto").strip().lower())
     except ValueError:
-        raise RuntimeChoiceError(f"--runtime {runtime!r}: use auto, torch, onnx or openvino") from None
+        raise RuntimeChoiceError(f"--runtime {runtime!r}: use auto, torch, torch-compile, onnx or openvino") from None
     resolved = resolve_device(device)
     on_gpu = resolved.startswith("cuda")
     cpu = cpu or cpu_info()
     by_precision = {Precision.INT8: Runtime.ONNX, Precision.BF16: Runtime.OPENVINO}
-    if engine is Runtime.AUTO and (on_gpu or wanted in by_precision):
-        engine = Runtime.TORCH if on_gpu else by_precision[wanted]
+    if engine is Runtime.AUTO and not on_gpu and wanted in by_precision:
+        engine = by_precision[wanted]
     if on_gpu:
         if engine is Runtime.OPENVINO:
             raise RuntimeChoiceError("--runtime openvino runs on the CPU; use --device cpu, or torch on the GPU")
-        if wanted in (Precision.INT8, Precision.BF16):
-            raise RuntimeChoiceError(f"--precision {wanted.value} is for CPUs; on a GPU use fp16 (the default)")
+        if wanted is Precision.INT8:
+            raise RuntimeChoiceError("--precision int8 is for CPUs; on a GPU use fp16, bf16 or fp32 (or auto)")
+        if engine is Runtime.ONNX and wanted not in (Precision.AUTO, Precision.FP32):
+            raise RuntimeChoiceError(
+                f"--precision {wanted.value} on a GPU runs through torch; use --runtime torch (or auto)"
+            )
+        return _gpu_choice(resolved, engine, wanted)
+    if engine is Runtime.TORCH_COMPILE:
+        raise RuntimeChoiceError(
+            "--runtime torch-compile is for a CUDA GPU; on a CPU use auto, torch, onnx or openvino"
+        )
     if wanted is Precision.AUTO and engine is not Runtime.AUTO:
         wanted = _default_precision(engine, on_gpu, cpu)
     reason = "asked for by name" if engine is not Runtime.AUTO else ""
@@ -133,9 +151,16 @@ def choose(
             raise RuntimeChoiceError("--precision fp16 needs a CUDA GPU; on a CPU use bf16, fp32 or int8 (or auto)")
         if engine is not Runtime.TORCH:
             raise RuntimeChoiceError("--precision fp16 runs through torch; use --runtime torch on the GPU")
-    if on_gpu and engine is Runtime.TORCH and wanted is Precision.FP16 and runtime in (None, "auto"):
-        reason = "a CUDA GPU: torch with fp16 autocast"
     return RuntimeChoice(device=resolved, runtime=engine, precision=wanted, reason=reason)
+
+
+def _gpu_choice(device: str, engine: Runtime, wanted: Precision) -> RuntimeChoice:
+    """auto: measured once the model is loaded (``gpu_probe``), among the precision asked for, if any."""
+    if engine is Runtime.AUTO:
+        return RuntimeChoice(device=device, runtime=Runtime.AUTO, precision=wanted)
+    if wanted is Precision.AUTO:
+        wanted = Precision.FP32 if engine is Runtime.ONNX else Precision.FP16
+    return RuntimeChoice(device=device, runtime=engine, precision=wanted, reason="asked for by name")
 
 
 def _default_precision(engine: Runtime, on_gpu: bool, cpu: CpuInfo) -> Precision:

@@ -287,6 +287,7 @@ class Indexer:
         self.progress.bytes_per_image, self.progress.decode_workers = status.bytes_per_image, status.decode_workers
         self.progress.invocations, self.progress.throttles = status.invocations, status.throttles
         self.progress.concurrency = status.concurrency
+        self.progress.decode_lanes = status.decode_lanes
 
 
 def index_source(

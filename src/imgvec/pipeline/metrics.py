@@ -80,6 +80,7 @@ def snapshot(
             "reason": progress.runtime_reason,
             "workers": progress.decode_workers,
             "executor": progress.executor,
+            "decode_lanes": progress.decode_lanes,
         },
         "workers_alive": progress.workers_alive,
         "last_document_id": report.last_id,

@@ -17,6 +17,8 @@ class PipelineOptions:
     workers_tuned: bool = False
     """``workers`` was left to the machine: once the model is loaded, its measured cost may change it
     (``wiring.fit_to_model``)."""
+    batch_size_tuned: bool = False
+    """``batch_size`` was left to the machine: on a GPU, the batch its measurement found fastest replaces it."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int | None = None
     io_concurrency: int = 8
@@ -34,6 +36,9 @@ class PipelineOptions:
     full_decode: bool = False
     """Decode every image at full size, as the reference preprocessing does. Off: large images are decoded
     reduced (docs/performance.md states the tolerance), several times faster for camera JPEGs."""
+    gpu_decode: bool = True
+    """With the model on a CUDA GPU, JPEGs are also decoded there (nvJPEG), beside the CPU decode workers, in the
+    shares their measured rates set (``executors/gpu_lane.py``). No effect on a CPU."""
     executor: str = "local"
     """local: this machine decodes and embeds; ray: actors on a Ray cluster do (``executors/ray/``); lambda: an AWS
     Lambda function does (``executors/aws_lambda/``)."""

@@ -102,6 +102,9 @@ class Progress:
     runtime_reason: str = ""
     decode_workers: int | None = None
     """Decode worker processes (0: threads), from ``--workers`` or from the measured decode and model costs."""
+    decode_lanes: dict[str, Any] | None = None
+    """With a GPU decode lane: ``gpu_share``, ``gpu_files``, ``cpu_files``, ``gpu_rate``, ``cpu_rate`` (files/s),
+    ``gpu_decoded``, ``gpu_refused`` (``executors/gpu_lane.py``)."""
     executor: str = "local"
     """local (this machine), ray (actors on a Ray cluster read, decode and embed), or lambda (an AWS Lambda function
     does)."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from imgvec.documents import Failure, ImageDocument, Picture, SourceItem, document_id, usable_vector
 from imgvec.embed.base import Embedder
+from imgvec.embed.pixels import stack
 from imgvec.errors import UNWRITABLE_HELP, IdentityMismatchError, StoreError, errno_of, reason
 from imgvec.pipeline.executors.base import Embedded, Prepared
 from imgvec.pipeline.journal import RunJournal
@@ -267,7 +268,7 @@ class BatchWriter:
         embedded: dict[int, np.ndarray] = {}
         if to_embed:
             began = time.perf_counter()
-            output = self.embedder.embed_images(np.stack([batch[i].pixels for i in to_embed]))
+            output = self.embedder.embed_images(stack([batch[i].pixels for i in to_embed]))
             self.metrics.record_embed(time.perf_counter() - began, len(to_embed))
             embedded = dict(zip(to_embed, output, strict=True))
             known.update({hashes[i]: vector for i, vector in embedded.items()})

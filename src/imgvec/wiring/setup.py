@@ -114,7 +114,7 @@ def prepare_run(
     if mode == "dry_run":
         embedder, unavailable = embedder_for_plan(settings, store)
         if embedder is not None:
-            options = fit_to_model(options, embedder)
+            options = fit_to_model(options, embedder, settle_gpu=False)
         return RunSetup(settings, options, store, opened, embedder, unavailable)
     if mode == "write":
         refuse_if_busy(settings)  # before loading a model for nothing
@@ -145,6 +145,7 @@ def pipeline_options(settings: Settings, flags: PipelineFlags, *, remote: bool) 
     _check_executor(flags)
     given = {name: value for name, value in flags.items() if value is not None}
     given |= {"workers": tuning.workers, "batch_size": tuning.batch_size, "workers_tuned": asked is None}
+    given["batch_size_tuned"] = flags.get("batch_size") is None
     given.setdefault("io_concurrency", S3_READS if remote else FOLDER_READS)
     return replace(settings, threads=tuning.threads), PipelineOptions(**given)
 
@@ -170,14 +171,21 @@ def _check_executor(flags: PipelineFlags) -> None:
         raise UsageError(f"{flag} goes with --executor {'ray' if given[0].startswith('ray') else 'lambda'}")
 
 
-def fit_to_model(options: PipelineOptions, embedder: Embedder) -> PipelineOptions:
+def fit_to_model(options: PipelineOptions, embedder: Embedder, *, settle_gpu: bool = True) -> PipelineOptions:
     """Decode workers from measured costs, when ``--workers`` was left out and this CPU has measured the model's
-    runtime (``embed/probe.py``): a model several times faster than torch needs more cores decoding. Not for
-    ``--executor ray``, whose workers decode and embed on their own nodes (and measure there)."""
+    runtime (``embed/probe.py``): a model several times faster than torch needs more cores decoding. On a GPU, the
+    batch size its measurement found fastest (``embed/gpu_probe.py``), when ``--batch-size`` was left out; not for
+    a dry run (``settle_gpu``), which would otherwise measure for a minute. Not for ``--executor ray``, whose
+    workers decode and embed on their own nodes (and measure there)."""
     from imgvec.pipeline.tuning import split_workers
 
     if options.executor != "local":
         return options
+    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")  # known before the runtime is settled
+    if settle_gpu and options.batch_size_tuned and on_gpu:
+        measured = embedder.runtime.batch_size  # measured now, once per GPU model (cached)
+        if measured != options.batch_size:
+            options = replace(options, batch_size=measured)
 
     measured = getattr(embedder, "costs", None)
     costs = measured() if options.workers_tuned and measured is not None else None

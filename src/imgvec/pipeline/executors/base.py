@@ -16,6 +16,8 @@ import numpy as np
 
 from imgvec.documents import Failure, Picture, SourceItem
 from imgvec.embed.base import Embedder
+from imgvec.embed.picture import Header
+from imgvec.embed.pixels import Pixels
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.sources.base import Source
 
@@ -25,13 +27,29 @@ class Prepared:
     """An item read and decoded here: the pixels the run's model takes, and the hash of the bytes they came from."""
 
     item: SourceItem
-    pixels: np.ndarray
+    pixels: Pixels
+    """uint8 (3, H, W): numpy from a CPU worker, a tensor on the model's device from a GPU decode lane."""
     content_hash: str
     picture: Picture
     read_seconds: float
     decode_seconds: float
     warnings: tuple[str, ...] = ()
     """What the decoder warned of for this file (corrupt EXIF, odd palettes): logged with the file's path."""
+
+
+@dataclass(slots=True)
+class ForLane:
+    """An item read and its header checked by a CPU worker, whose pixels a GPU decode lane decodes
+    (``gpu_lane.py``); one the lane refuses after all comes back as itself and a CPU worker decodes it."""
+
+    item: SourceItem
+    data: bytes
+    content_hash: str
+    header: Header
+    read_seconds: float
+    decode_seconds: float
+    """The header's share so far; the lane adds its own."""
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -67,6 +85,9 @@ class ExecutorStatus:
     """Bytes sent and received between driver and workers per image (Ray)."""
     decode_workers: int | None = None
     """This machine's decode worker processes (local); None where the workers decode for themselves."""
+    decode_lanes: dict[str, Any] | None = None
+    """With a GPU decode lane (``gpu_lane.py``): the GPU's share of the files, files sent to each decoder, their
+    measured rates, files the GPU decoded and refused. None without one."""
     invocations: int | None = None
     """Lambda only: invocations so far (throttled and failed ones included)."""
     throttles: int | None = None

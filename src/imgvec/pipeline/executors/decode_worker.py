@@ -17,13 +17,15 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from imgvec.documents import Failure, Picture, SourceItem
 from imgvec.embed.decode import decode_opened, max_file_bytes, open_image
+from imgvec.embed.gpu_decode import refusal
 from imgvec.embed.picture import Header
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.errors import ImageDecodeError
-from imgvec.pipeline.executors.base import Prepared
+from imgvec.pipeline.executors.base import ForLane, Prepared
 from imgvec.pipeline.retry import RetryPolicy, is_transient_os_error
 from imgvec.sources.base import Source
 
@@ -102,7 +104,11 @@ def read_item(source: Source, item: SourceItem, retry: RetryPolicy, max_pixels: 
         return Failure.of(item, "read", f"cannot read: {exc}")
 
 
-def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0.0) -> Prepared | Failure:
+def prepare(
+    item: SourceItem, data: bytes | None = None, read_seconds: float = 0.0, lane: bool = False
+) -> Prepared | ForLane | Failure:
+    """``lane``: a GPU decode lane would take this file (``gpu_lane.LaneSplit``): if its header says the lane decodes
+    it as this worker would (``gpu_decode.refusal``), only the header is read here and the bytes go on to the lane."""
     config = _config
     assert config is not None, "init_worker was not called"
     began = time.perf_counter()
@@ -116,7 +122,18 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
     kept: list[str] = []
     _decoding.warnings = kept
     try:
-        pixels, picture = model_input(data, config.preprocessor, config.max_pixels, config.reduce_for)
+        opened, header = opened_header(data, config.max_pixels)
+        if lane and refusal(opened, data, config.preprocessor) is None:
+            return ForLane(
+                item,
+                data,
+                hashlib.sha256(data).hexdigest(),
+                header,
+                read_seconds,
+                time.perf_counter() - read_done,
+                tuple(kept),
+            )
+        pixels, picture = opened_input(opened, header, config.preprocessor, config.reduce_for)
     except ImageDecodeError as exc:
         return Failure.of(item, "decode", str(exc))
     finally:
@@ -135,13 +152,28 @@ def prepare(item: SourceItem, data: bytes | None = None, read_seconds: float = 0
 def model_input(
     data: bytes, preprocessor: Preprocessor, max_pixels: int, reduce_for: int | None
 ) -> tuple[np.ndarray, Picture]:
-    """A file's bytes → the model's input and what the picture says about itself. Raises ``ImageDecodeError``
-    with the reason a person reads, whatever the decoder raised; the Lambda handler decodes through this too."""
+    """A file's bytes → the model's uint8 input and what the picture says about itself. Raises
+    ``ImageDecodeError`` with the reason a person reads, whatever the decoder raised; the Lambda handler decodes
+    through this too."""
+    opened, header = opened_header(data, max_pixels)
+    return opened_input(opened, header, preprocessor, reduce_for)
+
+
+def opened_header(data: bytes, max_pixels: int) -> tuple[Image.Image, Header]:
+    """The file's header checked (``open_image``) and read; no pixel decoded yet."""
     try:
         opened = open_image(data, max_pixels=max_pixels)
-        header = Header(opened)
+        return opened, Header(opened)
+    except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files
+        raise ImageDecodeError(f"cannot decode image: {exc}") from None
+
+
+def opened_input(
+    opened: Image.Image, header: Header, preprocessor: Preprocessor, reduce_for: int | None
+) -> tuple[np.ndarray, Picture]:
+    try:
         image = decode_opened(opened, reduce_for=reduce_for)
-        return preprocessor(image), header.picture(image)
+        return preprocessor.pixels(image), header.picture(image)
     except ImageDecodeError:
         raise
     except (OSError, ValueError, MemoryError) as exc:  # Pillow's last-resort errors on exotic files

@@ -10,6 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.base import Embedder
 from imgvec.pipeline.executors.base import ExecutorStatus, Outcome, Prepared
+from imgvec.pipeline.executors.gpu_lane import GpuDecodeLane, gpu_lane_for
 from imgvec.pipeline.executors.pools import DecodePools, Pending
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.sources.base import Source
@@ -18,10 +19,20 @@ from imgvec.sources.base import Source
 class LocalExecutor:
     """This machine: I/O threads read ahead, decode workers decode, a bounded look-ahead keeps both busy."""
 
-    def __init__(self, source: Source, embedder: Embedder, options: PipelineOptions) -> None:
+    def __init__(
+        self, source: Source, embedder: Embedder, options: PipelineOptions, *, lane: GpuDecodeLane | None = None
+    ) -> None:
+        """``lane``: a GPU decode lane beside the decode workers; None: the model's GPU's when it has one (and
+        ``options.gpu_decode``), else none. Tests pass one on the CPU to run the lane's code on CPU tensors."""
         self.embedder = embedder
         self.options = options
-        self._pools = DecodePools(source, embedder.preprocessor, options)
+        self._lane = lane or gpu_lane_for(embedder, options)
+        try:
+            self._pools = DecodePools(source, embedder.preprocessor, options, self._lane)
+        except BaseException:
+            if self._lane is not None:
+                self._lane.close()
+            raise
 
     def outcomes(self, items: Iterable[SourceItem]) -> Iterator[Outcome]:
         in_flight: deque[tuple[SourceItem, Pending]] = deque()
@@ -52,8 +63,15 @@ class LocalExecutor:
         runtime = self.embedder.runtime
         workers = self.options.workers
         return ExecutorStatus(
-            "local", runtime.describe(), runtime.reason, workers_alive=workers, decode_workers=workers
+            "local",
+            runtime.describe(),
+            runtime.reason,
+            workers_alive=workers,
+            decode_workers=workers,
+            decode_lanes=self._lane.describe() if self._lane is not None else None,
         )
 
     def close(self) -> None:
         self._pools.close()
+        if self._lane is not None:
+            self._lane.close()

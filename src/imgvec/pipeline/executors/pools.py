@@ -20,8 +20,9 @@ from functools import partial
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.errors import DecodeWorkersError, reason
-from imgvec.pipeline.executors.base import Prepared
+from imgvec.pipeline.executors.base import ForLane, Prepared
 from imgvec.pipeline.executors.decode_worker import WorkerConfig, init_worker, prepare, read_item, worker_ready
+from imgvec.pipeline.executors.gpu_lane import GpuDecodeLane
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.sources.base import Source
 
@@ -41,9 +42,16 @@ WORKERS_HELP = (
 class DecodePools:
     """Readers and decoders for one session; ``submit`` a file, get a future of its pixels or its failure."""
 
-    def __init__(self, source: Source, preprocessor: Preprocessor, options: PipelineOptions) -> None:
+    def __init__(
+        self, source: Source, preprocessor: Preprocessor, options: PipelineOptions, lane: GpuDecodeLane | None = None
+    ) -> None:
+        """``lane``: a GPU decode lane beside the workers (``gpu_lane.py``), which this takes the files it refuses
+        from; its owner starts nothing and closes it."""
         self.source = source
         self.options = options
+        self.lane = lane
+        if lane is not None:
+            lane.start(self._decode_refused)
         reduce_for = None if options.full_decode else preprocessor.reduce_for
         self._config = WorkerConfig(source, preprocessor, options.max_pixels, options.retry, reduce_for)
         self._fruitless_restarts = 0
@@ -74,6 +82,8 @@ class DecodePools:
             if isinstance(pending, _ReadThenDecode) and pending.reading:  # a slow share or bucket: no worker is stuck
                 pending.abandoned = True
                 return Failure.of(item, "read", f"reading took over {self.options.file_timeout:g}s")
+            if isinstance(pending, _ReadThenDecode) and pending.on_lane:  # the GPU lane is slow: no worker is stuck
+                return Failure.of(item, "decode", f"decoding on the GPU took over {self.options.file_timeout:g}s")
             self._kill_workers()
             self._killed = True
             if not alone:
@@ -89,8 +99,14 @@ class DecodePools:
     def _submit(self, item: SourceItem) -> Pending:
         if self._killed:
             self.restart()
+        to_lane = self.lane is not None and self.lane.split.take()
         if self._readers is None:
-            return self._decoders.submit(prepare, item)
+            if self.lane is None:
+                return self._decoders.submit(prepare, item)
+            outcome = _ReadThenDecode()
+            outcome.reading = False
+            self._decode(self._decoders, outcome, item, None, 0.0, to_lane)
+            return outcome
         decoders = self._decoders  # the pool of this moment: a restarted pool never gets a stale file's work
         outcome = _ReadThenDecode()
 
@@ -103,15 +119,45 @@ class DecodePools:
             if outcome.abandoned:  # the read took too long and the file was failed meanwhile
                 return
             outcome.reading = False
-            try:
-                decoding = decoders.submit(prepare, item, data, time.perf_counter() - began)
-            except (BrokenProcessPool, RuntimeError) as exc:  # the pool broke or shut down meanwhile
-                outcome.set_exception(BrokenProcessPool(str(exc)))
-                return
-            decoding.add_done_callback(lambda done: _chain(done, outcome))
+            self._decode(decoders, outcome, item, data, time.perf_counter() - began, to_lane)
 
         self._readers.submit(read_then_decode)
         return outcome
+
+    def _decode(
+        self,
+        decoders: Executor,
+        outcome: _ReadThenDecode,
+        item: SourceItem,
+        data: bytes | None,
+        read_seconds: float,
+        to_lane: bool = False,
+    ) -> None:
+        """A worker decodes the file into ``outcome``; with ``to_lane``, a file it finds fit for the GPU lane goes
+        on there. Each file a worker decodes itself times the CPU lane for the split."""
+        try:
+            decoding = decoders.submit(prepare, item, data, read_seconds, to_lane)
+        except (BrokenProcessPool, RuntimeError) as exc:  # the pool broke or shut down meanwhile
+            outcome.set_exception(BrokenProcessPool(str(exc)))
+            return
+        decoding.add_done_callback(lambda done: self._decoded(done, outcome))
+
+    def _decoded(self, done: Future[Prepared | ForLane | Failure], outcome: _ReadThenDecode) -> None:
+        if self.lane is not None and not done.cancelled() and done.exception() is None:
+            result = done.result()
+            if isinstance(result, ForLane):
+                outcome.on_lane = True
+                self.lane.put(result, outcome)
+                return
+            if isinstance(result, Prepared):
+                self.lane.split.cpu_decoded(result.decode_seconds)
+        _chain(done, outcome)
+
+    def _decode_refused(self, entry: ForLane, outcome: Future[Prepared | Failure]) -> None:
+        """A file the GPU lane refused: a CPU worker decodes it (its header already read, its bytes in hand)."""
+        assert isinstance(outcome, _ReadThenDecode)
+        outcome.on_lane = False
+        self._decode(self._decoders, outcome, entry.item, entry.data, entry.read_seconds)
 
     def one_by_one(self, suspects: Iterable[SourceItem]) -> Iterator[Prepared | Failure]:
         """After a worker died: restart, then run each file that was in flight alone; the one that kills its
@@ -189,6 +235,8 @@ class _ReadThenDecode(Future[Prepared | Failure]):
         super().__init__()
         self.reading = True
         self.abandoned = False
+        self.on_lane = False
+        """With the GPU decode lane now: a time-out there is the lane's, no worker is stuck."""
 
 
 def _start_failure(exc: BaseException) -> str:

@@ -3,7 +3,9 @@
 Items arrive as locations (a NAS path, an S3 key, an index document's URL), never as bytes: each actor reads
 from the source itself, so the driver's network and memory carry only item records out and vectors back. The
 reading and decoding are the local pipeline's own (``decode_worker.read_item`` and ``prepare``), in threads of
-the actor; the model runs one batch at a time while the next batch decodes (the actor takes two calls at once).
+the actor, and on a GPU actor (``--ray-gpus-per-worker``) its GPU decodes JPEGs beside those threads, as on one
+machine (``gpu_lane.py``); the model runs one batch at a time while the next batch decodes (the actor takes two
+calls at once).
 Everything that goes wrong with one file comes back as that file's ``Failure``, so a call raises only for a bug.
 """
 
@@ -15,13 +17,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from imgvec.documents import Failure, SourceItem
 from imgvec.embed.loading import ModelConfig, load_embedder
+from imgvec.embed.pixels import stack
 from imgvec.errors import reason
-from imgvec.pipeline.executors.base import Embedded, Prepared
+from imgvec.pipeline.executors.base import Embedded, ForLane, Prepared
 from imgvec.pipeline.executors.decode_worker import WorkerConfig, init_worker, prepare, read_item
+from imgvec.pipeline.executors.gpu_lane import gpu_lane_for
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.sources.base import Source
 
@@ -40,8 +42,11 @@ class EmbedWorker:
         self.options = options
         # Reads wait on the network; decodes need a core each: both pools are the actor's own threads.
         self._readers = ThreadPoolExecutor(max(2, options.io_concurrency), thread_name_prefix="imgvec-read")
-        self._decoders = ThreadPoolExecutor((model.threads or 1) + 1, thread_name_prefix="imgvec-decode")
+        decode_threads = (model.threads or 1) + 1
+        self._decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="imgvec-decode")
         self._model = threading.Lock()
+        self.lane = gpu_lane_for(self.embedder, options, threads=decode_threads)
+        """On a GPU actor, its GPU's decoder beside the threads; None on a CPU actor."""
 
     def ready(self) -> dict[str, Any]:
         """Who this worker is, what it loaded and how it embeds: the driver checks the model before any work."""
@@ -63,6 +68,16 @@ class EmbedWorker:
     def embed(self, items: list[SourceItem]) -> list[Embedded | Failure]:
         """Each item's vector or its failure."""
         results = list(self._readers.map(self._read_and_decode, items))
+        for_lane = [result for result in results if isinstance(result, ForLane)]
+        if for_lane:
+            assert self.lane is not None
+            results = [result for result in results if not isinstance(result, ForLane)]
+            decoded = self.lane.decode(for_lane)
+            results += [result for result in decoded if isinstance(result, Prepared)]
+            refused = [result for result in decoded if isinstance(result, ForLane)]
+            results += list(
+                self._decoders.map(lambda entry: prepare(entry.item, entry.data, entry.read_seconds), refused)
+            )
         failures: list[Embedded | Failure] = [result for result in results if isinstance(result, Failure)]
         prepared = [result for result in results if isinstance(result, Prepared)]
         if not prepared:
@@ -70,7 +85,7 @@ class EmbedWorker:
         began = time.perf_counter()
         try:
             with self._model:
-                vectors = self.embedder.embed_images(np.stack([entry.pixels for entry in prepared]))
+                vectors = self.embedder.embed_images(stack([entry.pixels for entry in prepared]))
         except Exception as exc:  # noqa: BLE001 - the model refused this batch: each image is recorded with why
             return [*failures, *(Failure.of(entry.item, "embed", f"model failed: {reason(exc)}") for entry in prepared)]
         share = (time.perf_counter() - began) / len(prepared)
@@ -89,9 +104,13 @@ class EmbedWorker:
         ]
         return [*failures, *embedded]
 
-    def _read_and_decode(self, item: SourceItem) -> Prepared | Failure:
+    def _read_and_decode(self, item: SourceItem) -> Prepared | ForLane | Failure:
         began = time.perf_counter()
         data = read_item(self.source, item, self.options.retry, self.options.max_pixels)
         if isinstance(data, Failure):
             return data
-        return self._decoders.submit(prepare, item, data, time.perf_counter() - began).result()
+        to_lane = self.lane is not None and self.lane.split.take()
+        result = self._decoders.submit(prepare, item, data, time.perf_counter() - began, to_lane).result()
+        if self.lane is not None and isinstance(result, Prepared):
+            self.lane.split.cpu_decoded(result.decode_seconds)
+        return result

@@ -1,0 +1,244 @@
+"""A second decoder beside the CPU workers when the model runs on a CUDA GPU: the GPU's own JPEG decoder.
+
+On a GPU the model is rarely the limit; decoding photos is, and a GPU machine has two decoders: its CPU cores
+(the workers' reduced DCT decode) and nvJPEG on the GPU. Both run at once. ``LaneSplit`` sends each file to one
+of them in proportion to their measured rates, re-measured all run long, so a lane that slows (a busy CPU, larger
+files) gets less. A file sent to the GPU lane still goes through a CPU worker first, which reads it, hashes it
+and checks its header (``gpu_decode.refusal``): only plain 8-bit JPEGs reach the lane, with their EXIF
+orientation; anything else is decoded by that worker at once. A file nvJPEG refuses goes back to a CPU worker, so
+the lane never fails a file of its own.
+
+The lane's pixels stay on the device, uint8, and the model normalises them there (``ClipEmbedder.torch_images``).
+The same code runs on CPU tensors, which is how CI tests it (``tests/test_gpu_lane.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from imgvec.embed.base import Embedder
+from imgvec.embed.gpu_decode import decode_batch
+from imgvec.embed.perceptual import phash_of_grey
+from imgvec.embed.preprocess import Preprocessor
+from imgvec.pipeline.executors.base import ForLane, Prepared
+from imgvec.pipeline.options import PipelineOptions
+
+log = logging.getLogger(__name__)
+
+LANE_BATCH = 64
+"""Files per batched decode call, at most: enough to keep nvJPEG's hardware engines busy."""
+LANE_BATCH_PIXELS = 1_000_000_000
+"""Decoded pixels per batch, at most (3 GB of RGB held on the device at once)."""
+SHARE_BOUNDS = (0.05, 0.95)
+"""Each lane keeps at least this share of the files, so that its rate is still measured when the other is faster."""
+SMOOTHING = 0.2
+"""Weight of a new measurement in a lane's running rate."""
+
+
+class LaneSplit:
+    """Which decoder takes the next file: the GPU lane's share is its rate over both lanes' rates. Until both have
+    been measured, half and half."""
+
+    def __init__(self, cpu_workers: int) -> None:
+        self.cpu_workers = max(1, cpu_workers)
+        self._cpu_seconds: float | None = None
+        """Running seconds of one CPU worker per file it decoded."""
+        self._gpu_seconds: float | None = None
+        """Running seconds of the lane per file it decoded."""
+        self._credit = 0.0
+        self._lock = threading.Lock()
+        self.to_gpu = 0
+        self.to_cpu = 0
+
+    @property
+    def share(self) -> float:
+        """The GPU lane's share of the files."""
+        cpu, gpu = self.cpu_rate, self.gpu_rate
+        if cpu is None or gpu is None:
+            return 0.5
+        low, high = SHARE_BOUNDS
+        return min(high, max(low, gpu / (gpu + cpu)))
+
+    @property
+    def cpu_rate(self) -> float | None:
+        """Files per second all CPU workers decode together."""
+        return self.cpu_workers / self._cpu_seconds if self._cpu_seconds else None
+
+    @property
+    def gpu_rate(self) -> float | None:
+        return 1.0 / self._gpu_seconds if self._gpu_seconds else None
+
+    def take(self) -> bool:
+        """True: offer the next file to the GPU lane."""
+        with self._lock:
+            self._credit += self.share
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                self.to_gpu += 1
+                return True
+            self.to_cpu += 1
+            return False
+
+    def cpu_decoded(self, seconds: float) -> None:
+        with self._lock:
+            self._cpu_seconds = _smoothed(self._cpu_seconds, seconds)
+
+    def gpu_decoded(self, files: int, seconds: float) -> None:
+        if files:
+            with self._lock:
+                self._gpu_seconds = _smoothed(self._gpu_seconds, seconds / files)
+
+    def describe(self) -> dict[str, float | int | None]:
+        return {
+            "gpu_share": round(self.share, 3),
+            "gpu_files": self.to_gpu,
+            "cpu_files": self.to_cpu,
+            "gpu_rate": _rounded(self.gpu_rate),
+            "cpu_rate": _rounded(self.cpu_rate),
+        }
+
+
+class GpuDecodeLane:
+    """Decodes batches of ``ForLane`` files on ``device``. ``decode`` is synchronous (a Ray actor calls it within
+    its batch); ``start`` runs it on a thread of its own, fed by ``put`` (the local executor)."""
+
+    def __init__(
+        self,
+        preprocessor: Preprocessor,
+        device: str,
+        split: LaneSplit,
+        *,
+        max_batch: int = LANE_BATCH,
+        max_batch_pixels: int = LANE_BATCH_PIXELS,
+    ) -> None:
+        self.preprocessor = preprocessor
+        self.device = device
+        self.split = split
+        self.max_batch = max_batch
+        self.max_batch_pixels = max_batch_pixels
+        self.decoded = 0
+        self.refused = 0
+        self._queue: queue.Queue[tuple[ForLane, Future] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._fallback: Callable[[ForLane, Future], None] | None = None
+
+    def decode(self, files: list[ForLane]) -> list[Prepared | ForLane]:
+        """Each file's model input, or the file itself where nvJPEG refused it (for a CPU worker to decode)."""
+        began = time.perf_counter()
+        results = decode_batch(
+            [entry.data for entry in files],
+            [entry.header.orientation for entry in files],
+            self.preprocessor,
+            self.device,
+        )
+        seconds = time.perf_counter() - began
+        share = seconds / max(1, len(files))
+        out: list[Prepared | ForLane] = []
+        for entry, result in zip(files, results, strict=True):
+            if isinstance(result, Exception):
+                log.debug("GPU decode refused %s (%s); a CPU worker decodes it", entry.item.uri, result)
+                self.refused += 1
+                out.append(entry)
+                continue
+            self.decoded += 1
+            out.append(
+                Prepared(
+                    item=entry.item,
+                    pixels=result.pixels,
+                    content_hash=entry.content_hash,
+                    picture=entry.header.with_hash(phash_of_grey(result.grey)),
+                    read_seconds=entry.read_seconds,
+                    decode_seconds=entry.decode_seconds + share,
+                    warnings=entry.warnings,
+                )
+            )
+        self.split.gpu_decoded(len(files), seconds)
+        return out
+
+    def start(self, fallback: Callable[[ForLane, Future], None]) -> None:
+        """Decode what ``put`` hands over on a thread of this process; ``fallback`` takes a refused file and the
+        future its outcome goes to."""
+        self._fallback = fallback
+        self._thread = threading.Thread(target=self._serve, name="imgvec-gpu-decode", daemon=True)
+        self._thread.start()
+
+    def put(self, entry: ForLane, outcome: Future) -> None:
+        self._queue.put((entry, outcome))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def describe(self) -> dict[str, float | int | None]:
+        return {**self.split.describe(), "gpu_decoded": self.decoded, "gpu_refused": self.refused}
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, pixels, stop = [first], first[0].header.width * first[0].header.height, False
+            while len(batch) < self.max_batch and pixels < self.max_batch_pixels:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+                pixels += more[0].header.width * more[0].header.height
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[tuple[ForLane, Future]]) -> None:
+        try:
+            results = self.decode([entry for entry, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - the lane itself broke (device lost): the CPU decodes all of them
+            log.warning("the GPU decode lane failed (%s); its files go to the CPU decode workers", exc)
+            results = [entry for entry, _ in batch]
+        for (entry, outcome), result in zip(batch, results, strict=True):
+            if isinstance(result, Prepared):
+                if not outcome.done():
+                    outcome.set_result(result)
+            elif self._fallback is not None:
+                self._fallback(entry, outcome)
+
+
+def gpu_lane_for(embedder: Embedder, options: PipelineOptions, threads: int | None = None) -> GpuDecodeLane | None:
+    """The lane a run on ``embedder`` gets: on the model's CUDA device, unless ``--no-gpu-decode``, the model's
+    preprocessing is one the lane does not reproduce, or this torchvision cannot decode at all. ``threads``: the
+    CPU decoders beside it (default: the run's decode workers)."""
+    runtime = embedder.runtime
+    if not (options.gpu_decode and runtime.on_gpu) or not embedder.preprocessor.fast_path:
+        return None
+    missing = _decode_missing()
+    if missing:
+        log.warning("no GPU decode lane: %s; the CPU decode workers decode every file", missing)
+        return None
+    split = LaneSplit(options.workers if threads is None else threads)
+    return GpuDecodeLane(embedder.preprocessor, runtime.device, split)
+
+
+def _decode_missing() -> str | None:
+    try:
+        import torchvision.io  # noqa: F401
+    except ImportError as exc:
+        return f"torchvision cannot be imported ({exc})"
+    return None
+
+
+def _smoothed(running: float | None, value: float) -> float:
+    return value if running is None else (1 - SMOOTHING) * running + SMOOTHING * value
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
