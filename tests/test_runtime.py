@@ -54,7 +54,8 @@ def test_auto_on_a_cpu_is_left_to_the_probe_and_a_precision_names_its_runtime() 
         ("cpu", "onnx", "bf16", "bf16 runs through OpenVINO"),
         ("cpu", None, "fp16", "fp16 needs a CUDA GPU"),
         ("cpu", None, "fp64", "use auto, fp32, bf16, int8 or fp16"),
-        ("cpu", "tensorrt", "auto", "use auto, torch, onnx or openvino"),
+        ("cpu", "tensorrt", "auto", "use auto, torch, torch-compile, onnx or openvino"),
+        ("cpu", "torch-compile", "auto", "torch-compile is for a CUDA GPU"),
         ("tpu", None, "auto", "use auto, cpu, cuda or cuda:N"),
     ],
 )

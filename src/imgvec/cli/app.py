@@ -56,15 +56,16 @@ def main(
         Runtime,
         typer.Option(
             envvar="IMGVEC_RUNTIME",
-            help="Image encoder runtime. auto: the fastest this CPU runs within the tested agreement, measured once "
-            "per CPU and model and cached; torch on a GPU.",
+            help="Image encoder runtime. auto: the fastest this CPU (or GPU) runs within the tested agreement, "
+            "measured once per CPU (or GPU model) and model and cached; torch-compile: torch.compile, on a GPU.",
         ),
     ] = Runtime.AUTO,
     precision: Annotated[
         Precision,
         typer.Option(
             envvar="IMGVEC_PRECISION",
-            help="auto: the runtime's best (bf16 needs AMX or AVX512-BF16, int8 runs through onnx, fp16 on a GPU).",
+            help="auto: measured, or the runtime's best (bf16 on a CPU needs AMX or AVX512-BF16, int8 runs through "
+            "onnx; fp16 and bf16 on a GPU run through torch).",
         ),
     ] = Precision.AUTO,
     model_config_dir: Annotated[

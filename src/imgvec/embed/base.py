@@ -33,3 +33,9 @@ class Embedder(Protocol):
         """Settle how texts are embedded (export, measure, compile) now rather than in the first query: a
         long-lived process calls it when it loads the model. Returns the text runtime's name."""
         ...
+
+
+def runs_on_gpu(embedder: Embedder) -> bool:
+    """Whether the model runs on a CUDA device, known before its runtime is settled (which measures, on a first run:
+    ``runtime`` is not asked for this)."""
+    return str(getattr(embedder, "device", "cpu")).startswith("cuda")

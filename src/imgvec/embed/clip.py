@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -36,8 +36,6 @@ T = TypeVar("T")
 Tokenizer = Callable[[list[str]], "torch.Tensor"]
 
 RANDOM_SEED = 0
-GPU_COPY_CHUNK = 64
-"""Images per host-to-GPU copy: the next chunk's copy overlaps this chunk's model call."""
 _load_lock = threading.Lock()
 
 
@@ -126,7 +124,7 @@ class ClipEmbedder:
 
     def embed_images(self, pixels: Pixels) -> np.ndarray:
         encode = self._image_encoder_ready()
-        if encode == self.torch_images:  # torch normalises on its own device
+        if self._runtime.runtime in (Runtime.TORCH, Runtime.TORCH_COMPILE):  # normalised on the model's device
             return encode(pixels)
         return encode(self.preprocessor.normalise(as_numpy(pixels)))
 
@@ -200,49 +198,40 @@ class ClipEmbedder:
         return self._runtime.precision if self._runtime.on_gpu and on_torch else Precision.FP32
 
     def _torch_images(self, pixels: Pixels, *, precision: Precision, compiled: bool = False) -> np.ndarray:
-        """uint8 pixels are normalised on the model's device. On a GPU a batch goes in chunks: each chunk's copy
-        from pinned memory runs on a stream of its own while the previous chunk's model call runs, and one wait at
-        the end collects every chunk's vectors."""
         import torch
 
-        outputs = []
         with torch.inference_mode():
-            for chunk in self._on_device(pixels):
-                with self._autocast(precision):
-                    if compiled:
-                        features = torch.nn.functional.normalize(self._compiled_tower()(chunk), dim=-1)
-                    else:
-                        features = self._model.encode_image(chunk, normalize=True)
-                outputs.append(features.float())
-            features = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        return features.cpu().numpy()
+            batch = self._on_device(pixels)
+            with self._autocast(precision):
+                if compiled:
+                    features = torch.nn.functional.normalize(self._compiled_tower()(batch), dim=-1)
+                else:
+                    features = self._model.encode_image(batch, normalize=True)
+            return features.float().cpu().numpy()
 
-    def _on_device(self, pixels: Pixels) -> Iterator[torch.Tensor]:
+    def _on_device(self, pixels: Pixels) -> torch.Tensor:
+        """The batch on the model's device, uint8 normalised there (one multiply-add). A GPU run's pixels are
+        mostly there already: the decode lane's were decoded there, and the CPU workers' were uploaded as each
+        file finished, while the previous batch's model call ran (``GpuDecodeLane.upload``). What still comes
+        from the host is copied from pinned memory on a stream of its own, the model waiting for that stream."""
         import torch
 
         if self._affine is None:
             scale, shift = (torch.from_numpy(part).reshape(1, 3, 1, 1) for part in self.preprocessor.affine())
             self._affine = (scale.to(self.device), shift.to(self.device))
         scale, shift = self._affine
-        on_gpu = self._runtime.on_gpu
         tensor = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pixels))
-        if not on_gpu or tensor.is_cuda:
-            chunks = [tensor.to(self.device)]
-            streams = None
+        if self._runtime.on_gpu and not tensor.is_cuda:
+            copy, compute = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(copy):
+                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            compute.wait_stream(copy)
+            tensor.record_stream(compute)
         else:
-            chunks = list(torch.split(tensor, GPU_COPY_CHUNK))
-            streams = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
-        for chunk in chunks:
-            if streams is not None:
-                copy, compute = streams
-                with torch.cuda.stream(copy):
-                    chunk = chunk.pin_memory().to(self.device, non_blocking=True)
-                compute.wait_stream(copy)
-                chunk.record_stream(compute)
-            if chunk.dtype == torch.uint8:
-                yield torch.addcmul(shift, chunk.float(), scale)
-            else:
-                yield chunk.float()
+            tensor = tensor.to(self.device)
+        if tensor.dtype == torch.uint8:
+            return torch.addcmul(shift, tensor.float(), scale)
+        return tensor.float()
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return (self._texts or self._torch_texts)(self._tokens(texts))
@@ -285,7 +274,8 @@ class ClipEmbedder:
         import torch
 
         if self._compiled is None:
-            self._compiled = torch.compile(self._model.visual)
+            # dynamic: one compile for every batch size (the probe's three, a run's short last batch), not one each
+            self._compiled = torch.compile(self._model.visual, dynamic=True)
         return self._compiled
 
     def _autocast(self, precision: Precision) -> contextlib.AbstractContextManager[object]:

@@ -28,12 +28,17 @@ def as_numpy(pixels: Pixels) -> np.ndarray:
 def stack(pictures: Sequence[Pixels]) -> Pixels:
     """One batch from pictures of either kind. All numpy: a numpy batch. Any tensor: a tensor batch on that
     tensor's device, the numpy pictures copied over (a batch whose files went to both decoders)."""
-    tensors = [picture for picture in pictures if is_tensor(picture)]
-    if not tensors:
+    on_device = [i for i, picture in enumerate(pictures) if is_tensor(picture)]
+    if not on_device:
         return np.stack(pictures)
     import torch
 
-    device = tensors[0].device
-    return torch.stack(
-        [picture if is_tensor(picture) else torch.from_numpy(picture).to(device) for picture in pictures]
-    )
+    device = pictures[on_device[0]].device
+    if len(on_device) == len(pictures):
+        return torch.stack(list(pictures))
+    on_host = [i for i, picture in enumerate(pictures) if not is_tensor(picture)]
+    first = pictures[on_device[0]]
+    batch = torch.empty((len(pictures), *first.shape), dtype=first.dtype, device=device)
+    batch[on_device] = torch.stack([pictures[i] for i in on_device])
+    batch[on_host] = torch.from_numpy(np.stack([pictures[i] for i in on_host])).to(device)  # one copy for all
+    return batch

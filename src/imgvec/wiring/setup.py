@@ -177,12 +177,12 @@ def fit_to_model(options: PipelineOptions, embedder: Embedder, *, settle_gpu: bo
     batch size its measurement found fastest (``embed/gpu_probe.py``), when ``--batch-size`` was left out; not for
     a dry run (``settle_gpu``), which would otherwise measure for a minute. Not for ``--executor ray``, whose
     workers decode and embed on their own nodes (and measure there)."""
+    from imgvec.embed.base import runs_on_gpu
     from imgvec.pipeline.tuning import split_workers
 
     if options.executor != "local":
         return options
-    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")  # known before the runtime is settled
-    if settle_gpu and options.batch_size_tuned and on_gpu:
+    if settle_gpu and options.batch_size_tuned and runs_on_gpu(embedder):
         measured = embedder.runtime.batch_size  # measured now, once per GPU model (cached)
         if measured != options.batch_size:
             options = replace(options, batch_size=measured)

@@ -8,7 +8,8 @@ and checks its header (``gpu_decode.refusal``): only plain 8-bit JPEGs reach the
 orientation; anything else is decoded by that worker at once. A file nvJPEG refuses goes back to a CPU worker, so
 the lane never fails a file of its own.
 
-The lane's pixels stay on the device, uint8, and the model normalises them there (``ClipEmbedder.torch_images``).
+The lane's pixels stay on the device, uint8, and the model normalises them there (``ClipEmbedder._on_device``); a
+CPU worker's are copied there as soon as its file is done (``upload``).
 The same code runs on CPU tensors, which is how CI tests it (``tests/test_gpu_lane.py``).
 """
 
@@ -20,10 +21,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
-from imgvec.embed.base import Embedder
+import numpy as np
+
+from imgvec.embed.base import Embedder, runs_on_gpu
 from imgvec.embed.gpu_decode import decode_batch
 from imgvec.embed.perceptual import phash_of_grey
+from imgvec.embed.pixels import Pixels
 from imgvec.embed.preprocess import Preprocessor
 from imgvec.pipeline.executors.base import ForLane, Prepared
 from imgvec.pipeline.options import PipelineOptions
@@ -123,6 +128,8 @@ class GpuDecodeLane:
         self.max_batch_pixels = max_batch_pixels
         self.decoded = 0
         self.refused = 0
+        self._copies: Any = None
+        """The stream that uploads CPU workers' pixels (``upload``), made on first use."""
         self._queue: queue.Queue[tuple[ForLane, Future] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._fallback: Callable[[ForLane, Future], None] | None = None
@@ -159,6 +166,26 @@ class GpuDecodeLane:
             )
         self.split.gpu_decoded(len(files), seconds)
         return out
+
+    def upload(self, pixels: Pixels) -> Pixels:
+        """A CPU worker's pixels copied to the lane's device as soon as the file is done, from pinned memory on a
+        stream of their own: the copy overlaps what the device runs meanwhile (the previous batch's model call),
+        and the batch the model takes is already on the device. On a CPU device, or when the copy fails (out of
+        device memory), they stay as they are and the model's process copies them (``ClipEmbedder._on_device``)."""
+        if not self.device.startswith("cuda") or not isinstance(pixels, np.ndarray):
+            return pixels
+        import torch
+
+        try:
+            if self._copies is None:
+                self._copies = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._copies):
+                tensor = torch.from_numpy(pixels).pin_memory().to(self.device, non_blocking=True)
+            self._copies.synchronize()  # ready for any stream once this returns (a worker's callback thread waits)
+            return tensor
+        except RuntimeError as exc:
+            log.debug("pixels stay on the host: %s", exc)
+            return pixels
 
     def start(self, fallback: Callable[[ForLane, Future], None]) -> None:
         """Decode what ``put`` hands over on a thread of this process; ``fallback`` takes a refused file and the
@@ -217,9 +244,9 @@ def gpu_lane_for(embedder: Embedder, options: PipelineOptions, threads: int | No
     """The lane a run on ``embedder`` gets: on the model's CUDA device, unless ``--no-gpu-decode``, the model's
     preprocessing is one the lane does not reproduce, or this torchvision cannot decode at all. ``threads``: the
     CPU decoders beside it (default: the run's decode workers)."""
-    runtime = embedder.runtime
-    if not (options.gpu_decode and runtime.on_gpu) or not embedder.preprocessor.fast_path:
+    if not (options.gpu_decode and runs_on_gpu(embedder)) or not embedder.preprocessor.fast_path:
         return None
+    runtime = embedder.runtime
     missing = _decode_missing()
     if missing:
         log.warning("no GPU decode lane: %s; the CPU decode workers decode every file", missing)

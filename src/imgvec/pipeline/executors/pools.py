@@ -151,6 +151,7 @@ class DecodePools:
                 return
             if isinstance(result, Prepared):
                 self.lane.split.cpu_decoded(result.decode_seconds)
+                result.pixels = self.lane.upload(result.pixels)
         _chain(done, outcome)
 
     def _decode_refused(self, entry: ForLane, outcome: Future[Prepared | Failure]) -> None:
