@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.throughput import make_folder  # noqa: E402
 from imgvec import wiring  # noqa: E402
 from imgvec.embed import gpu_probe  # noqa: E402
 from imgvec.embed.cpu import cpu_info  # noqa: E402
@@ -58,7 +59,6 @@ from imgvec.pipeline.tuning import cores, default_workers  # noqa: E402
 from imgvec.settings import Settings  # noqa: E402
 from imgvec.sources.local import LocalFolder  # noqa: E402
 from imgvec.stores.embedded import EmbeddedStore  # noqa: E402
-from tests.helpers import encode, textured_photo  # noqa: E402
 
 SIZES = {"12MP": (4000, 3000), "1080p": (1920, 1080), "0.3MP": (640, 480)}
 GPU_FILES = {"12MP": 2000, "1080p": 4000, "0.3MP": 20000}
@@ -68,22 +68,6 @@ CPU_FILES = {"12MP": 4, "1080p": 12, "0.3MP": 48}
 WARM_UP = {"cuda": 256, "cpu": 8}
 DECODER_SECONDS = 2.0
 """Each decoder's ceiling is timed for about this long."""
-
-
-def with_comment(jpeg: bytes, text: str) -> bytes:
-    """The same picture with a JPEG COM segment after SOI: other bytes (another hash), the same decode work."""
-    payload = text.encode()
-    return jpeg[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
-
-
-def make_folder(root: Path, size: tuple[int, int], count: int, warm: int) -> Path:
-    bases = [encode(textured_photo(seed, size), quality=90) for seed in range(min(4, count))]
-    for name, total in (("warm", warm), ("main", count)):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for i in range(total):
-            (folder / f"{i:06d}.jpg").write_bytes(with_comment(bases[i % len(bases)], f"{name}-{i}"))
-    return root
 
 
 def model_ceiling(embedder, device: str, cache_dir: Path) -> gpu_probe.GpuProbe:
@@ -225,7 +209,7 @@ def main() -> None:
         for label in sizes:
             count = args.files or (GPU_FILES if on_gpu else CPU_FILES)[label]
             began = time.perf_counter()
-            folder = make_folder(work / label, SIZES[label], count, WARM_UP["cuda" if on_gpu else "cpu"])
+            folder = make_folder(work / label, SIZES[label], count, WARM_UP["cuda" if on_gpu else "cpu"], pictures=4)
             paths = sorted((folder / "main").iterdir())
             megabytes = sum(p.stat().st_size for p in paths[:8]) / min(8, len(paths)) / 1e6
             print(f"\n[{label}] {count} JPEGs of {SIZES[label]}, {megabytes:.2f} MB each "

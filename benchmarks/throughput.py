@@ -75,9 +75,10 @@ def with_comment(jpeg: bytes, text: str) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
 
 
-def make_folder(root: Path, size: tuple[int, int], count: int) -> Path:
-    bases = [encode(textured_photo(seed, size), quality=90) for seed in range(min(8, count))]
-    for name, total in (("warm", WARM_UP), ("main", count)):
+def make_folder(root: Path, size: tuple[int, int], count: int, warm: int = WARM_UP, pictures: int = 8) -> Path:
+    """``warm`` files under warm/ and ``count`` under main/, made from ``pictures`` distinct photos."""
+    bases = [encode(textured_photo(seed, size), quality=90) for seed in range(min(pictures, count))]
+    for name, total in (("warm", warm), ("main", count)):
         folder = root / name
         folder.mkdir(parents=True)
         for i in range(total):

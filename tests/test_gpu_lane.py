@@ -18,7 +18,7 @@ import pytest
 from imgvec.documents import Failure
 from imgvec.embed.loading import ModelConfig
 from imgvec.embed.perceptual import hamming
-from imgvec.pipeline.executors.gpu_lane import SHARE_BOUNDS, GpuDecodeLane, LaneSplit
+from imgvec.pipeline.executors.gpu_lane import REFUSED_BEFORE_GIVING_UP, SHARE_BOUNDS, GpuDecodeLane, LaneSplit
 from imgvec.pipeline.executors.local import LocalExecutor
 from imgvec.pipeline.executors.ray.actor import EmbedWorker
 from imgvec.pipeline.indexer import Indexer, index_source
@@ -179,3 +179,34 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(model_config_dir: Path, tm
     assert re.fullmatch(r"gpu e2e/bound 12MP \d+\.\d\d; 1080p \d+\.\d\d; 0\.3MP \d+\.\d\d", lines[-1]), lines[-1]
     assert "torch bf16" in result.stdout and "chosen: torch" in result.stdout
     assert result.stdout.count("the lane adds") == 3
+
+
+def test_a_lane_that_refuses_everything_is_switched_off(tiny_embedder, tmp_path: Path) -> None:
+    """A lane that cannot decode at all (a torchvision without nvJPEG, a device that refuses) must not make every
+    file it is offered go through a worker twice: after ``REFUSED_BEFORE_GIVING_UP`` files and none decoded, it is
+    off for the run. Here the first files are JPEGs cut short, which pass the header check and which the decoder
+    refuses; the run still fails exactly those, by the CPU's reasons, and indexes the rest on the CPU."""
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    good = encode(textured_photo(7, (96, 72)), quality=85)
+    for i in range(3 * REFUSED_BEFORE_GIVING_UP):
+        (folder / f"a-cut-{i:03d}.jpg").write_bytes(good[: int(len(good) * 0.7)])
+    for i in range(12):
+        (folder / f"b-photo-{i:02d}.jpg").write_bytes(encode(textured_photo(100 + i, (96, 72)), quality=85))
+    lane = GpuDecodeLane(tiny_embedder.preprocessor, "cpu", LaneSplit(1), max_batch=LANE_BATCH)
+    options = PipelineOptions(workers=0, batch_size=16)
+    indexer = Indexer(
+        LocalFolder(folder),
+        EmbeddedStore(tmp_path / "store", "images"),
+        tiny_embedder,
+        options,
+        executor=partial(LocalExecutor, lane=lane),
+    )
+    with indexer.session() as run:
+        run.process(run.listing())
+        lanes = run.executor_status().decode_lanes
+    assert lanes["gpu_off"] and "refused the first" in lanes["gpu_off"] and lanes["gpu_share"] == 0.0
+    assert lane.decoded == 0 and REFUSED_BEFORE_GIVING_UP <= lane.refused < 3 * REFUSED_BEFORE_GIVING_UP
+    assert indexer.report.embedded == 12
+    assert {failure.stage for failure in indexer.report.failures} == {"decode"}
+    assert len(indexer.report.failures) == 3 * REFUSED_BEFORE_GIVING_UP

@@ -104,7 +104,7 @@ class Progress:
     """Decode worker processes (0: threads), from ``--workers`` or from the measured decode and model costs."""
     decode_lanes: dict[str, Any] | None = None
     """With a GPU decode lane: ``gpu_share``, ``gpu_files``, ``cpu_files``, ``gpu_rate``, ``cpu_rate`` (files/s),
-    ``gpu_decoded``, ``gpu_refused`` (``executors/gpu_lane.py``)."""
+    ``gpu_decoded``, ``gpu_refused``, and ``gpu_off`` (why the lane was switched off, if it was; ``gpu_lane.py``)."""
     executor: str = "local"
     """local (this machine), ray (actors on a Ray cluster read, decode and embed), or lambda (an AWS Lambda function
     does)."""

@@ -43,6 +43,9 @@ SHARE_BOUNDS = (0.05, 0.95)
 """Each lane keeps at least this share of the files, so that its rate is still measured when the other is faster."""
 SMOOTHING = 0.2
 """Weight of a new measurement in a lane's running rate."""
+REFUSED_BEFORE_GIVING_UP = 32
+"""Files the lane may refuse before it has decoded one; then it is switched off for the run (a torchvision built
+without nvJPEG, a device that cannot decode): otherwise every file it was offered would be read twice."""
 
 
 class LaneSplit:
@@ -59,10 +62,14 @@ class LaneSplit:
         self._lock = threading.Lock()
         self.to_gpu = 0
         self.to_cpu = 0
+        self.gpu_off: str | None = None
+        """Why the GPU lane takes no more files (``switch_off``); None while it does."""
 
     @property
     def share(self) -> float:
         """The GPU lane's share of the files."""
+        if self.gpu_off is not None:
+            return 0.0
         cpu, gpu = self.cpu_rate, self.gpu_rate
         if cpu is None or gpu is None:
             return 0.5
@@ -98,8 +105,12 @@ class LaneSplit:
             with self._lock:
                 self._gpu_seconds = _smoothed(self._gpu_seconds, seconds / files)
 
-    def describe(self) -> dict[str, float | int | None]:
+    def switch_off(self, why: str) -> None:
+        self.gpu_off = why
+
+    def describe(self) -> dict[str, float | int | str | None]:
         return {
+            "gpu_off": self.gpu_off,
             "gpu_share": round(self.share, 3),
             "gpu_files": self.to_gpu,
             "cpu_files": self.to_cpu,
@@ -146,9 +157,11 @@ class GpuDecodeLane:
         seconds = time.perf_counter() - began
         share = seconds / max(1, len(files))
         out: list[Prepared | ForLane] = []
+        refusals: list[str] = []
         for entry, result in zip(files, results, strict=True):
             if isinstance(result, Exception):
                 log.debug("GPU decode refused %s (%s); a CPU worker decodes it", entry.item.uri, result)
+                refusals.append(str(result).splitlines()[0][:200] if str(result) else type(result).__name__)
                 self.refused += 1
                 out.append(entry)
                 continue
@@ -164,8 +177,16 @@ class GpuDecodeLane:
                     warnings=entry.warnings,
                 )
             )
-        self.split.gpu_decoded(len(files), seconds)
+        self.split.gpu_decoded(sum(isinstance(result, Prepared) for result in out), seconds)
+        if refusals:
+            self._give_up_if_useless(refusals[0])
         return out
+
+    def _give_up_if_useless(self, example: str) -> None:
+        if self.decoded == 0 and self.refused >= REFUSED_BEFORE_GIVING_UP and self.split.gpu_off is None:
+            why = f"it refused the first {self.refused} files ({example})"
+            log.warning("the GPU decode lane is off: %s; the CPU decode workers decode every file", why)
+            self.split.switch_off(why)
 
     def upload(self, pixels: Pixels) -> Pixels:
         """A CPU worker's pixels copied to the lane's device as soon as the file is done, from pinned memory on a
@@ -203,7 +224,7 @@ class GpuDecodeLane:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def describe(self) -> dict[str, float | int | None]:
+    def describe(self) -> dict[str, float | int | str | None]:
         return {**self.split.describe(), "gpu_decoded": self.decoded, "gpu_refused": self.refused}
 
     def _serve(self) -> None:
@@ -232,6 +253,8 @@ class GpuDecodeLane:
         except Exception as exc:  # noqa: BLE001 - the lane itself broke (device lost): the CPU decodes all of them
             log.warning("the GPU decode lane failed (%s); its files go to the CPU decode workers", exc)
             results = [entry for entry, _ in batch]
+            self.refused += len(batch)
+            self._give_up_if_useless(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         for (entry, outcome), result in zip(batch, results, strict=True):
             if isinstance(result, Prepared):
                 if not outcome.done():
