@@ -96,6 +96,8 @@ class ClipEmbedder:
         self._encode: probe.ImageEncoder | None = None
         self._affine: tuple[torch.Tensor, torch.Tensor] | None = None
         """The normalisation's scale and shift on the model's device (``Preprocessor.affine``)."""
+        self._copy_stream: torch.cuda.Stream | None = None
+        """On a GPU: the stream host pixels are copied on (``_on_device``)."""
         self._settle_lock = threading.Lock()
         self._texts: text_tower.TextEncoder | None = None
         self.text_runtime: str | None = None
@@ -222,7 +224,9 @@ class ClipEmbedder:
         scale, shift = self._affine
         tensor = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pixels))
         if self._runtime.on_gpu and not tensor.is_cuda:
-            copy, compute = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            copy, compute = self._copy_stream, torch.cuda.current_stream(self.device)
             with torch.cuda.stream(copy):
                 tensor = tensor.pin_memory().to(self.device, non_blocking=True)
             compute.wait_stream(copy)
