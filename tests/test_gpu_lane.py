@@ -22,6 +22,7 @@ from imgvec.pipeline.executors.gpu_lane import REFUSED_BEFORE_GIVING_UP, SHARE_B
 from imgvec.pipeline.executors.local import LocalExecutor
 from imgvec.pipeline.executors.ray.actor import EmbedWorker
 from imgvec.pipeline.indexer import Indexer, index_source
+from imgvec.pipeline.metrics import prometheus_text, snapshot
 from imgvec.pipeline.options import PipelineOptions
 from imgvec.pipeline.report import RunReport
 from imgvec.sources import LocalFolder
@@ -117,7 +118,14 @@ def test_a_run_with_the_lane_indexes_what_a_run_without_it_does(
     with indexer.session() as run:
         run.process(run.listing())
         lanes = run.executor_status().decode_lanes
+        run.save(force=True)
     report = indexer.report
+    # What a run's progress and /metrics say of the lanes (one gauge: a label per count would be a new series each).
+    assert indexer.progress.decode_lanes == lanes
+    summary = snapshot(report, indexer.metrics, indexer.progress, elapsed=1.0, total=None)
+    exposition = prometheus_text(summary, {"index": "images"})
+    assert f'imgvec_gpu_decode_share{{index="images"}} {lanes["gpu_share"]}' in exposition
+    assert "decode_lanes" not in exposition
 
     reference = _by_path(reference_store)
     ours = _by_path(store)

@@ -80,8 +80,9 @@ def snapshot(
             "reason": progress.runtime_reason,
             "workers": progress.decode_workers,
             "executor": progress.executor,
-            "decode_lanes": progress.decode_lanes,
         },
+        "decode_lanes": progress.decode_lanes,
+        "gpu_decode_share": (progress.decode_lanes or {}).get("gpu_share"),
         "workers_alive": progress.workers_alive,
         "last_document_id": report.last_id,
         "lambda_invocations": progress.invocations,
@@ -108,6 +109,7 @@ _GAUGES = {
     "cache_hit_rate": "Share of vectors reused from the content cache.",
     "workers_alive": "Workers running: decode workers, Ray actors with the model loaded, or Lambda calls in flight.",
     "lambda_concurrency": "Lambda invocations allowed at once now (halved on a throttle, grown back per success).",
+    "gpu_decode_share": "With the model on a GPU: the share of files its JPEG decoder takes (0 when it is off).",
 }
 
 
