@@ -186,7 +186,7 @@ def main() -> None:
         store=str(work / "store"), cache_dir=work / "cache", device=device, model_config_dir=args.model_config_dir
     )
     cpu = cpu_info()
-    print(f"machine: {cpu.model}, {cores()} cores, python {platform.python_version()}, uptime: {_uptime()}")
+    print(f"machine: {cpu.model}, {cores()} cores, python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
     if on_gpu:
         import torch
 
@@ -238,13 +238,6 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _uptime() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ runs on a CPU device, which is how CI tests it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -22,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from imgvec.embed.preprocess import Preprocessor
-from imgvec.embed.probe import MIN_COSINE, PROBE_FILE, probe_pixels, read_cache, versions, write_cache
+from imgvec.embed.probe import (
+    MIN_COSINE,
+    PROBE_FILE,
+    images_per_second,
+    load_entry,
+    probe_pixels,
+    versions,
+    write_cache,
+)
 from imgvec.embed.runtime import Precision, Runtime, RuntimeChoice
 
 log = logging.getLogger(__name__)
@@ -217,7 +224,7 @@ def _measure_one(
         for size in batch_sizes:
             batch = np.resize(distinct, (size, *distinct.shape[1:]))
             encode(batch)  # each batch size warms up once (allocator, kernel choice, a compile's new shape)
-            rates[size] = _rate(encode, batch)
+            rates[size] = images_per_second(encode, batch, TIMED_SECONDS, calls_at_least=2)
     except Exception as exc:  # noqa: BLE001 - any failure (out of memory, a compile error) only rules this one out
         log.info("runtime %s %s cannot run here: %s", runtime.value, precision.value, exc)
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
@@ -226,17 +233,5 @@ def _measure_one(
     return GpuMeasurement(runtime, precision, rates, cosine), vectors
 
 
-def _rate(encode: ImageEncoder, batch: np.ndarray) -> float:
-    calls, began = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - began < TIMED_SECONDS:
-        encode(batch)  # returns host numpy: the device has finished the batch
-        calls += 1
-    return calls * len(batch) / (time.perf_counter() - began)
-
-
 def load(cache_dir: Path, key: str) -> GpuProbe | None:
-    try:
-        data = read_cache(cache_dir / PROBE_FILE)
-        return GpuProbe.from_json(data[key]) if key in data else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+    return load_entry(cache_dir, key, GpuProbe.from_json)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,7 @@ TIMED_SECONDS = 1.5
 ROUNDS = 3
 """Interleaved timing rounds, each at least one batch; a candidate's rate is its best round."""
 
+T = TypeVar("T")
 ImageEncoder = Callable[[np.ndarray], np.ndarray]
 Builder = Callable[[Runtime, Precision], ImageEncoder]
 
@@ -225,7 +227,7 @@ def measure(
         rates = dict.fromkeys(ready, 0.0)
         for _ in range(ROUNDS):
             for candidate, (encode, _cosine) in ready.items():
-                rates[candidate] = max(rates[candidate], _rate(encode, pixels, TIMED_SECONDS / ROUNDS))
+                rates[candidate] = max(rates[candidate], images_per_second(encode, pixels, TIMED_SECONDS / ROUNDS))
     measurements = []
     for runtime, precision in wanted:
         if (runtime, precision) in errors:
@@ -290,11 +292,16 @@ def decode_cost(preprocessor: Preprocessor, repeats: int = 3) -> float:
 
 
 def load(cache_dir: Path, key: str) -> Probe | None:
+    return load_entry(cache_dir, key, Probe.from_json)
+
+
+def load_entry(cache_dir: Path, key: str, from_json: Callable[[dict], T]) -> T | None:
+    """One measurement from ``runtime-probe.json`` (the CPU's or a GPU's), or None: absent or damaged, measure again."""
     try:
         data = read_cache(cache_dir / PROBE_FILE)
-        return Probe.from_json(data[key]) if key in data else None
-    except (ValueError, KeyError, TypeError):
-        return None  # damaged: measure again
+        return from_json(data[key]) if key in data else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def save(cache_dir: Path, probe: Probe) -> None:
@@ -323,9 +330,11 @@ def write_cache(path: Path, key: str, value: object) -> None:
         log.warning("cannot cache the measurement in %s: %s", path, exc)
 
 
-def _rate(encode: ImageEncoder, pixels: np.ndarray, seconds: float) -> float:
+def images_per_second(encode: ImageEncoder, pixels: np.ndarray, seconds: float, *, calls_at_least: int = 1) -> float:
+    """Images per second of ``encode`` on ``pixels``, called for ``seconds`` (and at least ``calls_at_least``
+    times). It returns host numpy, so a GPU has finished each batch when it returns."""
     calls, began = 0, time.perf_counter()
-    while calls < 1 or time.perf_counter() - began < seconds:
+    while calls < calls_at_least or time.perf_counter() - began < seconds:
         encode(pixels)
         calls += 1
     return calls * len(pixels) / (time.perf_counter() - began)
